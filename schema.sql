@@ -1,0 +1,174 @@
+-- audience-sync schema, version 1.
+--
+-- The binary applies this file on start when the database is new (PRAGMA user_version = 0) and
+-- then records the version; later changes are numbered migrations in src/store/mod.rs. Every
+-- statement is idempotent (IF NOT EXISTS), so applying it twice changes nothing.
+--
+-- The first five tables are the upstream contract (SPEC section 3): an upstream job may write
+-- snapshots into them with plain SQL. Everything after them is internal, but plain tables an
+-- operator can query with sqlite3.
+
+-- ─── Contract: computations and snapshots ────────────────────────────────────────────────────
+
+CREATE TABLE IF NOT EXISTS computations (
+    id TEXT PRIMARY KEY,                      -- aud_… or tra_…, stable for life
+    key TEXT UNIQUE NOT NULL,                 -- snake_case; the Intercom attribute name
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('audience','trait')),
+    scope TEXT NOT NULL CHECK (scope IN ('user','account')),
+    enabled INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL
+);
+
+-- An upstream writer inserts with complete = 0, inserts rows, then sets complete = 1 last.
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY,
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    taken_at INTEGER NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    row_count INTEGER
+);
+CREATE INDEX IF NOT EXISTS snapshots_newest ON snapshots (computation_id, complete, taken_at, id);
+
+-- entity_id: the user's entity id (user_id, or lower-cased email when it has none) or the
+-- group_id for account scope. value: JSON; true for audience members; null = no value.
+CREATE TABLE IF NOT EXISTS snapshot_rows (
+    snapshot_id INTEGER NOT NULL,
+    entity_id TEXT NOT NULL,
+    email TEXT,
+    value TEXT,
+    PRIMARY KEY (snapshot_id, entity_id)
+);
+
+CREATE TABLE IF NOT EXISTS membership_snapshots (
+    id INTEGER PRIMARY KEY,
+    taken_at INTEGER NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0
+);
+
+-- user_id holds the user's entity id.
+CREATE TABLE IF NOT EXISTS membership_rows (
+    snapshot_id INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    email TEXT,
+    PRIMARY KEY (snapshot_id, group_id, user_id)
+);
+
+-- ─── Internal: planned and delivered state ───────────────────────────────────────────────────
+--
+-- One row per (computation, subject, entity) that the outbox has ever driven Intercom toward.
+-- subject 'user' rows hold a user's value (for account-scoped computations: the user's derived
+-- value); subject 'account' rows hold an account's own value (account scope only, for `group`).
+-- planned: the JSON value the outbox is driving Intercom toward (NULL = no value).
+-- delivered: the JSON value Intercom has confirmed (NULL = no value / never delivered).
+-- Diffs are taken against planned; confirmation moves delivered; a dead letter puts planned back
+-- to delivered.
+CREATE TABLE IF NOT EXISTS entity_state (
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    subject TEXT NOT NULL CHECK (subject IN ('user','account')),
+    entity_id TEXT NOT NULL,
+    email TEXT,
+    planned TEXT,
+    delivered TEXT,
+    PRIMARY KEY (computation_id, subject, entity_id)
+) WITHOUT ROWID;
+
+-- Which (account, user) memberships the outbox has attached in Intercom.
+-- planned / delivered: 1 attached, 0 detached.
+CREATE TABLE IF NOT EXISTS membership_state (
+    group_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    email TEXT,
+    planned INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+
+-- Per (user entity, event name): the last event time used, so a new event gets
+-- max(taken_at, last + 1) and Intercom never de-duplicates two distinct events.
+CREATE TABLE IF NOT EXISTS event_times (
+    entity_id TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    last_at INTEGER NOT NULL,
+    PRIMARY KEY (entity_id, event_name)
+) WITHOUT ROWID;
+
+-- ─── Internal: runs and the outbox ───────────────────────────────────────────────────────────
+
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    mode TEXT NOT NULL CHECK (mode IN ('full','incremental')),
+    started_at INTEGER NOT NULL,
+    planned_at INTEGER,                        -- when the outbox transaction committed
+    finished_at INTEGER,                       -- when delivery of its messages ended
+    status TEXT NOT NULL DEFAULT 'planned' CHECK (status IN ('planned','delivering','finished','failed')),
+    messages_identify INTEGER NOT NULL DEFAULT 0,
+    messages_track INTEGER NOT NULL DEFAULT 0,
+    messages_group INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+
+CREATE TABLE IF NOT EXISTS run_computations (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    snapshot_id INTEGER,
+    mode TEXT NOT NULL CHECK (mode IN ('full','incremental')),
+    entered INTEGER NOT NULL DEFAULT 0,
+    exited INTEGER NOT NULL DEFAULT 0,
+    changed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, computation_id)
+) WITHOUT ROWID;
+
+-- The durable queue of Segment-spec messages. seq is the global outbox order; lane groups the
+-- messages that must be delivered strictly in order (a user's entity id, or 'account:' || group
+-- id for an account's own group call). effects: JSON array of the state changes delivery
+-- confirms, e.g. [{"computation_id":…, "subject":"user", "entity_id":…, "value":…}] and
+-- [{"membership": {"group_id":…, "user_id":…, "attached": true}}].
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    run_id INTEGER REFERENCES runs(id),       -- NULL for messages from `send`
+    lane TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL CHECK (type IN ('identify','track','group')),
+    body TEXT NOT NULL,                        -- the Segment message, JSON
+    effects TEXT NOT NULL DEFAULT '[]',
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','delivered','dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER,                   -- unix seconds; NULL = now
+    last_error TEXT,
+    enqueued_at INTEGER NOT NULL,
+    finished_at INTEGER                        -- delivered or dead-lettered at
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, lane, seq);
+
+-- ─── Internal: what Intercom is known to hold ────────────────────────────────────────────────
+
+-- user entity id → Intercom contact id, from every create, search and 409.
+CREATE TABLE IF NOT EXISTS intercom_contacts (
+    entity_id TEXT PRIMARY KEY,
+    contact_id TEXT NOT NULL,
+    learned_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- company_id (the Segment groupId) → Intercom company id.
+CREATE TABLE IF NOT EXISTS intercom_companies (
+    company_id TEXT PRIMARY KEY,
+    intercom_id TEXT NOT NULL,
+    learned_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Event names sent to this workspace (Intercom keeps at most 120 active names; case-insensitive).
+CREATE TABLE IF NOT EXISTS intercom_event_names (
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    first_sent_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- The last rate-limit budget Intercom announced, so a new process does not overspend a window.
+CREATE TABLE IF NOT EXISTS intercom_rate_limit (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    limit_per_window INTEGER NOT NULL,
+    remaining INTEGER NOT NULL,
+    reset_at INTEGER NOT NULL,                 -- unix seconds
+    observed_at INTEGER NOT NULL
+);

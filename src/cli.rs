@@ -1,0 +1,197 @@
+//! The command line: clap definitions for every command of SPEC section 7, and dispatch.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::error::exit_code_of;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "audience-sync",
+    version,
+    about = "Keep Intercom in step with audiences and computed traits, the way Segment Personas does.",
+    long_about = None,
+)]
+pub struct Cli {
+    /// Settings file. Default: ./settings.toml, then /etc/audience-sync/settings.toml; built-in
+    /// defaults when neither exists.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: sync on schedule.cron, deliver continuously, stop cleanly on SIGTERM/SIGINT.
+    Run,
+    /// One run now: diff, enqueue, and deliver until the outbox is drained.
+    Sync(SyncArgs),
+    /// Print what the next run would do, changing nothing.
+    Plan(PlanArgs),
+    /// Store FILE as the newest complete snapshot of a computation (created on first load).
+    Load(LoadArgs),
+    /// Store FILE as the newest complete account membership snapshot.
+    LoadMembers(LoadMembersArgs),
+    /// Deliver Segment-spec messages (identify / track / group) from an NDJSON file.
+    Send(SendArgs),
+    /// Computations, snapshot sizes, last runs, outbox pending / retrying / dead.
+    Status(StatusArgs),
+    /// Inspect and act on messages that failed for good.
+    DeadLetters(DeadLettersArgs),
+    /// A complete local walk-through against the built-in Intercom-compatible sandbox.
+    Demo,
+    /// Run the built-in Intercom-compatible sandbox in the foreground.
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Re-send the current value of every entity (repairs drift; sends no track events).
+    #[arg(long)]
+    pub full: bool,
+    /// Only this computation (its key).
+    #[arg(long, value_name = "KEY")]
+    pub computation: Option<String>,
+    /// Write the messages as NDJSON to standard output and change nothing.
+    #[arg(long, conflicts_with = "no_deliver")]
+    pub dry_run: bool,
+    /// Plan and enqueue only; leave delivery to a later `sync` or the daemon.
+    #[arg(long)]
+    pub no_deliver: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan a full resync instead of an incremental run.
+    #[arg(long)]
+    pub full: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Audience,
+    Trait,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    User,
+    Account,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// The computation's key (snake_case; it becomes the Intercom attribute name).
+    #[arg(long, value_name = "KEY")]
+    pub computation: String,
+    /// audience (rows are members) or trait (rows carry values).
+    #[arg(long, value_enum)]
+    pub kind: KindArg,
+    /// user (rows keyed by user_id / email) or account (rows keyed by group_id).
+    #[arg(long, value_enum)]
+    pub scope: ScopeArg,
+    /// Display name, stored when the computation is created. Default: the key.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// When the snapshot was taken (RFC 3339). Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    pub taken_at: Option<String>,
+    /// NDJSON (.ndjson, .jsonl) or CSV with a header (.csv); `-` reads NDJSON from standard input.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadMembersArgs {
+    /// When the snapshot was taken (RFC 3339). Default: now.
+    #[arg(long, value_name = "RFC3339")]
+    pub taken_at: Option<String>,
+    /// NDJSON (.ndjson, .jsonl) or CSV with a header (.csv); `-` reads NDJSON from standard input.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Print the Intercom requests it would make, one JSON object a line, and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// NDJSON file of Segment messages; `-` reads standard input.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    pub action: Option<DeadLetterAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// List dead letters (the default).
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the outbox for another delivery attempt.
+    Retry {
+        /// Outbox sequence numbers; every dead letter when none is given and --all is set.
+        ids: Vec<i64>,
+        /// Retry every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Forget dead letters for good (planned state already went back to delivered state).
+    Discard {
+        /// Outbox sequence numbers.
+        ids: Vec<i64>,
+        /// Discard every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// The access token the sandbox accepts.
+    #[arg(long, default_value = "sandbox-token", value_name = "T")]
+    pub token: String,
+    /// Requests allowed per window (Intercom's per-app figure is 10,000 a minute: 1,666 per 10 s).
+    #[arg(long, default_value_t = 1666, value_name = "N")]
+    pub rate_limit: u32,
+    /// Length of a rate-limit window in seconds.
+    #[arg(long, default_value_t = 10, value_name = "W")]
+    pub window_secs: u64,
+}
+
+/// Parse the command line, run the command, print any error once with its causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(exit_code_of(&error))
+        }
+    }
+}

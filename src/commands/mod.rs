@@ -1,0 +1,35 @@
+//! One function per command: each reads settings, opens what it needs and calls the library.
+
+mod load;
+mod plan;
+mod sandbox;
+mod send;
+mod status;
+mod sync;
+
+use crate::cli::{Cli, Command};
+use crate::error::CliError;
+use crate::settings::Settings;
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Load(args) => load::load(&settings(&cli.config)?, args),
+        Command::LoadMembers(args) => load::load_members(&settings(&cli.config)?, args),
+        Command::Status(args) => status::status(&settings(&cli.config)?, args),
+        Command::Sandbox(args) => sandbox::sandbox(args),
+        Command::Run => not_yet("run"),
+        Command::Sync(args) => sync::sync(&settings(&cli.config)?, args),
+        Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
+        Command::Send(args) => send::send(&settings(&cli.config)?, args),
+        Command::DeadLetters(_) => not_yet("dead-letters"),
+        Command::Demo => not_yet("demo"),
+    }
+}
+
+fn settings(path: &Option<std::path::PathBuf>) -> anyhow::Result<Settings> {
+    Settings::load(path.as_deref())
+}
+
+fn not_yet(command: &str) -> anyhow::Result<()> {
+    Err(CliError::runtime(format!("`{command}` is not yet available in this build")).into())
+}

@@ -1,0 +1,1 @@
+//! Everything that speaks Intercom: the mapping from Segment messages to request plans, the HTTP client and delivery.

@@ -1,0 +1,13 @@
+//! audience-sync keeps Intercom in step with audiences and computed traits, the way Segment
+//! Personas does. See ARCHITECTURE.md for the data flow and the code map.
+
+pub mod cli;
+pub mod commands;
+pub mod error;
+pub mod intercom;
+pub mod load;
+pub mod plan;
+pub mod segment;
+pub mod settings;
+pub mod status;
+pub mod store;

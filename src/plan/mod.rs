@@ -1,0 +1,1 @@
+//! The diff engine and Personas emitter: newest snapshots against planned state, to messages in the outbox.

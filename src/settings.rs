@@ -1,0 +1,563 @@
+//! Settings: built-in defaults, then the settings file, then `AUDIENCE_SYNC__SECTION__KEY`
+//! environment variables, parsed once into typed values.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::CliError;
+
+/// The shipped `settings.toml` is the documented default: it is compiled in as the first source.
+pub const DEFAULTS: &str = include_str!("../settings.toml");
+
+/// Where settings are looked for when `--config` is not given, in order.
+pub const DEFAULT_PATHS: [&str; 2] = ["settings.toml", "/etc/audience-sync/settings.toml"];
+
+/// The access token. It never prints: `Debug` and `Display` show a redaction.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The token itself, for the `Authorization` header and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(<empty>)"
+        } else {
+            "Secret(<redacted>)"
+        })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub schedule: ScheduleSettings,
+    pub personas: PersonasSettings,
+    pub intercom: IntercomSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    /// Six fields: sec min hour day month weekday.
+    pub cron: String,
+    pub run_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PersonasSettings {
+    pub space_id: String,
+    pub track_on_initial_sync: bool,
+    pub audience_entered_event: String,
+    pub audience_exited_event: String,
+    pub trait_computed_event: String,
+}
+
+/// What to do with a string longer than Intercom's 255 characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongStrings {
+    Truncate,
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntercomSettings {
+    pub base_url: Url,
+    pub access_token: Secret,
+    pub api_version: String,
+    pub rate_limit: u32,
+    pub rate_limit_window: Duration,
+    pub max_concurrency: usize,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+    pub long_strings: LongStrings,
+    pub company_attribute_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// `None` when `http.listen = ""`: no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise (for example under systemd).
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+// The raw shapes, exactly as in settings.toml. `deny_unknown_fields` makes a misspelt key an
+// error that names it instead of a silently ignored line.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    database: RawDatabase,
+    schedule: RawSchedule,
+    personas: RawPersonas,
+    intercom: RawIntercom,
+    http: RawHttp,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: String,
+    run_on_start: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersonas {
+    space_id: String,
+    track_on_initial_sync: bool,
+    audience_entered_event: String,
+    audience_exited_event: String,
+    trait_computed_event: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntercom {
+    base_url: String,
+    access_token: String,
+    access_token_file: String,
+    api_version: String,
+    rate_limit: u32,
+    rate_limit_window_secs: u64,
+    max_concurrency: usize,
+    request_timeout_secs: u64,
+    max_attempts: u32,
+    long_strings: LongStrings,
+    company_attribute_prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Settings {
+    /// The built-in defaults alone (the shipped settings.toml), with the environment ignored.
+    pub fn defaults() -> anyhow::Result<Settings> {
+        let config = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()?;
+        Settings::from_config(config)
+    }
+
+    /// Load settings for a command. `explicit` is `--config`: it must exist. Without it the
+    /// default paths are tried, and the built-in defaults stand alone when none exists.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
+        let file = match explicit {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(CliError::usage(format!(
+                        "settings file {} does not exist",
+                        path.display()
+                    ))
+                    .into());
+                }
+                Some(path.to_path_buf())
+            }
+            None => DEFAULT_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file()),
+        };
+        Settings::load_from(file.as_deref(), std::env::vars())
+    }
+
+    /// Load from an optional file and an explicit set of environment variables (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Settings> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AUDIENCE_SYNC__"))
+            .collect();
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read settings file {}", path.display()))?;
+            builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
+        }
+        // The environment is added last so that it wins over the file.
+        builder = builder.add_source(
+            Environment::with_prefix("AUDIENCE_SYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        let where_ = match file {
+            Some(path) => format!(
+                "settings ({} and AUDIENCE_SYNC__* variables)",
+                path.display()
+            ),
+            None => "settings (built-in defaults and AUDIENCE_SYNC__* variables)".to_string(),
+        };
+        let config = builder
+            .build()
+            .map_err(|e| CliError::usage(format!("invalid {where_}: {e}")))?;
+        Settings::from_config(config)
+            .map_err(|e| CliError::usage(format!("invalid {where_}: {e:#}")).into())
+    }
+
+    fn from_config(config: Config) -> anyhow::Result<Settings> {
+        let raw: Raw = config.try_deserialize()?;
+        Settings::from_raw(raw)
+    }
+
+    fn from_raw(raw: Raw) -> anyhow::Result<Settings> {
+        let base_url = Url::parse(&raw.intercom.base_url).map_err(|e| {
+            anyhow::anyhow!(
+                "intercom.base_url: {:?} is not a URL ({e})",
+                raw.intercom.base_url
+            )
+        })?;
+        if !matches!(base_url.scheme(), "http" | "https") {
+            anyhow::bail!(
+                "intercom.base_url: {:?} must be an http or https URL",
+                raw.intercom.base_url
+            );
+        }
+        let access_token = if raw.intercom.access_token_file.is_empty() {
+            Secret::new(raw.intercom.access_token.trim())
+        } else {
+            let path = Path::new(&raw.intercom.access_token_file);
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "intercom.access_token_file: cannot read {} ({e})",
+                    path.display()
+                )
+            })?;
+            Secret::new(text.trim())
+        };
+        positive("intercom.rate_limit", raw.intercom.rate_limit as u64)?;
+        positive(
+            "intercom.rate_limit_window_secs",
+            raw.intercom.rate_limit_window_secs,
+        )?;
+        positive(
+            "intercom.max_concurrency",
+            raw.intercom.max_concurrency as u64,
+        )?;
+        positive(
+            "intercom.request_timeout_secs",
+            raw.intercom.request_timeout_secs,
+        )?;
+        positive("intercom.max_attempts", raw.intercom.max_attempts as u64)?;
+        if raw.intercom.api_version.trim().is_empty() {
+            anyhow::bail!("intercom.api_version: must not be empty");
+        }
+        let fields = raw.schedule.cron.split_whitespace().count();
+        if fields != 6 {
+            anyhow::bail!(
+                "schedule.cron: {:?} has {fields} fields; it needs 6 (sec min hour day month weekday)",
+                raw.schedule.cron
+            );
+        }
+        for (key, name) in [
+            (
+                "personas.audience_entered_event",
+                &raw.personas.audience_entered_event,
+            ),
+            (
+                "personas.audience_exited_event",
+                &raw.personas.audience_exited_event,
+            ),
+            (
+                "personas.trait_computed_event",
+                &raw.personas.trait_computed_event,
+            ),
+            ("personas.space_id", &raw.personas.space_id),
+        ] {
+            if name.trim().is_empty() {
+                anyhow::bail!("{key}: must not be empty");
+            }
+        }
+        let listen = if raw.http.listen.trim().is_empty() {
+            None
+        } else {
+            Some(raw.http.listen.trim().parse::<SocketAddr>().map_err(|e| {
+                anyhow::anyhow!(
+                    "http.listen: {:?} is not an address like 127.0.0.1:9464 ({e})",
+                    raw.http.listen
+                )
+            })?)
+        };
+        if raw.database.path.trim().is_empty() {
+            anyhow::bail!("database.path: must not be empty");
+        }
+        Ok(Settings {
+            database: DatabaseSettings {
+                path: PathBuf::from(raw.database.path),
+            },
+            schedule: ScheduleSettings {
+                cron: raw.schedule.cron,
+                run_on_start: raw.schedule.run_on_start,
+            },
+            personas: PersonasSettings {
+                space_id: raw.personas.space_id,
+                track_on_initial_sync: raw.personas.track_on_initial_sync,
+                audience_entered_event: raw.personas.audience_entered_event,
+                audience_exited_event: raw.personas.audience_exited_event,
+                trait_computed_event: raw.personas.trait_computed_event,
+            },
+            intercom: IntercomSettings {
+                base_url,
+                access_token,
+                api_version: raw.intercom.api_version,
+                rate_limit: raw.intercom.rate_limit,
+                rate_limit_window: Duration::from_secs(raw.intercom.rate_limit_window_secs),
+                max_concurrency: raw.intercom.max_concurrency,
+                request_timeout: Duration::from_secs(raw.intercom.request_timeout_secs),
+                max_attempts: raw.intercom.max_attempts,
+                long_strings: raw.intercom.long_strings,
+                company_attribute_prefix: raw.intercom.company_attribute_prefix,
+            },
+            http: HttpSettings { listen },
+            log: LogSettings {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+        })
+    }
+}
+
+fn positive(key: &str, value: u64) -> anyhow::Result<()> {
+    if value == 0 {
+        anyhow::bail!("{key}: must be greater than 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let path = dir.path().join("settings.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn shipped_file_is_the_default() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(s.database.path, PathBuf::from("audience-sync.db"));
+        assert_eq!(s.schedule.cron, "0 */15 * * * *");
+        assert!(s.schedule.run_on_start);
+        assert_eq!(s.personas.space_id, "local");
+        assert!(!s.personas.track_on_initial_sync);
+        assert_eq!(s.personas.audience_entered_event, "Audience Entered");
+        assert_eq!(s.personas.audience_exited_event, "Audience Exited");
+        assert_eq!(s.personas.trait_computed_event, "Trait Computed");
+        assert_eq!(s.intercom.base_url.as_str(), "https://api.intercom.io/");
+        assert!(s.intercom.access_token.is_empty());
+        assert_eq!(s.intercom.api_version, "2.14");
+        assert_eq!(s.intercom.rate_limit, 83);
+        assert_eq!(s.intercom.rate_limit_window, Duration::from_secs(10));
+        assert_eq!(s.intercom.max_concurrency, 8);
+        assert_eq!(s.intercom.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.intercom.max_attempts, 10);
+        assert_eq!(s.intercom.long_strings, LongStrings::Truncate);
+        assert_eq!(s.intercom.company_attribute_prefix, "account_");
+        assert_eq!(s.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(s.log.format, LogFormat::Auto);
+    }
+
+    #[test]
+    fn file_then_environment_and_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[intercom]\nrate_limit = 50\nmax_concurrency = 3\n[http]\nlisten = \"\"\n",
+        );
+        let s = Settings::load_from(
+            Some(&path),
+            env(&[
+                ("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", "40"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.intercom.rate_limit, 40, "environment wins over the file");
+        assert_eq!(
+            s.intercom.max_concurrency, 3,
+            "the file wins over the defaults"
+        );
+        assert_eq!(
+            s.intercom.request_timeout,
+            Duration::from_secs(30),
+            "defaults fill the rest"
+        );
+        assert_eq!(s.http.listen, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[intercom]\nrate_limt = 50\n");
+        let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("rate_limt"), "{err:#}");
+
+        let err =
+            Settings::load_from(None, env(&[("AUDIENCE_SYNC__INTERCOM__TOKEN", "x")])).unwrap_err();
+        assert!(format!("{err:#}").contains("token"), "{err:#}");
+
+        let path = write(&dir, "[nonsense]\nx = 1\n");
+        let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+        assert!(format!("{err:#}").contains("nonsense"), "{err:#}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "[intercom]\nrate_limit = \"lots\"\n");
+        let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("rate_limit"), "{text}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("AUDIENCE_SYNC__SCHEDULE__RUN_ON_START", "maybe")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("run_on_start"), "{err:#}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("AUDIENCE_SYNC__INTERCOM__LONG_STRINGS", "shorten")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("long_strings"), "{err:#}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("AUDIENCE_SYNC__INTERCOM__BASE_URL", "not a url")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("intercom.base_url"), "{err:#}");
+
+        let err = Settings::load_from(
+            None,
+            env(&[("AUDIENCE_SYNC__SCHEDULE__CRON", "*/5 * * * *")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("schedule.cron"), "{err:#}");
+    }
+
+    #[test]
+    fn environment_values_are_typed() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("AUDIENCE_SYNC__SCHEDULE__RUN_ON_START", "false"),
+                ("AUDIENCE_SYNC__INTERCOM__MAX_ATTEMPTS", "3"),
+                ("AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN", "12345"),
+            ]),
+        )
+        .unwrap();
+        assert!(!s.schedule.run_on_start);
+        assert_eq!(s.intercom.max_attempts, 3);
+        assert_eq!(s.intercom.access_token.expose(), "12345");
+    }
+
+    #[test]
+    fn token_file_wins_and_token_never_prints() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, "tok_from_file\n").unwrap();
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN", "tok_from_env"),
+                (
+                    "AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN_FILE",
+                    token_path.to_str().unwrap(),
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.intercom.access_token.expose(), "tok_from_file");
+        let printed = format!("{s:?} {}", s.intercom.access_token);
+        assert!(!printed.contains("tok_from_file"), "{printed}");
+
+        let missing = dir.path().join("missing");
+        let err = Settings::load_from(
+            None,
+            env(&[(
+                "AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN_FILE",
+                missing.to_str().unwrap(),
+            )]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("access_token_file"), "{err:#}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The status report: computations, snapshots, runs and the outbox, as text or JSON.

@@ -1,0 +1,226 @@
+//! The SQLite storage layer: opening the database with the right pragmas, applying
+//! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
+
+pub mod snapshots;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::Connection;
+
+/// The whole schema of version 1. Later versions are migrations in [`MIGRATIONS`].
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Migrations after version 1, in order: `MIGRATIONS[0]` takes the database from version 1 to 2.
+/// Each runs in one transaction together with the `user_version` bump.
+pub const MIGRATIONS: &[&str] = &[];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// How long a statement waits for another connection's lock (an upstream writer, the daemon).
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Open (creating if needed) the database at `path`, set the pragmas every connection needs and
+/// bring the schema up to date.
+pub fn open(path: &Path) -> anyhow::Result<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!("cannot create the database directory {}", parent.display())
+            })?;
+        }
+    }
+    let mut conn = Connection::open(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    configure(&conn)
+        .with_context(|| format!("cannot configure the database {}", path.display()))?;
+    migrate(&mut conn).with_context(|| format!("cannot apply the schema to {}", path.display()))?;
+    Ok(conn)
+}
+
+/// Open an in-memory database with the full schema (for unit tests of the layers above).
+pub fn open_in_memory() -> anyhow::Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    configure(&conn)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Pragmas set on every connection: WAL so an upstream writer and the daemon work at once, a busy
+/// timeout, foreign keys, and NORMAL synchronous (durable across process crashes in WAL mode).
+pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // journal_mode returns a row, so it needs the _and_check variant.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+    if mode != "wal" && mode != "memory" {
+        return Err(rusqlite::Error::InvalidQuery);
+    }
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(())
+}
+
+/// Bring the schema to [`SCHEMA_VERSION`]: version 0 gets `schema.sql`, later versions their
+/// migrations. A database newer than this binary is refused rather than touched.
+pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "the database has schema version {version} but this binary knows only up to \
+             {SCHEMA_VERSION}: upgrade audience-sync"
+        );
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if version == 0 {
+        tx.execute_batch(SCHEMA)?;
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate() {
+        let target = index as i64 + 2;
+        if version < target {
+            tx.execute_batch(migration)
+                .with_context(|| format!("migration to schema version {target} failed"))?;
+        }
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Unix seconds now.
+pub fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// An exclusive lock that keeps two runs (or a run and the daemon) from overlapping on one
+/// database. Held for as long as the value lives; the OS releases it if the process dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Take the lock beside the database file, or fail at once with a message naming the holder.
+    pub fn try_acquire(database: &Path) -> anyhow::Result<RunLock> {
+        let path = lock_path(database);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the run lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(crate::error::CliError::runtime(format!(
+                    "another audience-sync run or daemon is using {} (lock {} is held); \
+                 runs never overlap, try again when it has finished",
+                    database.display(),
+                    path.display()
+                ))
+                .into())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn lock_path(database: &Path) -> PathBuf {
+    let mut name = database
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    database.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pragmas_are_set_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("t.db")).unwrap();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: i64 = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!(fk, 1);
+        let timeout: i64 = conn
+            .pragma_query_value(None, "busy_timeout", |r| r.get(0))
+            .unwrap();
+        assert_eq!(timeout, BUSY_TIMEOUT.as_millis() as i64);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn applying_the_schema_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO computations (id, key, name, kind, scope, created_at) \
+             VALUES ('aud_1', 'k', 'K', 'audience', 'user', 0)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let mut conn = open(&path).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&mut conn).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM computations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = open(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("upgrade audience-sync"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn run_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let first = RunLock::try_acquire(&db).unwrap();
+        let err = RunLock::try_acquire(&db).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("another audience-sync run"),
+            "{err:#}"
+        );
+        drop(first);
+        RunLock::try_acquire(&db).unwrap();
+    }
+}

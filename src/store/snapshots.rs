@@ -1,0 +1,1 @@
+//! Snapshot storage: computations, snapshots and membership snapshots.
