@@ -2,7 +2,15 @@
 
 use crate::cli::StatusArgs;
 use crate::settings::Settings;
+use crate::{status, store};
 
-pub fn status(_settings: &Settings, _args: StatusArgs) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
+    let conn = store::open(&settings.database.path)?;
+    let report = status::collect(&conn, &settings.database.path.display().to_string())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", status::render(&report));
+    }
+    Ok(())
 }

@@ -1,1 +1,329 @@
-//! Snapshot storage: computations, snapshots and membership snapshots.
+//! Snapshot storage: computations, snapshots and membership snapshots, each load one transaction.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use sha2::{Digest, Sha256};
+
+use crate::load::{Kind, LoadError, MembershipRow, Scope, SnapshotRow};
+
+/// A computation as stored in `computations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Computation {
+    pub id: String,
+    pub key: String,
+    pub name: String,
+    pub kind: Kind,
+    pub scope: Scope,
+    pub enabled: bool,
+    pub created_at: i64,
+}
+
+/// What a computation load asks for.
+#[derive(Debug, Clone)]
+pub struct ComputationSpec<'a> {
+    pub key: &'a str,
+    pub name: Option<&'a str>,
+    pub kind: Kind,
+    pub scope: Scope,
+}
+
+/// What a stored snapshot looks like afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub snapshot_id: i64,
+    pub rows: u64,
+    /// The computation was created by this load.
+    pub created: bool,
+    pub computation: Computation,
+}
+
+pub fn find_computation(conn: &Connection, key: &str) -> rusqlite::Result<Option<Computation>> {
+    conn.query_row(
+        "SELECT id, key, name, kind, scope, enabled, created_at FROM computations WHERE key = ?1",
+        [key],
+        computation_from_row,
+    )
+    .optional()
+}
+
+pub fn computations(conn: &Connection) -> rusqlite::Result<Vec<Computation>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, key, name, kind, scope, enabled, created_at FROM computations ORDER BY key",
+    )?;
+    stmt.query_map([], computation_from_row)?.collect()
+}
+
+fn computation_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Computation> {
+    let kind: String = row.get(3)?;
+    let scope: String = row.get(4)?;
+    Ok(Computation {
+        id: row.get(0)?,
+        key: row.get(1)?,
+        name: row.get(2)?,
+        kind: Kind::parse(&kind).ok_or_else(|| bad_text(3, &kind))?,
+        scope: Scope::parse(&scope).ok_or_else(|| bad_text(4, &scope))?,
+        enabled: row.get::<_, i64>(5)? != 0,
+        created_at: row.get(6)?,
+    })
+}
+
+fn bad_text(column: usize, text: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        format!("unexpected value {text:?}").into(),
+    )
+}
+
+/// A Segment-style computation id: `aud_` or `tra_` and 27 base62 characters (the length of a
+/// KSUID, which is what Segment uses), derived from the key and the creation instant.
+pub fn new_computation_id(kind: Kind, key: &str, now_nanos: i128) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let digest = Sha256::new()
+        .chain_update(key.as_bytes())
+        .chain_update(now_nanos.to_le_bytes())
+        .chain_update(std::process::id().to_le_bytes())
+        .finalize();
+    let prefix = match kind {
+        Kind::Audience => "aud_",
+        Kind::Trait => "tra_",
+    };
+    let mut id = String::from(prefix);
+    let mut n = u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"));
+    let mut m = u128::from_le_bytes(digest[16..].try_into().expect("16 bytes"));
+    for i in 0..27 {
+        let source = if i % 2 == 0 { &mut n } else { &mut m };
+        id.push(ALPHABET[(*source % 62) as usize] as char);
+        *source /= 62;
+    }
+    id
+}
+
+/// Find the computation, or create it; refuse a kind or scope that differs from the stored one.
+fn ensure_computation(
+    tx: &Transaction<'_>,
+    spec: &ComputationSpec<'_>,
+    now: i64,
+) -> Result<(Computation, bool), LoadError> {
+    if let Some(existing) = find_computation(tx, spec.key)? {
+        if existing.kind != spec.kind || existing.scope != spec.scope {
+            return Err(LoadError::Usage(format!(
+                "computation {:?} is a {} {} computation; it cannot be loaded as a {} {} one \
+                 (kind and scope never change: use a new key)",
+                spec.key,
+                existing.scope.as_str(),
+                existing.kind.as_str(),
+                spec.scope.as_str(),
+                spec.kind.as_str(),
+            )));
+        }
+        if let Some(name) = spec.name.filter(|n| *n != existing.name) {
+            tx.execute(
+                "UPDATE computations SET name = ?1 WHERE id = ?2",
+                params![name, existing.id],
+            )?;
+            return Ok((
+                Computation {
+                    name: name.to_string(),
+                    ..existing
+                },
+                false,
+            ));
+        }
+        return Ok((existing, false));
+    }
+    let nanos = chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or(now * 1_000_000_000) as i128;
+    let computation = Computation {
+        id: new_computation_id(spec.kind, spec.key, nanos),
+        key: spec.key.to_string(),
+        name: spec.name.unwrap_or(spec.key).to_string(),
+        kind: spec.kind,
+        scope: spec.scope,
+        enabled: true,
+        created_at: now,
+    };
+    tx.execute(
+        "INSERT INTO computations (id, key, name, kind, scope, enabled, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6)",
+        params![
+            computation.id,
+            computation.key,
+            computation.name,
+            computation.kind.as_str(),
+            computation.scope.as_str(),
+            computation.created_at
+        ],
+    )?;
+    Ok((computation, true))
+}
+
+fn is_duplicate(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+    )
+}
+
+/// Store a computation snapshot in one transaction: the computation (created on first load),
+/// the snapshot header, every row, and `complete = 1` last. Any error stores nothing.
+pub fn store_snapshot(
+    conn: &mut Connection,
+    file: &str,
+    spec: &ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+    rows: impl Iterator<Item = Result<SnapshotRow, LoadError>>,
+) -> Result<Stored, LoadError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (computation, created) = ensure_computation(&tx, spec, now)?;
+    let newest: Option<i64> = tx.query_row(
+        "SELECT max(taken_at) FROM snapshots WHERE computation_id = ?1 AND complete = 1",
+        [&computation.id],
+        |r| r.get(0),
+    )?;
+    if let Some(newest) = newest.filter(|n| *n > taken_at) {
+        return Err(LoadError::Usage(format!(
+            "{file}: taken_at {} is older than the newest snapshot of {:?} ({}); an older \
+             snapshot would never be used",
+            rfc3339(taken_at),
+            computation.key,
+            rfc3339(newest)
+        )));
+    }
+    tx.execute(
+        "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES (?1, ?2, 0)",
+        params![computation.id, taken_at],
+    )?;
+    let snapshot_id = tx.last_insert_rowid();
+    let mut count = 0u64;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for row in rows {
+            let row = row?;
+            match insert.execute(params![snapshot_id, row.entity_id, row.email, row.value]) {
+                Ok(_) => count += 1,
+                Err(e) if is_duplicate(&e) => {
+                    let field = match spec.scope {
+                        Scope::User => "user_id",
+                        Scope::Account => "group_id",
+                    };
+                    return Err(LoadError::Row {
+                        file: file.to_string(),
+                        line: row.line,
+                        field: Some(field.to_string()),
+                        reason: format!(
+                            "entity {:?} appears twice in this snapshot",
+                            row.entity_id
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE snapshots SET complete = 1, row_count = ?1 WHERE id = ?2",
+        params![count as i64, snapshot_id],
+    )?;
+    tx.commit()?;
+    Ok(Stored {
+        snapshot_id,
+        rows: count,
+        created,
+        computation,
+    })
+}
+
+/// Store an account membership snapshot in one transaction. Any error stores nothing.
+pub fn store_membership(
+    conn: &mut Connection,
+    file: &str,
+    taken_at: i64,
+    rows: impl Iterator<Item = Result<MembershipRow, LoadError>>,
+) -> Result<(i64, u64), LoadError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let newest: Option<i64> = tx.query_row(
+        "SELECT max(taken_at) FROM membership_snapshots WHERE complete = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(newest) = newest.filter(|n| *n > taken_at) {
+        return Err(LoadError::Usage(format!(
+            "{file}: taken_at {} is older than the newest membership snapshot ({}); an older \
+             snapshot would never be used",
+            rfc3339(taken_at),
+            rfc3339(newest)
+        )));
+    }
+    tx.execute(
+        "INSERT INTO membership_snapshots (taken_at, complete) VALUES (?1, 0)",
+        [taken_at],
+    )?;
+    let snapshot_id = tx.last_insert_rowid();
+    let mut count = 0u64;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO membership_rows (snapshot_id, group_id, user_id, email) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for row in rows {
+            let row = row?;
+            match insert.execute(params![snapshot_id, row.group_id, row.user_id, row.email]) {
+                Ok(_) => count += 1,
+                Err(e) if is_duplicate(&e) => {
+                    return Err(LoadError::Row {
+                        file: file.to_string(),
+                        line: row.line,
+                        field: Some("user_id".to_string()),
+                        reason: format!(
+                            "user {:?} appears twice in account {:?}",
+                            row.user_id, row.group_id
+                        ),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    tx.execute(
+        "UPDATE membership_snapshots SET complete = 1 WHERE id = ?1",
+        [snapshot_id],
+    )?;
+    tx.commit()?;
+    Ok((snapshot_id, count))
+}
+
+/// The newest complete snapshot of a computation: (id, taken_at, row_count).
+pub fn newest_snapshot(
+    conn: &Connection,
+    computation_id: &str,
+) -> rusqlite::Result<Option<(i64, i64, i64)>> {
+    conn.query_row(
+        "SELECT id, taken_at, coalesce(row_count, (SELECT count(*) FROM snapshot_rows WHERE snapshot_id = s.id)) \
+         FROM snapshots s WHERE computation_id = ?1 AND complete = 1 \
+         ORDER BY taken_at DESC, id DESC LIMIT 1",
+        [computation_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// The newest complete membership snapshot: (id, taken_at, rows).
+pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<(i64, i64, i64)>> {
+    conn.query_row(
+        "SELECT id, taken_at, (SELECT count(*) FROM membership_rows WHERE snapshot_id = m.id) \
+         FROM membership_snapshots m WHERE complete = 1 ORDER BY taken_at DESC, id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| unix.to_string())
+}
