@@ -1,0 +1,8 @@
+//! Command-line tests: the real binary against a real SQLite file in a fresh temporary directory.
+
+mod cli {
+    pub mod harness;
+    mod load;
+    mod settings;
+    mod status;
+}
