@@ -1,1 +1,292 @@
 //! The Segment-spec message model: identify, track and group, as Personas emits them and `send` reads them.
+//!
+//! A message is parsed once from `serde_json` into these types ("parse, don't validate"): the
+//! mapping to Intercom then works on typed fields. Maps (`traits`, `properties`, `context`,
+//! `integrations`) keep the key order of the input (`serde_json` is built with
+//! `preserve_order`), which matters for Intercom's first-10-metadata-keys rule.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// A JSON object, in input order.
+pub type Object = Map<String, Value>;
+
+/// Why a line of input is not a Segment message this product can map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("a Segment message must be a JSON object")]
+    NotAnObject,
+    #[error("the message has no `type`")]
+    MissingType,
+    #[error(
+        "message type `{0}` is not delivered to Intercom server-side (only identify, track and group are)"
+    )]
+    UnsupportedType(String),
+    #[error("`{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("a track message needs a non-empty `event`")]
+    MissingEvent,
+    #[error("a group message needs a non-empty `groupId`")]
+    MissingGroupId,
+    #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
+    BadTimestamp(String),
+}
+
+/// The fields every message type shares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Common {
+    /// `userId`, trimmed; `None` when absent, null or empty. A number is taken as its decimal text.
+    pub user_id: Option<String>,
+    pub anonymous_id: Option<String>,
+    pub message_id: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub context: Object,
+    pub integrations: Object,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identify {
+    pub common: Common,
+    pub traits: Object,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Track {
+    pub common: Common,
+    pub event: String,
+    pub properties: Object,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub common: Common,
+    pub group_id: String,
+    pub traits: Object,
+}
+
+/// A Segment-spec message of one of the three types the Intercom destination maps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Identify(Identify),
+    Track(Track),
+    Group(Group),
+}
+
+impl Message {
+    /// Parse one NDJSON line.
+    pub fn from_json_str(line: &str) -> Result<Message, ParseError> {
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| ParseError::Json(e.to_string()))?;
+        Message::from_value(&value)
+    }
+
+    /// Parse a message from a JSON value.
+    pub fn from_value(value: &Value) -> Result<Message, ParseError> {
+        let object = value.as_object().ok_or(ParseError::NotAnObject)?;
+        let kind = match object.get("type") {
+            None | Some(Value::Null) => return Err(ParseError::MissingType),
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(ParseError::WrongType {
+                    field: "type",
+                    expected: "a string",
+                });
+            }
+        };
+        let common = Common {
+            user_id: identifier(object, "userId")?,
+            anonymous_id: identifier(object, "anonymousId")?,
+            message_id: identifier(object, "messageId")?,
+            timestamp: timestamp(object)?,
+            context: sub_object(object, "context")?,
+            integrations: sub_object(object, "integrations")?,
+        };
+        match kind {
+            "identify" => Ok(Message::Identify(Identify {
+                common,
+                traits: sub_object(object, "traits")?,
+            })),
+            "track" => {
+                let event = identifier(object, "event")?.ok_or(ParseError::MissingEvent)?;
+                Ok(Message::Track(Track {
+                    common,
+                    event,
+                    properties: sub_object(object, "properties")?,
+                }))
+            }
+            "group" => {
+                let group_id = identifier(object, "groupId")?.ok_or(ParseError::MissingGroupId)?;
+                Ok(Message::Group(Group {
+                    common,
+                    group_id,
+                    traits: sub_object(object, "traits")?,
+                }))
+            }
+            other => Err(ParseError::UnsupportedType(other.to_string())),
+        }
+    }
+
+    pub fn common(&self) -> &Common {
+        match self {
+            Message::Identify(m) => &m.common,
+            Message::Track(m) => &m.common,
+            Message::Group(m) => &m.common,
+        }
+    }
+
+    /// `identify`, `track` or `group`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Identify(_) => "identify",
+            Message::Track(_) => "track",
+            Message::Group(_) => "group",
+        }
+    }
+}
+
+impl Common {
+    /// `context.traits.email`, trimmed, when it is a non-empty string.
+    pub fn context_email(&self) -> Option<String> {
+        self.context
+            .get("traits")
+            .and_then(Value::as_object)
+            .and_then(|traits| traits.get("email"))
+            .and_then(non_empty_str)
+    }
+
+    /// `context.personas`, present on every message Personas (or this daemon's emitter) sends.
+    pub fn personas(&self) -> Option<&Object> {
+        self.context.get("personas").and_then(Value::as_object)
+    }
+
+    /// The Intercom-specific options: `context.Intercom`, else `integrations.Intercom` when it is
+    /// an object (`integrations.Intercom: true` only selects the destination). The key is
+    /// matched case-insensitively, as Segment's libraries do.
+    pub fn intercom_options(&self) -> Vec<&Object> {
+        [&self.context, &self.integrations]
+            .into_iter()
+            .filter_map(|map| {
+                map.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("intercom"))
+                    .and_then(|(_, v)| v.as_object())
+            })
+            .collect()
+    }
+}
+
+/// A trimmed non-empty string, when the value is one.
+pub fn non_empty_str(value: &Value) -> Option<String> {
+    value
+        .as_str()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn identifier(object: &Object, field: &'static str) -> Result<Option<String>, ParseError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            Ok((!s.is_empty()).then(|| s.to_string()))
+        }
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(ParseError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+fn sub_object(object: &Object, field: &'static str) -> Result<Object, ParseError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(Object::new()),
+        Some(Value::Object(map)) => Ok(map.clone()),
+        Some(_) => Err(ParseError::WrongType {
+            field,
+            expected: "an object",
+        }),
+    }
+}
+
+fn timestamp(object: &Object) -> Result<Option<DateTime<Utc>>, ParseError> {
+    match object.get("timestamp") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|_| ParseError::BadTimestamp(s.clone())),
+        Some(_) => Err(ParseError::WrongType {
+            field: "timestamp",
+            expected: "an RFC 3339 string",
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_three_types_and_keeps_trait_order() {
+        let m = Message::from_value(&json!({
+            "type": "identify", "userId": " u1 ", "timestamp": "2024-05-01T00:00:00Z",
+            "traits": {"z": 1, "a": 2, "m": 3}
+        }))
+        .unwrap();
+        let Message::Identify(identify) = m else {
+            panic!("not an identify")
+        };
+        assert_eq!(identify.common.user_id.as_deref(), Some("u1"));
+        assert_eq!(
+            identify.common.timestamp.unwrap().timestamp(),
+            1_714_521_600
+        );
+        let keys: Vec<_> = identify.traits.keys().cloned().collect();
+        assert_eq!(keys, ["z", "a", "m"]);
+
+        let t = Message::from_json_str(r#"{"type":"track","userId":42,"event":"Signed Up"}"#);
+        assert!(
+            matches!(t, Ok(Message::Track(ref t)) if t.common.user_id.as_deref() == Some("42"))
+        );
+        let g = Message::from_json_str(r#"{"type":"group","groupId":"acme"}"#).unwrap();
+        assert_eq!(g.kind(), "group");
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_mapped() {
+        let cases = [
+            ("[]", ParseError::NotAnObject),
+            ("{}", ParseError::MissingType),
+            (
+                r#"{"type":"page"}"#,
+                ParseError::UnsupportedType("page".into()),
+            ),
+            (r#"{"type":"track","event":" "}"#, ParseError::MissingEvent),
+            (r#"{"type":"group"}"#, ParseError::MissingGroupId),
+            (
+                r#"{"type":"identify","traits":[1]}"#,
+                ParseError::WrongType {
+                    field: "traits",
+                    expected: "an object",
+                },
+            ),
+            (
+                r#"{"type":"identify","timestamp":"yesterday"}"#,
+                ParseError::BadTimestamp("yesterday".into()),
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(Message::from_json_str(line), Err(expected), "{line}");
+        }
+        assert!(matches!(
+            Message::from_json_str("{"),
+            Err(ParseError::Json(_))
+        ));
+    }
+}

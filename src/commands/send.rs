@@ -1,8 +1,107 @@
 //! `audience-sync send`: deliver (or with --dry-run, print the Intercom requests for) an NDJSON file of Segment messages.
+//!
+//! `--dry-run` assumes nothing is known about Intercom: every contact is resolved by a search
+//! first, every company id is a `{company_id}` placeholder, and every custom attribute is
+//! created (`POST /data_attributes`, once per attribute in the file) before its first write.
+//! A contact write is printed as the `PUT`; a contact the search does not find is created with
+//! `POST /contacts` only when the message allows it (see `intercom::plan::OnMissing`).
+//!
+//! A line that cannot be mapped is reported on standard error with its line number; the other
+//! lines are still printed, and the command then exits 2.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+
+use anyhow::Context;
 
 use crate::cli::SendArgs;
+use crate::error::CliError;
+use crate::intercom::mapping::{EventNames, KnownIds, MapOptions, map_message};
+use crate::intercom::plan::AttributeNeed;
+use crate::segment::{Message, Track};
 use crate::settings::Settings;
 
-pub fn send(_settings: &Settings, _args: SendArgs) -> anyhow::Result<()> {
-    super::not_yet("send")
+pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
+    if !args.dry_run {
+        return super::not_yet("send");
+    }
+    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        let file = File::open(&args.file)
+            .map_err(|e| CliError::usage(format!("cannot open {}: {e}", args.file.display())))?;
+        Box::new(BufReader::new(file))
+    };
+    // The edge reads the clock once; the mapping itself is pure.
+    let options = MapOptions::from_settings(&settings.intercom, chrono::Utc::now().timestamp());
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let summary = dry_run(input, &mut out, &mut io::stderr(), &options)?;
+    out.flush().context("cannot write to standard output")?;
+    if summary.refused > 0 {
+        return Err(CliError::usage(format!(
+            "{} of {} messages cannot be mapped to Intercom requests (see the lines above)",
+            summary.refused, summary.messages
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+struct Summary {
+    messages: usize,
+    refused: usize,
+}
+
+fn dry_run(
+    input: impl BufRead,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    options: &MapOptions,
+) -> anyhow::Result<Summary> {
+    let known = KnownIds::nothing();
+    let mut event_names = EventNames::new([]);
+    let mut created: BTreeSet<AttributeNeed> = BTreeSet::new();
+    let mut summary = Summary {
+        messages: 0,
+        refused: 0,
+    };
+    for (index, line) in input.lines().enumerate() {
+        let number = index + 1;
+        let line = line.with_context(|| format!("cannot read line {number}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        summary.messages += 1;
+        let planned = Message::from_json_str(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|message| {
+                if let Message::Track(Track { event, .. }) = &message {
+                    event_names.check(event).map_err(|e| e.to_string())?;
+                    event_names.record(event);
+                }
+                map_message(&message, options, &known).map_err(|e| e.to_string())
+            });
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(reason) => {
+                summary.refused += 1;
+                writeln!(err, "line {number}: {reason}")?;
+                continue;
+            }
+        };
+        for warning in &plan.warnings {
+            writeln!(err, "line {number}: warning: {warning}")?;
+        }
+        for need in &plan.attributes {
+            if created.insert(need.clone()) {
+                writeln!(out, "{}", need.create_request().to_json())?;
+            }
+        }
+        for request in plan.requests() {
+            writeln!(out, "{}", request.to_json())?;
+        }
+    }
+    Ok(summary)
 }
