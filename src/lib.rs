@@ -6,6 +6,7 @@ pub mod commands;
 pub mod error;
 pub mod intercom;
 pub mod load;
+pub mod logging;
 pub mod plan;
 pub mod segment;
 pub mod settings;

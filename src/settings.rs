@@ -344,6 +344,12 @@ impl Settings {
                 )
             })?)
         };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            anyhow::bail!(
+                "log.level: {:?} is not a log filter like \"info\" ({e})",
+                raw.log.level
+            );
+        }
         if raw.database.path.trim().is_empty() {
             anyhow::bail!("database.path: must not be empty");
         }

@@ -26,8 +26,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Load settings and, with them, start logging.
 fn settings(path: &Option<std::path::PathBuf>) -> anyhow::Result<Settings> {
-    Settings::load(path.as_deref())
+    let settings = Settings::load(path.as_deref())?;
+    crate::logging::init(&settings.log);
+    Ok(settings)
 }
 
 fn not_yet(command: &str) -> anyhow::Result<()> {
