@@ -55,15 +55,21 @@ CREATE TABLE IF NOT EXISTS membership_rows (
     PRIMARY KEY (snapshot_id, group_id, user_id)
 );
 
+-- Membership rows read by user (the per-user derived values of account computations and the
+-- membership diff walk users in order). An index only: the contract columns are unchanged.
+CREATE INDEX IF NOT EXISTS membership_rows_by_user ON membership_rows (snapshot_id, user_id, group_id);
+
 -- ─── Internal: planned and delivered state ───────────────────────────────────────────────────
 --
 -- One row per (computation, subject, entity) that the outbox has ever driven Intercom toward.
 -- subject 'user' rows hold a user's value (for account-scoped computations: the user's derived
 -- value); subject 'account' rows hold an account's own value (account scope only, for `group`).
--- planned: the JSON value the outbox is driving Intercom toward (NULL = no value).
+-- planned: the JSON value the outbox is driving Intercom toward (NULL = no value; audiences use
+-- 'true' and, after an exit, 'false').
 -- delivered: the JSON value Intercom has confirmed (NULL = no value / never delivered).
+-- email: the user's email as last seen in a snapshot (exits need it after the row is gone).
 -- Diffs are taken against planned; confirmation moves delivered; a dead letter puts planned back
--- to delivered.
+-- to delivered. A row whose planned and delivered are both NULL is deleted.
 CREATE TABLE IF NOT EXISTS entity_state (
     computation_id TEXT NOT NULL REFERENCES computations(id),
     subject TEXT NOT NULL CHECK (subject IN ('user','account')),
@@ -74,15 +80,16 @@ CREATE TABLE IF NOT EXISTS entity_state (
     PRIMARY KEY (computation_id, subject, entity_id)
 ) WITHOUT ROWID;
 
--- Which (account, user) memberships the outbox has attached in Intercom.
--- planned / delivered: 1 attached, 0 detached.
+-- Which (account, user) memberships the outbox has attached in Intercom, keyed by user first
+-- (the membership diff walks users in order). planned / delivered: 1 attached, 0 detached.
+-- A row whose planned and delivered are both 0 is deleted.
 CREATE TABLE IF NOT EXISTS membership_state (
-    group_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
     email TEXT,
     planned INTEGER NOT NULL,
     delivered INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (group_id, user_id)
+    PRIMARY KEY (user_id, group_id)
 ) WITHOUT ROWID;
 
 -- Per (user entity, event name): the last event time used, so a new event gets
@@ -94,6 +101,17 @@ CREATE TABLE IF NOT EXISTS event_times (
     PRIMARY KEY (entity_id, event_name)
 ) WITHOUT ROWID;
 
+-- What the last committed run planned from: per computation id, the snapshot (and, for account
+-- computations, the membership snapshot) its planned state reflects; the row named 'membership'
+-- holds the membership snapshot membership_state reflects. An incremental run skips an input
+-- whose snapshots are unchanged; a dead letter deletes the cursors of what it touched, so the
+-- next run diffs them again.
+CREATE TABLE IF NOT EXISTS plan_cursors (
+    subject TEXT PRIMARY KEY,                  -- a computation id, or 'membership'
+    snapshot_id INTEGER,
+    membership_snapshot_id INTEGER
+) WITHOUT ROWID;
+
 -- ─── Internal: runs and the outbox ───────────────────────────────────────────────────────────
 
 CREATE TABLE IF NOT EXISTS runs (
@@ -103,12 +121,20 @@ CREATE TABLE IF NOT EXISTS runs (
     planned_at INTEGER,                        -- when the outbox transaction committed
     finished_at INTEGER,                       -- when delivery of its messages ended
     status TEXT NOT NULL DEFAULT 'planned' CHECK (status IN ('planned','delivering','finished','failed')),
+    membership_snapshot_id INTEGER,            -- the membership snapshot diffed, if any
+    attached INTEGER NOT NULL DEFAULT 0,       -- memberships attached (group with userId)
+    detached INTEGER NOT NULL DEFAULT 0,       -- memberships detached (companies remove)
     messages_identify INTEGER NOT NULL DEFAULT 0,
     messages_track INTEGER NOT NULL DEFAULT 0,
     messages_group INTEGER NOT NULL DEFAULT 0,
     error TEXT
 );
 
+-- Per computation planned in a run. mode 'full' for a computation's initial sync or `--full`.
+-- entered / exited / changed count the computation's own entities (users, or accounts for
+-- account scope): audience entered / exited; trait appeared / gone (as entered / exited) and
+-- changed; resent counts `--full` re-sends of unchanged values; users counts the member users
+-- whose derived value changed (account scope only).
 CREATE TABLE IF NOT EXISTS run_computations (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     computation_id TEXT NOT NULL REFERENCES computations(id),
@@ -117,19 +143,24 @@ CREATE TABLE IF NOT EXISTS run_computations (
     entered INTEGER NOT NULL DEFAULT 0,
     exited INTEGER NOT NULL DEFAULT 0,
     changed INTEGER NOT NULL DEFAULT 0,
+    resent INTEGER NOT NULL DEFAULT 0,
+    users INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, computation_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_computations_by_computation ON run_computations (computation_id);
 
 -- The durable queue of Segment-spec messages. seq is the global outbox order; lane groups the
 -- messages that must be delivered strictly in order (a user's entity id, or 'account:' || group
--- id for an account's own group call). effects: JSON array of the state changes delivery
--- confirms, e.g. [{"computation_id":…, "subject":"user", "entity_id":…, "value":…}] and
--- [{"membership": {"group_id":…, "user_id":…, "attached": true}}].
+-- id for an account's own group call); lanes are independent of each other. effects: JSON array
+-- of the state changes delivery confirms (mark_delivered) or undoes (mark_dead), e.g.
+-- [{"computation_id":…, "subject":"user", "entity_id":…, "value":…}] and
+-- [{"membership": {"group_id":…, "user_id":…, "attached": true}}]. message_id is unique among
+-- pending messages: a message re-planned after a dead letter keeps its id.
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     run_id INTEGER REFERENCES runs(id),       -- NULL for messages from `send`
     lane TEXT NOT NULL,
-    message_id TEXT NOT NULL UNIQUE,
+    message_id TEXT NOT NULL,
     type TEXT NOT NULL CHECK (type IN ('identify','track','group')),
     body TEXT NOT NULL,                        -- the Segment message, JSON
     effects TEXT NOT NULL DEFAULT '[]',
@@ -141,6 +172,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     finished_at INTEGER                        -- delivered or dead-lettered at
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, lane, seq);
+CREATE INDEX IF NOT EXISTS outbox_status_seq ON outbox (status, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_message_id ON outbox (message_id) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox (message_id);
 
 -- ─── Internal: what Intercom is known to hold ────────────────────────────────────────────────
 

@@ -1,8 +1,54 @@
 //! `audience-sync sync`: one run now (diff, enqueue, deliver until drained).
 
-use crate::cli::SyncArgs;
-use crate::settings::Settings;
+use std::io::Write;
 
-pub fn sync(_settings: &Settings, _args: SyncArgs) -> anyhow::Result<()> {
-    super::not_yet("sync")
+use tracing::info;
+
+use crate::cli::SyncArgs;
+use crate::plan::{self, Output, RunMode, RunOptions};
+use crate::settings::Settings;
+use crate::store::{self, RunLock};
+
+pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
+    let options = RunOptions {
+        mode: if args.full {
+            RunMode::Full
+        } else {
+            RunMode::Incremental
+        },
+        computation: args.computation.as_deref(),
+        now: store::now_unix(),
+    };
+    if args.dry_run {
+        // Changes nothing, so it needs no run lock: it may run beside the daemon.
+        let mut conn = store::open(&settings.database.path)?;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        plan::run(
+            &mut conn,
+            &settings.personas,
+            &options,
+            Output::DryRun(&mut out),
+        )?;
+        out.flush()?;
+        return Ok(());
+    }
+    let _lock = RunLock::try_acquire(&settings.database.path)?;
+    let mut conn = store::open(&settings.database.path)?;
+    let report = plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)?;
+    info!(
+        run = report.run_id.unwrap_or_default(),
+        identify = report.messages.identify,
+        track = report.messages.track,
+        group = report.messages.group(),
+        "Run enqueued."
+    );
+    print!("{}", super::plan::report_text(settings, &report));
+    if let Some(run_id) = report.run_id {
+        println!("Enqueued as run {run_id}.");
+    }
+    if args.no_deliver {
+        return Ok(());
+    }
+    super::not_yet("delivery")
 }

@@ -1,1 +1,700 @@
 //! The diff engine and Personas emitter: newest snapshots against planned state, to messages in the outbox.
+//!
+//! A run has two phases inside one transaction. Phase one walks, per computation, the newest
+//! snapshot and the planned state as two sorted cursors (`store::state::merge_with_state`) and
+//! writes every change into a temp table. Phase two reads that table back ordered by entity and
+//! turns each entity's changes into its messages (one identify carrying every changed value,
+//! then its group calls, then one track per change), writing the outbox rows and the planned
+//! state they imply. Enqueue commits; `plan` and `sync --dry-run` roll back. Memory holds one
+//! entity's changes at a time, never a snapshot.
+
+pub mod diff;
+pub mod message;
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use anyhow::Context;
+use rusqlite::{Connection, TransactionBehavior};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::CliError;
+use crate::load::{Kind, Scope};
+use crate::settings::PersonasSettings;
+use crate::store::outbox::{self, Effect, MembershipEffect, NewMessage};
+use crate::store::snapshots;
+use crate::store::state::{self, ChangeRow, Counts, SnapshotRef, Source};
+use diff::Change;
+use message::{ComputationRef, User};
+
+/// Test hook: `AUDIENCE_SYNC_TEST_ABORT=before_commit|after_commit` aborts the process at that
+/// point of an enqueueing run, so the crash tests can prove the outbox transaction atomic.
+pub const ABORT_HOOK: &str = "AUDIENCE_SYNC_TEST_ABORT";
+
+/// Incremental (diff against planned state) or full (`--full`: re-send current values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunMode {
+    Incremental,
+    Full,
+}
+
+impl RunMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunMode::Incremental => "incremental",
+            RunMode::Full => "full",
+        }
+    }
+}
+
+/// What a run does with its messages.
+pub enum Output<'a> {
+    /// Write them to the outbox with their planned state, in one committed transaction.
+    Enqueue,
+    /// Write them as NDJSON and change nothing.
+    DryRun(&'a mut dyn Write),
+    /// Count them and change nothing.
+    Plan,
+}
+
+/// Which run to make.
+#[derive(Debug, Clone)]
+pub struct RunOptions<'a> {
+    pub mode: RunMode,
+    /// Only this computation key (and no membership changes).
+    pub computation: Option<&'a str>,
+    /// Unix seconds: when the run starts (recorded; never used for message times).
+    pub now: i64,
+}
+
+/// Messages of a run, by type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MessageCounts {
+    pub identify: u64,
+    pub track: u64,
+    /// `group` calls with a userId (attach): two Intercom requests each.
+    pub group_user: u64,
+    /// An account's own `group` call (no userId): one request.
+    pub group_account: u64,
+}
+
+impl MessageCounts {
+    pub fn group(&self) -> u64 {
+        self.group_user + self.group_account
+    }
+
+    pub fn total(&self) -> u64 {
+        self.identify + self.track + self.group()
+    }
+
+    /// The Intercom requests the messages will take, in steady state (ids cached): one per
+    /// identify and track, two per group with a user (upsert + attach), one per account group.
+    pub fn requests(&self) -> u64 {
+        self.identify + self.track + 2 * self.group_user + self.group_account
+    }
+}
+
+/// One computation's part of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComputationReport {
+    pub key: String,
+    pub id: String,
+    pub kind: &'static str,
+    pub scope: &'static str,
+    pub snapshot_id: Option<i64>,
+    /// `full` for the initial sync or `--full`, else `incremental`.
+    pub mode: RunMode,
+    /// Why the computation was not diffed (`no complete snapshot`, `unchanged`), if it was not.
+    pub skipped: Option<&'static str>,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipReport {
+    pub snapshot_id: Option<i64>,
+    pub skipped: Option<&'static str>,
+    pub attached: u64,
+    pub detached: u64,
+}
+
+/// What a run planned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The recorded run (enqueue only).
+    pub run_id: Option<i64>,
+    pub mode: RunMode,
+    pub computations: Vec<ComputationReport>,
+    pub membership: Option<MembershipReport>,
+    pub messages: MessageCounts,
+}
+
+struct Comp {
+    id: String,
+    key: String,
+    audience: bool,
+    account: bool,
+    snapshot: Option<SnapshotRef>,
+    /// Diffed with `--full` semantics (re-send unchanged values).
+    resync: bool,
+    /// Changes fire track events in this run.
+    track: bool,
+}
+
+impl Comp {
+    fn reference(&self) -> ComputationRef<'_> {
+        ComputationRef {
+            id: &self.id,
+            key: &self.key,
+            audience: self.audience,
+        }
+    }
+
+    fn kind(&self) -> diff::Kind {
+        if self.audience {
+            diff::Kind::Audience
+        } else {
+            diff::Kind::Trait
+        }
+    }
+}
+
+/// Make one run: diff every enabled computation (or the one asked for) and the membership
+/// against planned state and emit the messages to `output`. Enqueue is one transaction.
+pub fn run(
+    conn: &mut Connection,
+    personas: &PersonasSettings,
+    options: &RunOptions<'_>,
+    mut output: Output<'_>,
+) -> anyhow::Result<Report> {
+    let enqueue = matches!(output, Output::Enqueue);
+    let tx = conn.transaction_with_behavior(if enqueue {
+        TransactionBehavior::Immediate
+    } else {
+        TransactionBehavior::Deferred
+    })?;
+    let full = options.mode == RunMode::Full;
+
+    let mut selected = Vec::new();
+    let all = snapshots::computations(&tx)?;
+    if let Some(key) = options.computation {
+        let Some(c) = all.iter().find(|c| c.key == key) else {
+            return Err(CliError::usage(format!("no computation with key {key:?}")).into());
+        };
+        if !c.enabled {
+            return Err(CliError::usage(format!(
+                "computation {key:?} is disabled (computations.enabled = 0)"
+            ))
+            .into());
+        }
+        selected.push(c.clone());
+    } else {
+        selected.extend(all.into_iter().filter(|c| c.enabled));
+    }
+
+    let membership = state::newest_membership(&tx)?;
+    let mut comps = Vec::with_capacity(selected.len());
+    let mut reports = Vec::with_capacity(selected.len());
+    for c in &selected {
+        let snapshot = state::newest_snapshot(&tx, &c.id)?;
+        let initial = !state::ever_planned(&tx, &c.id)?;
+        let account = c.scope == Scope::Account;
+        let mode = if full || initial {
+            RunMode::Full
+        } else {
+            RunMode::Incremental
+        };
+        let mut skipped = None;
+        if snapshot.is_none() {
+            skipped = Some("no complete snapshot");
+        } else if !full && !initial {
+            let inputs = (
+                snapshot.map(|s| s.id),
+                if account {
+                    membership.map(|m| m.id)
+                } else {
+                    None
+                },
+            );
+            if state::cursor(&tx, &c.id)? == Some(inputs) {
+                skipped = Some("unchanged");
+            }
+        }
+        reports.push(ComputationReport {
+            key: c.key.clone(),
+            id: c.id.clone(),
+            kind: c.kind.as_str(),
+            scope: c.scope.as_str(),
+            snapshot_id: snapshot.map(|s| s.id),
+            mode,
+            skipped,
+            counts: Counts::default(),
+        });
+        comps.push(Comp {
+            id: c.id.clone(),
+            key: c.key.clone(),
+            audience: c.kind == Kind::Audience,
+            account,
+            snapshot,
+            resync: full,
+            track: !full && (!initial || personas.track_on_initial_sync),
+        });
+    }
+
+    // ── Phase one: every change, into the temp change table ──
+    state::create_changes(&tx)?;
+    for (index, comp) in comps.iter().enumerate() {
+        if reports[index].skipped.is_some() {
+            continue;
+        }
+        let snapshot = comp.snapshot.expect("skipped without a snapshot");
+        let counts = &mut reports[index].counts;
+        let source = Source::Snapshot {
+            snapshot_id: snapshot.id,
+            audience: comp.audience,
+        };
+        let subject = if comp.account { "account" } else { "user" };
+        let lane_kind = if comp.account { 0 } else { 1 };
+        state::merge_with_state(&tx, source, &comp.id, subject, |pair| {
+            if let Some((change, value)) =
+                diff::classify(comp.kind(), pair.old, pair.new, comp.resync)
+            {
+                count(counts, change);
+                state::insert_change(
+                    &tx,
+                    &ChangeRow {
+                        lane_kind,
+                        entity_id: pair.entity_id.to_string(),
+                        computation: Some(index as i64),
+                        group_id: None,
+                        email: pair.email.map(str::to_string),
+                        change: change.code(),
+                        value: value.map(str::to_string),
+                        track: comp.track && change.tracks(),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("cannot diff computation {:?}", comp.key))?;
+        if comp.account {
+            let source = match membership {
+                Some(m) => Source::Derived {
+                    snapshot_id: snapshot.id,
+                    membership_snapshot_id: m.id,
+                    audience: comp.audience,
+                },
+                None => Source::Empty,
+            };
+            state::merge_with_state(&tx, source, &comp.id, "user", |pair| {
+                if let Some((change, value)) =
+                    diff::classify(comp.kind(), pair.old, pair.new, comp.resync)
+                {
+                    counts.users += 1;
+                    state::insert_change(
+                        &tx,
+                        &ChangeRow {
+                            lane_kind: 1,
+                            entity_id: pair.entity_id.to_string(),
+                            computation: Some(index as i64),
+                            group_id: None,
+                            email: pair.email.map(str::to_string),
+                            change: change.code(),
+                            value: value.map(str::to_string),
+                            track: comp.track && change.tracks(),
+                        },
+                    )?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("cannot derive the user values of {:?}", comp.key))?;
+        }
+    }
+
+    let mut membership_report = None;
+    if options.computation.is_none() {
+        let mut report = MembershipReport {
+            snapshot_id: membership.map(|m| m.id),
+            skipped: None,
+            attached: 0,
+            detached: 0,
+        };
+        if !full && state::cursor(&tx, "membership")? == Some((membership.map(|m| m.id), None)) {
+            report.skipped = Some("unchanged");
+        } else {
+            state::merge_membership(&tx, membership.map(|m| m.id), |pair| {
+                let change = match (pair.attached, pair.in_snapshot) {
+                    (false, true) => Change::Attach,
+                    (true, false) => Change::Detach,
+                    (true, true) if full => Change::Attach,
+                    _ => return Ok(()),
+                };
+                if change == Change::Attach {
+                    report.attached += 1;
+                } else {
+                    report.detached += 1;
+                }
+                state::insert_change(
+                    &tx,
+                    &ChangeRow {
+                        lane_kind: 1,
+                        entity_id: pair.user_id.to_string(),
+                        computation: None,
+                        group_id: Some(pair.group_id.to_string()),
+                        email: pair.email.map(str::to_string),
+                        change: change.code(),
+                        value: None,
+                        track: false,
+                    },
+                )?;
+                Ok(())
+            })
+            .context("cannot diff the account membership")?;
+        }
+        membership_report = Some(report);
+    }
+
+    // ── Phase two: per entity, its messages and planned state ──
+    let run_id = if enqueue {
+        Some(state::insert_run(&tx, options.mode.as_str(), options.now)?)
+    } else {
+        None
+    };
+    let mut emitter = Emitter {
+        conn: &tx,
+        personas,
+        comps: &comps,
+        membership,
+        run_id,
+        now: options.now,
+        counts: MessageCounts::default(),
+        output: &mut output,
+    };
+    state::for_each_entity(&tx, |rows| emitter.entity(rows))?;
+    let messages = emitter.counts;
+    state::drop_changes(&tx)?;
+
+    if let Some(run_id) = run_id {
+        for (comp, report) in comps.iter().zip(&reports) {
+            if report.skipped.is_some() {
+                continue;
+            }
+            state::insert_run_computation(
+                &tx,
+                run_id,
+                &comp.id,
+                report.snapshot_id,
+                report.mode.as_str(),
+                &report.counts,
+            )?;
+            let membership_input = if comp.account {
+                membership.map(|m| m.id)
+            } else {
+                None
+            };
+            state::set_cursor(&tx, &comp.id, report.snapshot_id, membership_input)?;
+        }
+        if let Some(report) = membership_report.as_ref().filter(|r| r.skipped.is_none()) {
+            state::set_cursor(&tx, "membership", report.snapshot_id, None)?;
+        }
+        let (attached, detached) = membership_report
+            .as_ref()
+            .map_or((0, 0), |m| (m.attached, m.detached));
+        state::finish_run_plan(
+            &tx,
+            run_id,
+            options.now,
+            membership.map(|m| m.id),
+            attached,
+            detached,
+            messages.identify,
+            messages.track,
+            messages.group(),
+        )?;
+        abort_hook("before_commit");
+        tx.commit().context("cannot commit the run's outbox")?;
+        abort_hook("after_commit");
+    }
+    // Plan and dry run: dropping the transaction rolls back (there was nothing to write).
+    Ok(Report {
+        run_id,
+        mode: options.mode,
+        computations: reports,
+        membership: membership_report,
+        messages,
+    })
+}
+
+fn abort_hook(point: &str) {
+    if std::env::var(ABORT_HOOK).is_ok_and(|v| v == point) {
+        eprintln!("{ABORT_HOOK}={point}: aborting");
+        std::process::abort();
+    }
+}
+
+fn count(counts: &mut Counts, change: Change) {
+    match change {
+        Change::Entered | Change::Appeared => counts.entered += 1,
+        Change::Exited | Change::Gone => counts.exited += 1,
+        Change::Changed => counts.changed += 1,
+        Change::Resent => counts.resent += 1,
+        Change::Attach | Change::Detach => {}
+    }
+}
+
+fn json_value(text: Option<&str>) -> anyhow::Result<Value> {
+    match text {
+        None => Ok(Value::Null),
+        Some(t) => {
+            serde_json::from_str(t).with_context(|| format!("snapshot value {t:?} is not JSON"))
+        }
+    }
+}
+
+struct Emitter<'a, 'o> {
+    conn: &'a Connection,
+    personas: &'a PersonasSettings,
+    comps: &'a [Comp],
+    membership: Option<SnapshotRef>,
+    run_id: Option<i64>,
+    now: i64,
+    counts: MessageCounts,
+    output: &'a mut Output<'o>,
+}
+
+impl Emitter<'_, '_> {
+    fn comp(&self, row: &ChangeRow) -> &Comp {
+        &self.comps[row.computation.expect("a computation change") as usize]
+    }
+
+    /// The id parts that name a computation change: computation, snapshot (and membership
+    /// snapshot for a derived user value), change and value.
+    fn change_parts(&self, row: &ChangeRow, derived: bool) -> Vec<String> {
+        let comp = self.comp(row);
+        let mut parts = vec![
+            comp.id.clone(),
+            comp.snapshot.map(|s| s.id).unwrap_or_default().to_string(),
+        ];
+        if derived {
+            parts.push(self.membership.map(|m| m.id).unwrap_or(-1).to_string());
+        }
+        parts.push(row.change.to_string());
+        parts.push(row.value.clone().unwrap_or_else(|| "null".into()));
+        parts
+    }
+
+    fn entity(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        if rows[0].lane_kind == 0 {
+            self.account(rows)
+        } else {
+            self.user(rows)
+        }
+    }
+
+    /// An account's own changed values: one group call, no userId.
+    fn account(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        let group_id = rows[0].entity_id.as_str();
+        let mut traits = Vec::with_capacity(rows.len());
+        let mut effects = Vec::with_capacity(rows.len());
+        let mut parts = vec!["group".to_string(), group_id.to_string()];
+        let mut timestamp = i64::MIN;
+        for row in rows {
+            let comp = self.comp(row);
+            let value = json_value(row.value.as_deref())?;
+            traits.push((comp.reference(), value.clone()));
+            effects.push(Effect::Value {
+                computation_id: comp.id.clone(),
+                subject: "account".into(),
+                entity_id: group_id.to_string(),
+                value,
+            });
+            parts.extend(self.change_parts(row, false));
+            timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
+            if self.run_id.is_some() {
+                state::plan_value(
+                    self.conn,
+                    &comp.id,
+                    "account",
+                    group_id,
+                    None,
+                    row.value.as_deref(),
+                )?;
+            }
+        }
+        let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+        let body =
+            message::group_account(&self.personas.space_id, group_id, &traits, timestamp, &id);
+        let lane = format!("account:{group_id}");
+        self.emit(&lane, &id, "group", &body, &effects, false)
+    }
+
+    /// A user's changes: one identify (every changed value, every account left), then one group
+    /// per account joined, then one track per change that tracks.
+    fn user(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        let entity_id = rows[0].entity_id.as_str();
+        let email = rows.iter().find_map(|r| r.email.as_deref());
+        let user = User { entity_id, email };
+        let space = self.personas.space_id.as_str();
+        let membership_taken = self.membership.map_or(0, |m| m.taken_at);
+
+        let mut traits = Vec::new();
+        let mut detached = Vec::new();
+        let mut effects = Vec::new();
+        let mut parts = vec!["identify".to_string(), entity_id.to_string()];
+        let mut timestamp = i64::MIN;
+        for row in rows {
+            match Change::from_code(row.change) {
+                Some(Change::Attach) => {}
+                Some(Change::Detach) => {
+                    let group_id = row.group_id.as_deref().unwrap_or_default();
+                    detached.push(group_id);
+                    effects.push(Effect::Membership {
+                        membership: MembershipEffect {
+                            group_id: group_id.to_string(),
+                            user_id: entity_id.to_string(),
+                            attached: false,
+                        },
+                    });
+                    parts.extend([
+                        "detach".to_string(),
+                        group_id.to_string(),
+                        self.membership.map(|m| m.id).unwrap_or(-1).to_string(),
+                    ]);
+                    timestamp = timestamp.max(membership_taken);
+                }
+                Some(_) => {
+                    let comp = self.comp(row);
+                    let value = json_value(row.value.as_deref())?;
+                    traits.push((comp.reference(), value.clone()));
+                    effects.push(Effect::Value {
+                        computation_id: comp.id.clone(),
+                        subject: "user".into(),
+                        entity_id: entity_id.to_string(),
+                        value,
+                    });
+                    parts.extend(self.change_parts(row, comp.account));
+                    timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
+                }
+                None => anyhow::bail!("unknown change code {}", row.change),
+            }
+        }
+        if !traits.is_empty() || !detached.is_empty() {
+            let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let body = message::identify(space, user, &traits, &detached, timestamp, &id);
+            self.emit(entity_id, &id, "identify", &body, &effects, false)?;
+        }
+
+        for row in rows.iter().filter(|r| r.change == Change::Attach.code()) {
+            let group_id = row.group_id.as_deref().unwrap_or_default();
+            let m = self.membership.map(|m| m.id).unwrap_or(-1).to_string();
+            let id = message::message_id(&["attach", entity_id, group_id, &m]);
+            let body = message::group_attach(space, user, group_id, membership_taken, &id);
+            let effects = [Effect::Membership {
+                membership: MembershipEffect {
+                    group_id: group_id.to_string(),
+                    user_id: entity_id.to_string(),
+                    attached: true,
+                },
+            }];
+            self.emit(entity_id, &id, "group", &body, &effects, true)?;
+        }
+
+        let mut last_times: HashMap<&str, Option<i64>> = HashMap::new();
+        for row in rows.iter().filter(|r| r.track) {
+            let comp = self.comp(row);
+            let change = Change::from_code(row.change).expect("checked above");
+            let event = match change {
+                Change::Entered => self.personas.audience_entered_event.as_str(),
+                Change::Exited => self.personas.audience_exited_event.as_str(),
+                _ => self.personas.trait_computed_event.as_str(),
+            };
+            let last = match last_times.get(event) {
+                Some(last) => *last,
+                None => state::last_event_time(self.conn, entity_id, event)?,
+            };
+            let at = message::event_time(comp.snapshot.map_or(0, |s| s.taken_at), last);
+            last_times.insert(event, Some(at));
+            let mut id_parts = vec![
+                "track".to_string(),
+                entity_id.to_string(),
+                event.to_string(),
+            ];
+            id_parts.extend(self.change_parts(row, comp.account));
+            let id = message::message_id(&id_parts.iter().map(String::as_str).collect::<Vec<_>>());
+            let value = json_value(row.value.as_deref())?;
+            let body = message::track(space, user, comp.reference(), event, value, at, &id);
+            self.emit(entity_id, &id, "track", &body, &[], false)?;
+            if self.run_id.is_some() {
+                state::set_event_time(self.conn, entity_id, event, at)?;
+            }
+        }
+
+        if self.run_id.is_some() {
+            for row in rows {
+                match Change::from_code(row.change) {
+                    Some(Change::Attach) | Some(Change::Detach) => state::plan_membership(
+                        self.conn,
+                        entity_id,
+                        row.group_id.as_deref().unwrap_or_default(),
+                        row.email.as_deref(),
+                        row.change == Change::Attach.code(),
+                    )?,
+                    _ => state::plan_value(
+                        self.conn,
+                        &self.comp(row).id,
+                        "user",
+                        entity_id,
+                        row.email.as_deref(),
+                        row.value.as_deref(),
+                    )?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn emit(
+        &mut self,
+        lane: &str,
+        message_id: &str,
+        kind: &str,
+        body: &Value,
+        effects: &[Effect],
+        with_user: bool,
+    ) -> anyhow::Result<()> {
+        let counted = match self.output {
+            Output::Plan => true,
+            Output::DryRun(out) => {
+                serde_json::to_writer(&mut **out, body)?;
+                out.write_all(b"\n")?;
+                true
+            }
+            Output::Enqueue => outbox::enqueue(
+                self.conn,
+                self.run_id,
+                &NewMessage {
+                    lane,
+                    message_id,
+                    kind,
+                    body: &body.to_string(),
+                    effects: &serde_json::to_string(effects)?,
+                },
+                self.now,
+            )?,
+        };
+        if counted {
+            match kind {
+                "identify" => self.counts.identify += 1,
+                "track" => self.counts.track += 1,
+                _ if with_user => self.counts.group_user += 1,
+                _ => self.counts.group_account += 1,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

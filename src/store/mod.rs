@@ -1,7 +1,9 @@
 //! The SQLite storage layer: opening the database with the right pragmas, applying
 //! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
 
+pub mod outbox;
 pub mod snapshots;
+pub mod state;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,369 @@
+//! Building the Segment-spec messages Personas sends: identify, track and group, with their
+//! deterministic `messageId`s and event times. Pure: values in, JSON out; no clock.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// What `context.personas` names: one computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputationRef<'a> {
+    pub id: &'a str,
+    pub key: &'a str,
+    pub audience: bool,
+}
+
+impl ComputationRef<'_> {
+    fn class(&self) -> &'static str {
+        if self.audience { "audience" } else { "trait" }
+    }
+}
+
+/// A user as messages address it: `userId` is the entity id, except for a user known only by
+/// email (entity id = its lower-cased email), who is addressed by email alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User<'a> {
+    pub entity_id: &'a str,
+    pub email: Option<&'a str>,
+}
+
+impl<'a> User<'a> {
+    pub fn user_id(&self) -> Option<&'a str> {
+        match self.email {
+            Some(email) if email.eq_ignore_ascii_case(self.entity_id) => None,
+            _ => Some(self.entity_id),
+        }
+    }
+}
+
+/// `personas_` + 32 hex characters of SHA-256 over the parts (NUL-separated): the same change
+/// of the same entity from the same snapshot always gets the same id.
+pub fn message_id(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    let mut id = String::with_capacity(9 + 32);
+    id.push_str("personas_");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
+
+/// The time of a new event: the snapshot time, but always at least one second after the last
+/// event of the same name for the same user, so Intercom never de-duplicates it.
+pub fn event_time(taken_at: i64, last: Option<i64>) -> i64 {
+    match last {
+        Some(last) => taken_at.max(last + 1),
+        None => taken_at,
+    }
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn integrations() -> Value {
+    json!({"All": false, "Intercom": true})
+}
+
+/// `context.personas`: the first computation's fields, and for a message that carries several
+/// computations (a coalesced identify or group) every one of them under `computations`. A
+/// message that carries none (an attach, or an identify that only detaches) names the space.
+pub fn personas(space_id: &str, computations: &[ComputationRef<'_>]) -> Value {
+    let mut p = Map::new();
+    if let Some(first) = computations.first() {
+        p.insert("computation_class".into(), first.class().into());
+        p.insert("computation_id".into(), first.id.into());
+        p.insert("computation_key".into(), first.key.into());
+    }
+    p.insert("namespace".into(), format!("spa_{space_id}").into());
+    p.insert("space_id".into(), space_id.into());
+    if computations.len() > 1 {
+        p.insert(
+            "computations".into(),
+            computations
+                .iter()
+                .map(|c| {
+                    json!({
+                        "computation_class": c.class(),
+                        "computation_id": c.id,
+                        "computation_key": c.key,
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    Value::Object(p)
+}
+
+fn base(kind: &str, message_id: &str, timestamp: i64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("type".into(), kind.into());
+    m.insert("messageId".into(), message_id.into());
+    m.insert("timestamp".into(), rfc3339(timestamp).into());
+    m
+}
+
+/// One identify carrying every changed value of a user (`traits` in computation order) and
+/// the accounts the user left (`companies: [{id, remove: true}]`).
+pub fn identify(
+    space_id: &str,
+    user: User<'_>,
+    traits: &[(ComputationRef<'_>, Value)],
+    detached_from: &[&str],
+    timestamp: i64,
+    message_id: &str,
+) -> Value {
+    let mut m = base("identify", message_id, timestamp);
+    if let Some(id) = user.user_id() {
+        m.insert("userId".into(), id.into());
+    }
+    let mut t = Map::new();
+    if let Some(email) = user.email {
+        t.insert("email".into(), email.into());
+    }
+    for (c, v) in traits {
+        t.insert(c.key.to_string(), v.clone());
+    }
+    if !detached_from.is_empty() {
+        t.insert(
+            "companies".into(),
+            detached_from
+                .iter()
+                .map(|g| json!({"id": g, "remove": true}))
+                .collect::<Vec<_>>()
+                .into(),
+        );
+    }
+    m.insert("traits".into(), Value::Object(t));
+    m.insert("integrations".into(), integrations());
+    let computations: Vec<_> = traits.iter().map(|(c, _)| *c).collect();
+    m.insert(
+        "context".into(),
+        json!({"personas": personas(space_id, &computations)}),
+    );
+    Value::Object(m)
+}
+
+/// One track: `Audience Entered` / `Audience Exited` with `{audience_key: KEY, KEY: bool}`,
+/// or `Trait Computed` with `{trait_key: KEY, KEY: VALUE}`.
+pub fn track(
+    space_id: &str,
+    user: User<'_>,
+    computation: ComputationRef<'_>,
+    event: &str,
+    value: Value,
+    timestamp: i64,
+    message_id: &str,
+) -> Value {
+    let mut m = base("track", message_id, timestamp);
+    if let Some(id) = user.user_id() {
+        m.insert("userId".into(), id.into());
+    }
+    m.insert("event".into(), event.into());
+    let mut props = Map::new();
+    let label = if computation.audience {
+        "audience_key"
+    } else {
+        "trait_key"
+    };
+    props.insert(label.into(), computation.key.into());
+    props.insert(computation.key.into(), value);
+    m.insert("properties".into(), Value::Object(props));
+    m.insert("integrations".into(), integrations());
+    let mut context = Map::new();
+    if let Some(email) = user.email {
+        context.insert("traits".into(), json!({"email": email}));
+    }
+    context.insert("personas".into(), personas(space_id, &[computation]));
+    m.insert("context".into(), Value::Object(context));
+    Value::Object(m)
+}
+
+/// An account's own values: `group {groupId, traits}` with no userId (it upserts the company).
+pub fn group_account(
+    space_id: &str,
+    group_id: &str,
+    traits: &[(ComputationRef<'_>, Value)],
+    timestamp: i64,
+    message_id: &str,
+) -> Value {
+    let mut m = base("group", message_id, timestamp);
+    m.insert("groupId".into(), group_id.into());
+    let mut t = Map::new();
+    for (c, v) in traits {
+        t.insert(c.key.to_string(), v.clone());
+    }
+    m.insert("traits".into(), Value::Object(t));
+    m.insert("integrations".into(), integrations());
+    let computations: Vec<_> = traits.iter().map(|(c, _)| *c).collect();
+    m.insert(
+        "context".into(),
+        json!({"personas": personas(space_id, &computations)}),
+    );
+    Value::Object(m)
+}
+
+/// A user joined an account: `group {userId, groupId, traits: {}}` (attach).
+pub fn group_attach(
+    space_id: &str,
+    user: User<'_>,
+    group_id: &str,
+    timestamp: i64,
+    message_id: &str,
+) -> Value {
+    let mut m = base("group", message_id, timestamp);
+    if let Some(id) = user.user_id() {
+        m.insert("userId".into(), id.into());
+    }
+    m.insert("groupId".into(), group_id.into());
+    m.insert("traits".into(), json!({}));
+    m.insert("integrations".into(), integrations());
+    let mut context = Map::new();
+    if let Some(email) = user.email {
+        context.insert("traits".into(), json!({"email": email}));
+    }
+    context.insert("personas".into(), personas(space_id, &[]));
+    m.insert("context".into(), Value::Object(context));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AUD: ComputationRef<'static> = ComputationRef {
+        id: "aud_1",
+        key: "order_completed_last_30days",
+        audience: true,
+    };
+    const TRA: ComputationRef<'static> = ComputationRef {
+        id: "tra_1",
+        key: "ltv",
+        audience: false,
+    };
+
+    #[test]
+    fn identify_has_every_field_personas_sends() {
+        let user = User {
+            entity_id: "u1",
+            email: Some("a@example.com"),
+        };
+        let m = identify(
+            "local",
+            user,
+            &[(AUD, json!(true)), (TRA, json!(42))],
+            &["acme"],
+            0,
+            "personas_x",
+        );
+        assert_eq!(
+            m,
+            json!({
+                "type": "identify",
+                "messageId": "personas_x",
+                "timestamp": "1970-01-01T00:00:00Z",
+                "userId": "u1",
+                "traits": {
+                    "email": "a@example.com",
+                    "order_completed_last_30days": true,
+                    "ltv": 42,
+                    "companies": [{"id": "acme", "remove": true}]
+                },
+                "integrations": {"All": false, "Intercom": true},
+                "context": {"personas": {
+                    "computation_class": "audience",
+                    "computation_id": "aud_1",
+                    "computation_key": "order_completed_last_30days",
+                    "namespace": "spa_local",
+                    "space_id": "local",
+                    "computations": [
+                        {"computation_class": "audience", "computation_id": "aud_1", "computation_key": "order_completed_last_30days"},
+                        {"computation_class": "trait", "computation_id": "tra_1", "computation_key": "ltv"}
+                    ]
+                }}
+            })
+        );
+    }
+
+    #[test]
+    fn track_properties_and_email_in_context() {
+        let user = User {
+            entity_id: "b@example.com",
+            email: Some("b@example.com"),
+        };
+        let m = track(
+            "s",
+            user,
+            TRA,
+            "Trait Computed",
+            json!("x"),
+            86400,
+            "personas_t",
+        );
+        assert!(m.get("userId").is_none(), "email-only users have no userId");
+        assert_eq!(m["properties"], json!({"trait_key": "ltv", "ltv": "x"}));
+        assert_eq!(m["context"]["traits"]["email"], "b@example.com");
+        assert_eq!(m["timestamp"], "1970-01-02T00:00:00Z");
+        let m = track(
+            "s",
+            user,
+            AUD,
+            "Audience Exited",
+            json!(false),
+            0,
+            "personas_t",
+        );
+        assert_eq!(
+            m["properties"],
+            json!({"audience_key": "order_completed_last_30days", "order_completed_last_30days": false})
+        );
+    }
+
+    #[test]
+    fn group_shapes() {
+        let m = group_account("s", "acme", &[(TRA, json!("Enterprise"))], 0, "personas_g");
+        assert!(m.get("userId").is_none());
+        assert_eq!(m["groupId"], "acme");
+        assert_eq!(m["traits"], json!({"ltv": "Enterprise"}));
+        assert_eq!(m["context"]["personas"]["computation_id"], "tra_1");
+        let user = User {
+            entity_id: "u1",
+            email: None,
+        };
+        let m = group_attach("s", user, "acme", 0, "personas_a");
+        assert_eq!(m["userId"], "u1");
+        assert_eq!(m["groupId"], "acme");
+        assert_eq!(m["traits"], json!({}));
+    }
+
+    #[test]
+    fn message_ids_are_deterministic_and_distinct() {
+        let a = message_id(&["identify", "u1", "aud_1", "7", "1", "true"]);
+        assert_eq!(
+            a,
+            message_id(&["identify", "u1", "aud_1", "7", "1", "true"])
+        );
+        assert_ne!(
+            a,
+            message_id(&["identify", "u1", "aud_1", "8", "1", "true"])
+        );
+        // Parts are separated: ("ab","c") is not ("a","bc").
+        assert_ne!(message_id(&["ab", "c"]), message_id(&["a", "bc"]));
+        assert!(a.starts_with("personas_") && a.len() == 41);
+    }
+
+    #[test]
+    fn event_times_never_repeat() {
+        assert_eq!(event_time(100, None), 100);
+        assert_eq!(event_time(100, Some(50)), 100);
+        assert_eq!(event_time(100, Some(100)), 101);
+        assert_eq!(event_time(100, Some(120)), 121);
+    }
+}

@@ -1,0 +1,907 @@
+//! Unit tests of the engine against an in-memory database: every row of SPEC section 5's
+//! table, coalescing, ordering, initial and full syncs, event times, re-planning after a dead
+//! letter, and property tests of the diff.
+
+use proptest::prelude::*;
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::store::outbox::{mark_dead, mark_delivered, pending};
+
+fn personas() -> PersonasSettings {
+    PersonasSettings {
+        space_id: "test".into(),
+        track_on_initial_sync: false,
+        audience_entered_event: "Audience Entered".into(),
+        audience_exited_event: "Audience Exited".into(),
+        trait_computed_event: "Trait Computed".into(),
+    }
+}
+
+struct Db {
+    conn: Connection,
+    personas: PersonasSettings,
+    clock: i64,
+}
+
+impl Db {
+    fn new() -> Db {
+        Db {
+            conn: crate::store::open_in_memory().unwrap(),
+            personas: personas(),
+            clock: 1_700_000_000,
+        }
+    }
+
+    fn computation(&self, id: &str, key: &str, name: &str, kind: &str, scope: &str) {
+        self.conn
+            .execute(
+                "INSERT INTO computations (id, key, name, kind, scope, created_at) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                params![id, key, name, kind, scope],
+            )
+            .unwrap();
+    }
+
+    /// A complete snapshot of (entity, email, value JSON) rows; returns its id.
+    fn snapshot(&mut self, computation: &str, rows: &[(&str, Option<&str>, &str)]) -> i64 {
+        self.clock += 60;
+        self.conn
+            .execute(
+                "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES (?1, ?2, 0)",
+                params![computation, self.clock],
+            )
+            .unwrap();
+        let id = self.conn.last_insert_rowid();
+        for (entity, email, value) in rows {
+            self.conn
+                .execute(
+                    "INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, entity, email, value],
+                )
+                .unwrap();
+        }
+        self.conn
+            .execute("UPDATE snapshots SET complete = 1 WHERE id = ?1", [id])
+            .unwrap();
+        id
+    }
+
+    /// A complete membership snapshot of (group, user) rows.
+    fn members(&mut self, rows: &[(&str, &str)]) -> i64 {
+        self.clock += 60;
+        self.conn
+            .execute(
+                "INSERT INTO membership_snapshots (taken_at, complete) VALUES (?1, 1)",
+                [self.clock],
+            )
+            .unwrap();
+        let id = self.conn.last_insert_rowid();
+        for (group, user) in rows {
+            self.conn
+                .execute(
+                    "INSERT INTO membership_rows (snapshot_id, group_id, user_id) VALUES (?1, ?2, ?3)",
+                    params![id, group, user],
+                )
+                .unwrap();
+        }
+        id
+    }
+
+    fn run_with(&mut self, mode: RunMode, computation: Option<&str>) -> (Report, Vec<Value>) {
+        let before: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        let options = RunOptions {
+            mode,
+            computation,
+            now: self.clock,
+        };
+        let report = run(&mut self.conn, &self.personas, &options, Output::Enqueue).unwrap();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT body FROM outbox WHERE seq > ?1 ORDER BY seq")
+            .unwrap();
+        let bodies = stmt
+            .query_map([before], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+            .collect();
+        (report, bodies)
+    }
+
+    fn run(&mut self) -> Vec<Value> {
+        self.run_with(RunMode::Incremental, None).1
+    }
+
+    fn dry_run(&mut self, mode: RunMode) -> Vec<Value> {
+        let mut out = Vec::new();
+        let options = RunOptions {
+            mode,
+            computation: None,
+            now: self.clock,
+        };
+        run(
+            &mut self.conn,
+            &self.personas,
+            &options,
+            Output::DryRun(&mut out),
+        )
+        .unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn deliver_all(&mut self) {
+        for m in pending(&self.conn, 1_000_000).unwrap() {
+            mark_delivered(&mut self.conn, m.seq).unwrap();
+        }
+    }
+
+    fn state(
+        &self,
+        computation: &str,
+        subject: &str,
+        entity: &str,
+    ) -> Option<(Option<String>, Option<String>)> {
+        self.conn
+            .query_row(
+                "SELECT planned, delivered FROM entity_state WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+                params![computation, subject, entity],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok()
+    }
+}
+
+/// A compact view of a message: (type, user or group, what it carries).
+fn summary(m: &Value) -> (String, String, Value) {
+    let kind = m["type"].as_str().unwrap().to_string();
+    let who = m
+        .get("userId")
+        .and_then(Value::as_str)
+        .or_else(|| m.get("groupId").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string();
+    let what = match kind.as_str() {
+        "identify" => {
+            let mut t = m["traits"].clone();
+            t.as_object_mut().unwrap().remove("email");
+            t
+        }
+        "track" => json!({"event": m["event"], "properties": m["properties"]}),
+        _ => json!({"groupId": m["groupId"], "userId": m.get("userId"), "traits": m["traits"]}),
+    };
+    (kind, who, what)
+}
+
+fn summaries(ms: &[Value]) -> Vec<(String, String, Value)> {
+    ms.iter().map(summary).collect()
+}
+
+fn s(kind: &str, who: &str, what: Value) -> (String, String, Value) {
+    (kind.to_string(), who.to_string(), what)
+}
+
+/// A database where `aud_1` (user audience `vip`) and `tra_1` (user trait `ltv`) already had
+/// their initial sync from empty snapshots, so the next run is incremental.
+fn user_db() -> Db {
+    let mut db = Db::new();
+    db.computation("aud_1", "vip", "VIP", "audience", "user");
+    db.computation("tra_1", "ltv", "LTV", "trait", "user");
+    db.snapshot("aud_1", &[]);
+    db.snapshot("tra_1", &[]);
+    assert!(db.run().is_empty());
+    db
+}
+
+#[test]
+fn spec_table_user_rows() {
+    // (audience members, trait values) before and after → messages of the second run.
+    type Snap<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
+    type Case<'a> = (&'a str, Snap<'a>, Snap<'a>, Vec<(String, String, Value)>);
+    let cases: Vec<Case> = vec![
+        (
+            "user audience entered",
+            (&[], &[]),
+            (&["u1"], &[]),
+            vec![
+                s("identify", "u1", json!({"vip": true})),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Audience Entered", "properties": {"audience_key": "vip", "vip": true}}),
+                ),
+            ],
+        ),
+        (
+            "user audience exited",
+            (&["u1"], &[]),
+            (&[], &[]),
+            vec![
+                s("identify", "u1", json!({"vip": false})),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Audience Exited", "properties": {"audience_key": "vip", "vip": false}}),
+                ),
+            ],
+        ),
+        (
+            "user trait new",
+            (&[], &[]),
+            (&[], &[("u1", "42")]),
+            vec![
+                s("identify", "u1", json!({"ltv": 42})),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Trait Computed", "properties": {"trait_key": "ltv", "ltv": 42}}),
+                ),
+            ],
+        ),
+        (
+            "user trait changed",
+            (&[], &[("u1", "42")]),
+            (&[], &[("u1", "\"gold\"")]),
+            vec![
+                s("identify", "u1", json!({"ltv": "gold"})),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Trait Computed", "properties": {"trait_key": "ltv", "ltv": "gold"}}),
+                ),
+            ],
+        ),
+        (
+            "user trait gone from the snapshot",
+            (&[], &[("u1", "42")]),
+            (&[], &[]),
+            vec![s("identify", "u1", json!({"ltv": null}))],
+        ),
+        (
+            "user trait value null is the same as gone",
+            (&[], &[("u1", "42")]),
+            (&[], &[("u1", "null")]),
+            vec![s("identify", "u1", json!({"ltv": null}))],
+        ),
+        (
+            "no change",
+            (&["u1"], &[("u1", "42")]),
+            (&["u1"], &[("u1", "42")]),
+            vec![],
+        ),
+        (
+            "coalesced: one identify, then one track per change",
+            (&[], &[]),
+            (&["u1"], &[("u1", "[1,2]")]),
+            // Computations go in key order: ltv before vip.
+            vec![
+                s("identify", "u1", json!({"ltv": [1, 2], "vip": true})),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Trait Computed", "properties": {"trait_key": "ltv", "ltv": [1, 2]}}),
+                ),
+                s(
+                    "track",
+                    "u1",
+                    json!({"event": "Audience Entered", "properties": {"audience_key": "vip", "vip": true}}),
+                ),
+            ],
+        ),
+    ];
+    for (name, before, after, want) in cases {
+        let mut db = user_db();
+        let rows =
+            |members: &[&'static str]| -> Vec<(&'static str, Option<&'static str>, &'static str)> {
+                members.iter().map(|m| (*m, None, "true")).collect()
+            };
+        db.snapshot("aud_1", &rows(before.0));
+        db.snapshot(
+            "tra_1",
+            &before
+                .1
+                .iter()
+                .map(|(u, v)| (*u, None, *v))
+                .collect::<Vec<_>>(),
+        );
+        db.run();
+        db.snapshot("aud_1", &rows(after.0));
+        db.snapshot(
+            "tra_1",
+            &after
+                .1
+                .iter()
+                .map(|(u, v)| (*u, None, *v))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(summaries(&db.run()), want, "{name}");
+    }
+}
+
+fn account_db() -> Db {
+    let mut db = Db::new();
+    db.computation("aud_a", "enterprise", "Enterprise", "audience", "account");
+    db.computation("tra_a", "plan_tier", "Plan tier", "trait", "account");
+    db.snapshot("aud_a", &[]);
+    db.snapshot("tra_a", &[]);
+    db.members(&[("acme", "u1"), ("acme", "u2"), ("beta", "u2")]);
+    // Initial: attaches only.
+    let first = summaries(&db.run());
+    assert_eq!(
+        first,
+        vec![
+            s(
+                "group",
+                "u1",
+                json!({"groupId": "acme", "userId": "u1", "traits": {}})
+            ),
+            s(
+                "group",
+                "u2",
+                json!({"groupId": "acme", "userId": "u2", "traits": {}})
+            ),
+            s(
+                "group",
+                "u2",
+                json!({"groupId": "beta", "userId": "u2", "traits": {}})
+            ),
+        ]
+    );
+    db
+}
+
+#[test]
+fn spec_table_account_audience_entered_and_exited() {
+    let mut db = account_db();
+    db.snapshot("aud_a", &[("acme", None, "true")]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![
+            s(
+                "group",
+                "acme",
+                json!({"groupId": "acme", "userId": null, "traits": {"enterprise": true}})
+            ),
+            s("identify", "u1", json!({"enterprise": true})),
+            s(
+                "track",
+                "u1",
+                json!({"event": "Audience Entered", "properties": {"audience_key": "enterprise", "enterprise": true}})
+            ),
+            s("identify", "u2", json!({"enterprise": true})),
+            s(
+                "track",
+                "u2",
+                json!({"event": "Audience Entered", "properties": {"audience_key": "enterprise", "enterprise": true}})
+            ),
+        ]
+    );
+    // u2 is also in beta: beta entering changes the account but not u2's derived value.
+    db.snapshot("aud_a", &[("acme", None, "true"), ("beta", None, "true")]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![s(
+            "group",
+            "beta",
+            json!({"groupId": "beta", "userId": null, "traits": {"enterprise": true}})
+        )]
+    );
+    // acme exits: u1 exits, u2 stays a member through beta.
+    db.snapshot("aud_a", &[("beta", None, "true")]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![
+            s(
+                "group",
+                "acme",
+                json!({"groupId": "acme", "userId": null, "traits": {"enterprise": false}})
+            ),
+            s("identify", "u1", json!({"enterprise": false})),
+            s(
+                "track",
+                "u1",
+                json!({"event": "Audience Exited", "properties": {"audience_key": "enterprise", "enterprise": false}})
+            ),
+        ]
+    );
+}
+
+#[test]
+fn spec_table_account_trait_new_changed_gone_and_two_accounts() {
+    let mut db = account_db();
+    // u2 is in acme and beta: the smallest group_id with a value (acme) wins.
+    db.snapshot(
+        "tra_a",
+        &[("acme", None, "\"gold\""), ("beta", None, "\"silver\"")],
+    );
+    assert_eq!(
+        summaries(&db.run()),
+        vec![
+            s(
+                "group",
+                "acme",
+                json!({"groupId": "acme", "userId": null, "traits": {"plan_tier": "gold"}})
+            ),
+            s(
+                "group",
+                "beta",
+                json!({"groupId": "beta", "userId": null, "traits": {"plan_tier": "silver"}})
+            ),
+            s("identify", "u1", json!({"plan_tier": "gold"})),
+            s(
+                "track",
+                "u1",
+                json!({"event": "Trait Computed", "properties": {"trait_key": "plan_tier", "plan_tier": "gold"}})
+            ),
+            s("identify", "u2", json!({"plan_tier": "gold"})),
+            s(
+                "track",
+                "u2",
+                json!({"event": "Trait Computed", "properties": {"trait_key": "plan_tier", "plan_tier": "gold"}})
+            ),
+        ]
+    );
+    // acme's value goes: acme gets null; u1 loses the value (null, no track); u2 falls back to beta.
+    db.snapshot("tra_a", &[("beta", None, "\"silver\"")]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![
+            s(
+                "group",
+                "acme",
+                json!({"groupId": "acme", "userId": null, "traits": {"plan_tier": null}})
+            ),
+            s("identify", "u1", json!({"plan_tier": null})),
+            s("identify", "u2", json!({"plan_tier": "silver"})),
+            s(
+                "track",
+                "u2",
+                json!({"event": "Trait Computed", "properties": {"trait_key": "plan_tier", "plan_tier": "silver"}})
+            ),
+        ]
+    );
+}
+
+#[test]
+fn spec_table_membership_join_and_leave() {
+    let mut db = account_db();
+    db.snapshot("aud_a", &[("beta", None, "true")]);
+    db.run();
+    // u1 joins beta (attach; derived value appears), u2 leaves beta (detach; derived value goes).
+    db.members(&[("acme", "u1"), ("acme", "u2"), ("beta", "u1")]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![
+            s("identify", "u1", json!({"enterprise": true})),
+            s(
+                "group",
+                "u1",
+                json!({"groupId": "beta", "userId": "u1", "traits": {}})
+            ),
+            s(
+                "track",
+                "u1",
+                json!({"event": "Audience Entered", "properties": {"audience_key": "enterprise", "enterprise": true}})
+            ),
+            s(
+                "identify",
+                "u2",
+                json!({"enterprise": false, "companies": [{"id": "beta", "remove": true}]})
+            ),
+            s(
+                "track",
+                "u2",
+                json!({"event": "Audience Exited", "properties": {"audience_key": "enterprise", "enterprise": false}})
+            ),
+        ]
+    );
+    // A join that changes no derived value: the attach alone.
+    db.members(&[
+        ("acme", "u1"),
+        ("acme", "u2"),
+        ("beta", "u1"),
+        ("acme", "u3"),
+    ]);
+    assert_eq!(
+        summaries(&db.run()),
+        vec![s(
+            "group",
+            "u3",
+            json!({"groupId": "acme", "userId": "u3", "traits": {}})
+        )]
+    );
+}
+
+#[test]
+fn initial_sync_sends_identifies_only_unless_asked() {
+    for track_on_initial_sync in [false, true] {
+        let mut db = Db::new();
+        db.personas.track_on_initial_sync = track_on_initial_sync;
+        db.computation("aud_1", "vip", "VIP", "audience", "user");
+        db.snapshot("aud_1", &[("u1", Some("u1@example.com"), "true")]);
+        let (report, ms) = db.run_with(RunMode::Incremental, None);
+        assert_eq!(report.computations[0].mode, RunMode::Full);
+        let kinds: Vec<_> = ms.iter().map(|m| m["type"].as_str().unwrap()).collect();
+        if track_on_initial_sync {
+            assert_eq!(kinds, ["identify", "track"]);
+        } else {
+            assert_eq!(kinds, ["identify"]);
+        }
+        assert_eq!(ms[0]["traits"]["email"], "u1@example.com");
+    }
+}
+
+#[test]
+fn initial_sync_coalesces_one_identify_per_user() {
+    let mut db = Db::new();
+    let users: Vec<String> = (0..50).map(|i| format!("u{i:03}")).collect();
+    for c in 0..5 {
+        let id = format!("tra_{c}");
+        db.computation(&id, &format!("t{c}"), &format!("T {c}"), "trait", "user");
+        let rows: Vec<_> = users.iter().map(|u| (u.as_str(), None, "1")).collect();
+        db.snapshot(&id, &rows);
+    }
+    let (report, ms) = db.run_with(RunMode::Incremental, None);
+    assert_eq!(report.messages.identify, 50);
+    assert_eq!(ms.len(), 50);
+    assert_eq!(
+        ms[0]["traits"],
+        json!({"t0": 1, "t1": 1, "t2": 1, "t3": 1, "t4": 1})
+    );
+    assert_eq!(
+        ms[0]["context"]["personas"]["computations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn full_resync_resends_values_clears_vanished_and_tracks_nothing() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("u1", None, "true"), ("u2", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "5"), ("u3", None, "7")]);
+    db.run();
+    // u2 exits and u3's value goes, but we ask for a full resync.
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "5")]);
+    let (report, ms) = db.run_with(RunMode::Full, None);
+    assert_eq!(
+        summaries(&ms),
+        vec![
+            s("identify", "u1", json!({"ltv": 5, "vip": true})),
+            s("identify", "u2", json!({"vip": false})),
+            s("identify", "u3", json!({"ltv": null})),
+        ]
+    );
+    assert_eq!(report.messages.track, 0);
+    // The same full resync again while its messages are pending queues nothing new for u1
+    // (same messageId already pending); u2's false was an exit and is now a re-send.
+    let (_, ms) = db.run_with(RunMode::Full, None);
+    assert_eq!(
+        summaries(&ms),
+        vec![s("identify", "u2", json!({"vip": false}))]
+    );
+    // Once delivered, a full resync re-sends current values (exited u2 keeps its false).
+    db.deliver_all();
+    let (_, ms) = db.run_with(RunMode::Full, None);
+    assert_eq!(
+        summaries(&ms),
+        vec![
+            s("identify", "u1", json!({"ltv": 5, "vip": true})),
+            s("identify", "u2", json!({"vip": false})),
+        ]
+    );
+}
+
+#[test]
+fn explicit_key_differs_from_the_snake_case_of_the_name() {
+    let mut db = Db::new();
+    db.computation(
+        "aud_9",
+        "order_completed_last_30days",
+        "Order Completed Last 30 Days",
+        "audience",
+        "user",
+    );
+    db.snapshot("aud_9", &[("u1", None, "true")]);
+    let ms = db.run();
+    assert_eq!(
+        ms[0]["traits"],
+        json!({"order_completed_last_30days": true})
+    );
+    assert_eq!(
+        ms[0]["context"]["personas"]["computation_key"],
+        "order_completed_last_30days"
+    );
+    assert_eq!(ms[0]["context"]["personas"]["computation_id"], "aud_9");
+    assert_eq!(
+        ms[0]["context"]["personas"]["computation_class"],
+        "audience"
+    );
+    assert_eq!(ms[0]["context"]["personas"]["namespace"], "spa_test");
+    assert_eq!(
+        ms[0]["integrations"],
+        json!({"All": false, "Intercom": true})
+    );
+    assert!(
+        ms[0]["messageId"]
+            .as_str()
+            .unwrap()
+            .starts_with("personas_")
+    );
+}
+
+#[test]
+fn email_only_users_are_addressed_by_email() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("x@example.com", Some("x@example.com"), "true")]);
+    let ms = db.run();
+    assert!(ms[0].get("userId").is_none());
+    assert_eq!(ms[0]["traits"]["email"], "x@example.com");
+    assert_eq!(ms[1]["context"]["traits"]["email"], "x@example.com");
+}
+
+#[test]
+fn a_replanned_message_keeps_its_message_id() {
+    let mut db = user_db();
+    db.snapshot("tra_1", &[("u1", None, "5")]);
+    let first = db.run();
+    assert_eq!(first.len(), 2);
+    let identify = pending(&db.conn, 10)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.kind == "identify")
+        .unwrap();
+    assert_eq!(
+        db.state("tra_1", "user", "u1"),
+        Some((Some("5".into()), None))
+    );
+    mark_dead(&mut db.conn, identify.seq, "400 bad attribute").unwrap();
+    assert_eq!(
+        db.state("tra_1", "user", "u1"),
+        None,
+        "planned went back to delivered (none)"
+    );
+    // The next run re-emits u1 from the same snapshot, with the same messageId.
+    let again = db.run();
+    let again_identify = again.iter().find(|m| m["type"] == "identify").unwrap();
+    assert_eq!(again_identify["messageId"], first[0]["messageId"]);
+    assert_eq!(again_identify["traits"]["ltv"], 5);
+}
+
+#[test]
+fn delivery_moves_delivered_state_and_dead_letters_restore_planned() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    db.run();
+    db.deliver_all();
+    assert_eq!(
+        db.state("aud_1", "user", "u1"),
+        Some((Some("true".into()), Some("true".into())))
+    );
+    db.snapshot("aud_1", &[]);
+    db.run();
+    assert_eq!(
+        db.state("aud_1", "user", "u1"),
+        Some((Some("false".into()), Some("true".into())))
+    );
+    let identify = pending(&db.conn, 10)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.kind == "identify")
+        .unwrap();
+    mark_dead(&mut db.conn, identify.seq, "gone").unwrap();
+    assert_eq!(
+        db.state("aud_1", "user", "u1"),
+        Some((Some("true".into()), Some("true".into())))
+    );
+    // The exit is planned again by the next run.
+    let ms = db.run();
+    assert_eq!(summary(&ms[0]), s("identify", "u1", json!({"vip": false})));
+}
+
+#[test]
+fn event_times_are_distinct_within_and_across_runs() {
+    let mut db = user_db();
+    db.computation("tra_2", "score", "Score", "trait", "user");
+    db.snapshot("tra_2", &[]);
+    db.run();
+    db.snapshot("tra_1", &[("u1", None, "1")]);
+    db.snapshot("tra_2", &[("u1", None, "2")]);
+    let ms = db.run();
+    let times: Vec<_> = ms
+        .iter()
+        .filter(|m| m["type"] == "track")
+        .map(|m| m["timestamp"].clone())
+        .collect();
+    assert_eq!(times.len(), 2);
+    assert_ne!(
+        times[0], times[1],
+        "two Trait Computed for one user in one run"
+    );
+    // A later run whose snapshot is older than the last event time still moves forward.
+    db.conn
+        .execute("UPDATE event_times SET last_at = last_at + 1000", [])
+        .unwrap();
+    let last: i64 = db
+        .conn
+        .query_row(
+            "SELECT last_at FROM event_times WHERE entity_id = 'u1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    db.snapshot("tra_1", &[("u1", None, "3")]);
+    let ms = db.run();
+    let track = ms.iter().find(|m| m["type"] == "track").unwrap();
+    assert_eq!(track["timestamp"], message::rfc3339(last + 1));
+}
+
+#[test]
+fn plan_and_dry_run_change_nothing_and_match_the_run() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    let count = |db: &Db| -> (i64, i64, i64) {
+        db.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM entity_state), (SELECT count(*) FROM runs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    };
+    let before = count(&db);
+    let dry = db.dry_run(RunMode::Incremental);
+    let options = RunOptions {
+        mode: RunMode::Incremental,
+        computation: None,
+        now: 0,
+    };
+    let report = run(&mut db.conn, &db.personas, &options, Output::Plan).unwrap();
+    assert_eq!(count(&db), before);
+    assert_eq!(report.messages.identify, 1);
+    assert_eq!(report.messages.track, 1);
+    let real = db.run();
+    assert_eq!(dry, real);
+}
+
+#[test]
+fn unchanged_snapshots_are_skipped_and_disabled_computations_ignored() {
+    let mut db = user_db();
+    let (report, ms) = db.run_with(RunMode::Incremental, None);
+    assert!(ms.is_empty());
+    assert!(
+        report
+            .computations
+            .iter()
+            .all(|c| c.skipped == Some("unchanged"))
+    );
+    db.conn
+        .execute("UPDATE computations SET enabled = 0 WHERE id = 'aud_1'", [])
+        .unwrap();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    let (report, ms) = db.run_with(RunMode::Incremental, None);
+    assert!(ms.is_empty());
+    assert_eq!(report.computations.len(), 1);
+}
+
+#[test]
+fn one_computation_only() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "1")]);
+    let (_, ms) = db.run_with(RunMode::Incremental, Some("ltv"));
+    assert_eq!(summaries(&ms)[0], s("identify", "u1", json!({"ltv": 1})));
+    assert_eq!(ms.len(), 2);
+}
+
+// ─── Properties ──────────────────────────────────────────────────────────────────────────────
+
+fn snapshot_strategy() -> impl Strategy<Value = (Vec<u8>, Vec<Option<u8>>)> {
+    // 12 users: audience membership and trait values (None = no row).
+    (
+        proptest::collection::vec(0u8..2, 12),
+        proptest::collection::vec(proptest::option::of(0u8..3), 12),
+    )
+}
+
+fn load(db: &mut Db, snap: &(Vec<u8>, Vec<Option<u8>>)) {
+    let users: Vec<String> = (0..12).map(|i| format!("u{i:02}")).collect();
+    let members: Vec<_> = users
+        .iter()
+        .zip(&snap.0)
+        .filter(|(_, m)| **m == 1)
+        .map(|(u, _)| (u.as_str(), None, "true"))
+        .collect();
+    db.snapshot("aud_1", &members);
+    let values: Vec<String> = snap
+        .1
+        .iter()
+        .map(|v| v.map(|v| v.to_string()).unwrap_or_default())
+        .collect();
+    let rows: Vec<_> = users
+        .iter()
+        .zip(&snap.1)
+        .zip(&values)
+        .filter(|((_, v), _)| v.is_some())
+        .map(|((u, _), t)| (u.as_str(), None, t.as_str()))
+        .collect();
+    db.snapshot("tra_1", &rows);
+}
+
+/// What Intercom would hold after applying identifies: per user, vip and ltv.
+fn apply(model: &mut std::collections::BTreeMap<(String, String), Value>, ms: &[Value]) {
+    for m in ms.iter().filter(|m| m["type"] == "identify") {
+        let user = m["userId"].as_str().unwrap().to_string();
+        for (k, v) in m["traits"].as_object().unwrap() {
+            if v.is_null() || *v == json!(false) {
+                model.remove(&(user.clone(), k.clone()));
+            } else {
+                model.insert((user.clone(), k.clone()), v.clone());
+            }
+        }
+    }
+}
+
+fn expected(
+    snap: &(Vec<u8>, Vec<Option<u8>>),
+) -> std::collections::BTreeMap<(String, String), Value> {
+    let mut m = std::collections::BTreeMap::new();
+    for i in 0..12 {
+        let u = format!("u{i:02}");
+        if snap.0[i] == 1 {
+            m.insert((u.clone(), "vip".to_string()), json!(true));
+        }
+        if let Some(v) = snap.1[i] {
+            m.insert((u, "ltv".to_string()), json!(v));
+        }
+    }
+    m
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn applying_emitted_changes_to_the_old_state_gives_the_new(a in snapshot_strategy(), b in snapshot_strategy()) {
+        let mut db = user_db();
+        load(&mut db, &a);
+        let mut model = Default::default();
+        apply(&mut model, &db.run());
+        prop_assert_eq!(&model, &expected(&a));
+        load(&mut db, &b);
+        apply(&mut model, &db.run());
+        prop_assert_eq!(&model, &expected(&b));
+    }
+
+    #[test]
+    fn diffing_a_state_against_itself_emits_nothing(a in snapshot_strategy()) {
+        let mut db = user_db();
+        load(&mut db, &a);
+        db.run();
+        // The same content again, as new snapshots (so nothing is skipped as unchanged).
+        load(&mut db, &a);
+        prop_assert!(db.run().is_empty());
+    }
+
+    #[test]
+    fn enqueueing_the_same_run_twice_enqueues_nothing_the_second_time(a in snapshot_strategy()) {
+        let mut db = user_db();
+        load(&mut db, &a);
+        db.run();
+        let outbox = |db: &Db| -> i64 { db.conn.query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap() };
+        let before = outbox(&db);
+        // Forget the cursors so the second run really diffs again.
+        db.conn.execute("DELETE FROM plan_cursors", []).unwrap();
+        prop_assert!(db.run().is_empty());
+        prop_assert_eq!(outbox(&db), before);
+    }
+}
