@@ -7,6 +7,8 @@ pub mod error;
 pub mod intercom;
 pub mod load;
 pub mod logging;
+pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod segment;
 pub mod settings;
