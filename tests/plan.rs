@@ -1,0 +1,267 @@
+//! `plan`, `sync --dry-run`, `sync --no-deliver` and the crash safety of the outbox
+//! transaction, through the real binary on a real SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rusqlite::{Connection, params};
+use serde_json::Value;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    db: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("sync.db");
+        Env { _dir: dir, db }
+    }
+
+    fn conn(&self) -> Connection {
+        audience_sync::store::open(&self.db).unwrap()
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audience-sync"));
+        cmd.args(args)
+            .current_dir(self.db.parent().unwrap())
+            .env("AUDIENCE_SYNC__DATABASE__PATH", &self.db)
+            .env("AUDIENCE_SYNC__LOG__FORMAT", "text")
+            .env_remove(audience_sync::plan::ABORT_HOOK);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn seed(conn: &Connection, users: usize) {
+    conn.execute_batch(
+        "INSERT INTO computations (id, key, name, kind, scope, created_at) VALUES
+           ('aud_1', 'vip', 'VIP', 'audience', 'user', 0),
+           ('tra_1', 'ltv', 'LTV', 'trait', 'user', 0);",
+    )
+    .unwrap();
+    snapshot(conn, "aud_1", 1_700_000_000, users, |i| (i % 2 == 0).then(|| "true".to_string()));
+    snapshot(conn, "tra_1", 1_700_000_000, users, |i| Some(i.to_string()));
+}
+
+fn snapshot(
+    conn: &Connection,
+    computation: &str,
+    taken_at: i64,
+    users: usize,
+    value: impl Fn(usize) -> Option<String>,
+) {
+    conn.execute(
+        "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES (?1, ?2, 0)",
+        params![computation, taken_at],
+    )
+    .unwrap();
+    let id = conn.last_insert_rowid();
+    for i in 0..users {
+        if let Some(v) = value(i) {
+            conn.execute(
+                "INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value) VALUES (?1, ?2, ?3, ?4)",
+                params![id, format!("u{i:04}"), format!("u{i}@example.com"), v],
+            )
+            .unwrap();
+        }
+    }
+    conn.execute("UPDATE snapshots SET complete = 1 WHERE id = ?1", [id])
+        .unwrap();
+}
+
+fn count(conn: &Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn integrity(db: &Path) {
+    let conn = Connection::open(db).unwrap();
+    let ok: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn plan_reports_and_changes_nothing() {
+    let env = Env::new();
+    seed(&env.conn(), 10);
+    let json: Value = serde_json::from_str(&env.ok(&["plan", "--json"])).unwrap();
+    assert_eq!(json["messages"]["identify"], 10, "{json:#}");
+    assert_eq!(json["messages"]["track"], 0, "initial sync: no tracks");
+    assert_eq!(json["intercom"]["requests"], 10);
+    let vip = json["computations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "vip")
+        .unwrap();
+    assert_eq!(vip["entered"], 5);
+    assert_eq!(vip["mode"], "full");
+    let text = env.ok(&["plan"]);
+    assert!(text.contains("10 identify"), "{text}");
+    assert!(text.contains("requests per 10 s"), "{text}");
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM entity_state"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 0);
+}
+
+#[test]
+fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
+    let env = Env::new();
+    seed(&env.conn(), 6);
+    let dry = env.ok(&["sync", "--dry-run"]);
+    let dry: Vec<Value> = dry.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(dry.len(), 6);
+    assert_eq!(dry[0]["type"], "identify");
+    assert_eq!(dry[0]["traits"]["vip"], true);
+    assert_eq!(dry[0]["traits"]["email"], "u0@example.com");
+    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 0);
+
+    let summary = env.ok(&["sync", "--no-deliver"]);
+    assert!(summary.contains("6 identify"), "{summary}");
+    let conn = env.conn();
+    let bodies: Vec<Value> = conn
+        .prepare("SELECT body FROM outbox ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies, dry, "the dry run printed exactly what was enqueued");
+    assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 1);
+    assert_eq!(count(&conn, "SELECT count(*) FROM run_computations"), 2);
+
+    // The same run again enqueues nothing.
+    env.ok(&["sync", "--no-deliver"]);
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 6);
+
+    // An incremental change: one user leaves the audience.
+    snapshot(&conn, "aud_1", 1_700_000_600, 6, |i| (i % 2 == 0 && i != 0).then(|| "true".into()));
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(1), "delivery is not wired yet");
+    let last: Vec<(String, String)> = conn
+        .prepare("SELECT type, body FROM outbox WHERE seq > 6 ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert_eq!(last[0].0, "identify");
+    assert_eq!(last[1].0, "track");
+    let track: Value = serde_json::from_str(&last[1].1).unwrap();
+    assert_eq!(track["event"], "Audience Exited");
+    assert_eq!(track["timestamp"], "2023-11-14T22:23:20Z");
+}
+
+#[test]
+fn sync_one_computation_and_unknown_keys() {
+    let env = Env::new();
+    seed(&env.conn(), 4);
+    env.ok(&["sync", "--no-deliver", "--computation", "ltv"]);
+    let conn = env.conn();
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM entity_state WHERE computation_id = 'aud_1'"),
+        0
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 4);
+    let out = env.run(&["sync", "--no-deliver", "--computation", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+#[test]
+fn runs_never_overlap() {
+    let env = Env::new();
+    seed(&env.conn(), 2);
+    let _held = audience_sync::store::RunLock::try_acquire(&env.db).unwrap();
+    let out = env.run(&["sync", "--no-deliver"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("runs never overlap"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 0);
+}
+
+#[test]
+fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
+    let env = Env::new();
+    seed(&env.conn(), 200);
+    let out = env
+        .cmd(&["sync", "--no-deliver"])
+        .env(audience_sync::plan::ABORT_HOOK, "before_commit")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the hook aborts");
+    integrity(&env.db);
+    let conn = env.conn();
+    for table in ["outbox", "runs", "run_computations", "entity_state", "plan_cursors", "event_times"] {
+        assert_eq!(count(&conn, &format!("SELECT count(*) FROM {table}")), 0, "{table}");
+    }
+    drop(conn);
+
+    let out = env
+        .cmd(&["sync", "--no-deliver"])
+        .env(audience_sync::plan::ABORT_HOOK, "after_commit")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the hook aborts");
+    integrity(&env.db);
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 200);
+    assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 1);
+    assert_eq!(count(&conn, "SELECT messages_identify FROM runs"), 200);
+    assert_eq!(count(&conn, "SELECT count(*) FROM entity_state"), 300);
+    // And the run is complete: a new run has nothing to add.
+    env.ok(&["sync", "--no-deliver"]);
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 200);
+}
+
+#[test]
+fn a_sigkill_mid_run_leaves_a_consistent_database() {
+    // A bigger run, killed at several points; each time the database holds nothing or all.
+    let env = Env::new();
+    seed(&env.conn(), 20_000);
+    for delay_ms in [20u64, 80, 200] {
+        let mut child = env
+            .cmd(&["sync", "--no-deliver"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        integrity(&env.db);
+        let conn = env.conn();
+        let runs = count(&conn, "SELECT count(*) FROM runs");
+        let outbox = count(&conn, "SELECT count(*) FROM outbox");
+        let state = count(&conn, "SELECT count(*) FROM entity_state");
+        assert!(
+            (runs, outbox, state) == (0, 0, 0) || (runs, outbox, state) == (1, 20_000, 30_000),
+            "after {delay_ms} ms: runs {runs}, outbox {outbox}, state {state}"
+        );
+        if runs == 1 {
+            break;
+        }
+    }
+}
