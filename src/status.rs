@@ -155,8 +155,8 @@ pub fn render(status: &Status) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{:<32} {:<8} {:<7} {:<8} {:>10}  {}",
-            "COMPUTATION", "KIND", "SCOPE", "ENABLED", "ROWS", "SNAPSHOT TAKEN AT"
+            "{:<32} {:<8} {:<7} {:<8} {:>10}  SNAPSHOT TAKEN AT",
+            "COMPUTATION", "KIND", "SCOPE", "ENABLED", "ROWS"
         );
         for c in &status.computations {
             let (rows, taken) = match &c.snapshot {

@@ -76,7 +76,9 @@ impl Env {
         let mut stmt = conn.prepare(sql).unwrap();
         let n = stmt.column_count();
         stmt.query_map([], |row| {
-            Ok((0..n).map(|i| render(row.get_ref(i).unwrap())).collect::<Vec<_>>())
+            Ok((0..n)
+                .map(|i| render(row.get_ref(i).unwrap()))
+                .collect::<Vec<_>>())
         })
         .unwrap()
         .map(Result::unwrap)
@@ -103,7 +105,10 @@ pub fn dump(db: &Path) -> String {
         let n = stmt.column_count();
         let mut rows: Vec<String> = stmt
             .query_map([], |row| {
-                Ok((0..n).map(|i| render(row.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+                Ok((0..n)
+                    .map(|i| render(row.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
             })
             .unwrap()
             .map(Result::unwrap)
@@ -141,15 +146,27 @@ impl From<Output> for Run {
 impl Run {
     #[track_caller]
     pub fn success(self) -> Run {
-        assert_eq!(self.code, 0, "expected success\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn refused(self, needles: &[&str]) -> Run {
-        assert_eq!(self.code, 2, "expected exit 2\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 2,
+            "expected exit 2\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         for needle in needles {
-            assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks {needle:?}:\n{}",
+                self.stderr
+            );
         }
         self
     }

@@ -7,11 +7,24 @@ fn environment_overrides_the_database_path() {
     let env = Env::new();
     env.write("a.ndjson", "{\"user_id\": \"a\"}\n");
     let run = env
-        .command(&["load", "--computation", "vip", "--kind", "audience", "--scope", "user", "a.ndjson"])
+        .command(&[
+            "load",
+            "--computation",
+            "vip",
+            "--kind",
+            "audience",
+            "--scope",
+            "user",
+            "a.ndjson",
+        ])
         .env("AUDIENCE_SYNC__DATABASE__PATH", "elsewhere.db")
         .output()
         .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(env.path("elsewhere.db").exists());
     assert!(!env.db_path().exists());
 }
@@ -29,7 +42,11 @@ fn unknown_keys_and_wrong_types_exit_2_naming_the_key() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("max_concurrency"), "{}", run.stderr);
 
-    let run = env.command(&["status"]).env("AUDIENCE_SYNC__HTTP__LISTEN", "nowhere").output().unwrap();
+    let run = env
+        .command(&["status"])
+        .env("AUDIENCE_SYNC__HTTP__LISTEN", "nowhere")
+        .output()
+        .unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("http.listen"));
 }
@@ -46,14 +63,41 @@ fn a_missing_config_file_is_refused() {
 fn every_command_has_help() {
     let env = Env::new();
     for command in [
-        "run", "sync", "plan", "load", "load-members", "send", "status", "dead-letters", "demo", "sandbox",
+        "run",
+        "sync",
+        "plan",
+        "load",
+        "load-members",
+        "send",
+        "status",
+        "dead-letters",
+        "demo",
+        "sandbox",
     ] {
         let run = env.run(&[command, "--help"]).success();
-        assert!(run.stdout.contains("Usage: audience-sync"), "{command}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("Usage: audience-sync"),
+            "{command}: {}",
+            run.stdout
+        );
     }
     let run = env.run(&["--help"]).success();
-    for command in ["run", "sync", "plan", "load", "load-members", "send", "status", "dead-letters", "demo", "sandbox"] {
-        assert!(run.stdout.contains(&format!("  {command} ")), "{command} missing from --help");
+    for command in [
+        "run",
+        "sync",
+        "plan",
+        "load",
+        "load-members",
+        "send",
+        "status",
+        "dead-letters",
+        "demo",
+        "sandbox",
+    ] {
+        assert!(
+            run.stdout.contains(&format!("  {command} ")),
+            "{command} missing from --help"
+        );
     }
     assert_eq!(env.run(&["no-such-command"]).code, 2);
 }
