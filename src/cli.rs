@@ -167,18 +167,63 @@ pub enum DeadLetterAction {
 
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0 picks a free one; the first line of output is the URL).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
     /// The access token the sandbox accepts.
     #[arg(long, default_value = "sandbox-token", value_name = "T")]
     pub token: String,
-    /// Requests allowed per window (Intercom's per-app figure is 10,000 a minute: 1,666 per 10 s).
+    /// Requests allowed per window (Intercom's per-app figure is 10,000 a minute: 1,666 per 10 s;
+    /// the Personas destination's budget is 83).
     #[arg(long, default_value_t = 1666, value_name = "N")]
     pub rate_limit: u32,
     /// Length of a rate-limit window in seconds.
     #[arg(long, default_value_t = 10, value_name = "W")]
     pub window_secs: u64,
+    /// Do not send X-RateLimit-* headers (429s still happen): clients must discover the budget.
+    #[arg(long)]
+    pub hide_rate_limit_headers: bool,
+    /// Share of requests (0-1) answered 500, 502, 503, 504 or 408.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub fault_rate: f64,
+    /// Share of requests (0-1) whose connection is closed without a response.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub drop_rate: f64,
+    /// Whether a fault strikes before the request's effect or after it (a lost response).
+    #[arg(long, value_enum, default_value_t = FaultPointArg::Either)]
+    pub fault_point: FaultPointArg,
+    /// Seed of the generator behind faults and slow responses.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+    /// Milliseconds added to every API request.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub latency_ms: u64,
+    /// Share of requests (0-1) that are slow.
+    #[arg(long, default_value_t = 0.0, value_name = "SHARE")]
+    pub slow_rate: f64,
+    /// How many milliseconds later a slow request is answered.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    pub slow_ms: u64,
+    /// Seconds a new contact stays invisible to search (Intercom's index lags).
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    pub search_lag_secs: u64,
+    /// Most active event names; the next new name is refused with 422.
+    #[arg(long, default_value_t = 120, value_name = "N")]
+    pub event_name_limit: usize,
+    /// Accept string values longer than 255 characters instead of refusing them.
+    #[arg(long)]
+    pub allow_long_strings: bool,
+}
+
+/// When an injected fault strikes relative to the request's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultPointArg {
+    /// Nothing is applied.
+    Before,
+    /// The request is applied, then its response is lost.
+    After,
+    /// Each fault picks one of the two, half and half.
+    Either,
 }
 
 /// Parse the command line, run the command, print any error once with its causes.

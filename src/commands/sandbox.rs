@@ -1,8 +1,122 @@
 //! `audience-sync sandbox`: run the built-in Intercom-compatible sandbox in the foreground.
 
-use crate::cli::SandboxArgs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use intercom_sandbox::{
+    FaultPoint, Faults, LongStrings, RateLimitHeaders, Sandbox, SandboxConfig, SlowResponses,
+};
+
+use crate::cli::{FaultPointArg, SandboxArgs};
 use crate::error::CliError;
 
-pub fn sandbox(_args: SandboxArgs) -> anyhow::Result<()> {
-    Err(CliError::runtime("`sandbox` is not yet available in this build").into())
+/// Start the sandbox, print its base URL as the first line of standard output, and serve until
+/// SIGINT or SIGTERM.
+pub fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
+    let config = config(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let sandbox = Sandbox::start(config)
+            .await
+            .context("cannot start the Intercom sandbox")?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", sandbox.base_url())?;
+        stdout.flush()?;
+        drop(stdout);
+        eprintln!(
+            "Intercom sandbox at {} ({} requests per {} s). State: {}/_sandbox/state. Ctrl-C stops it.",
+            sandbox.base_url(),
+            args.rate_limit,
+            args.window_secs,
+            sandbox.base_url()
+        );
+        stopped().await;
+        sandbox.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+fn config(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        CliError::usage(format!(
+            "--listen must be an address like 127.0.0.1:8080, not {:?}",
+            args.listen
+        ))
+    })?;
+    for (flag, share) in [
+        ("--fault-rate", args.fault_rate),
+        ("--drop-rate", args.drop_rate),
+        ("--slow-rate", args.slow_rate),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(CliError::usage(format!("{flag} must be between 0 and 1")).into());
+        }
+    }
+    if args.fault_rate + args.drop_rate > 1.0 {
+        return Err(CliError::usage("--fault-rate plus --drop-rate must not exceed 1").into());
+    }
+    if args.rate_limit == 0 || args.window_secs == 0 {
+        return Err(CliError::usage("--rate-limit and --window-secs must be at least 1").into());
+    }
+    let mut config = SandboxConfig::new(args.token.clone());
+    config.listen = listen;
+    config.rate_limit = args.rate_limit;
+    config.window_secs = args.window_secs;
+    config.rate_limit_headers = if args.hide_rate_limit_headers {
+        RateLimitHeaders::Hide
+    } else {
+        RateLimitHeaders::Announce
+    };
+    config.faults = Faults {
+        error_rate: args.fault_rate,
+        drop_rate: args.drop_rate,
+        point: match args.fault_point {
+            FaultPointArg::Before => FaultPoint::BeforeEffect,
+            FaultPointArg::After => FaultPoint::AfterEffect,
+            FaultPointArg::Either => FaultPoint::Either,
+        },
+        seed: args.seed,
+    };
+    config.latency = Duration::from_millis(args.latency_ms);
+    config.slow = SlowResponses {
+        rate: args.slow_rate,
+        delay: Duration::from_millis(args.slow_ms),
+    };
+    config.search_lag = Duration::from_secs(args.search_lag_secs);
+    config.event_name_limit = args.event_name_limit;
+    config.long_strings = if args.allow_long_strings {
+        LongStrings::Allow
+    } else {
+        LongStrings::Refuse
+    };
+    Ok(config)
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn stopped() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
