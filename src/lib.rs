@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod intercom;
+pub mod http;
 pub mod load;
 pub mod logging;
 pub mod metrics;

@@ -111,6 +111,8 @@ pub struct IntercomSettings {
 pub struct HttpSettings {
     /// `None` when `http.listen = ""`: no metrics endpoint.
     pub listen: Option<SocketAddr>,
+    /// `/healthz` fails when the oldest undelivered message is older than this.
+    pub max_pending_age: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -185,6 +187,7 @@ struct RawIntercom {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: String,
+    max_pending_age_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -380,7 +383,10 @@ impl Settings {
                 long_strings: raw.intercom.long_strings,
                 company_attribute_prefix: raw.intercom.company_attribute_prefix,
             },
-            http: HttpSettings { listen },
+            http: HttpSettings {
+                listen,
+                max_pending_age: Duration::from_secs(raw.http.max_pending_age_secs),
+            },
             log: LogSettings {
                 format: raw.log.format,
                 level: raw.log.level,
@@ -435,6 +441,7 @@ mod tests {
         assert_eq!(s.intercom.long_strings, LongStrings::Truncate);
         assert_eq!(s.intercom.company_attribute_prefix, "account_");
         assert_eq!(s.http.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(s.http.max_pending_age, Duration::from_secs(3600));
         assert_eq!(s.log.format, LogFormat::Auto);
     }
 

@@ -1,0 +1,283 @@
+//! The operator's HTTP endpoints on `http.listen`: `/metrics` (Prometheus text) and `/healthz`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rusqlite::{Connection, OpenFlags};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{self, Sample};
+
+/// What the endpoints read: the database (opened read-only per request) and the health rule.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub database: PathBuf,
+    /// `/healthz` fails when the oldest message not yet delivered is older than this.
+    pub max_pending_age: Duration,
+}
+
+/// The figures `/metrics` and `/healthz` read from the database.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct DatabaseFigures {
+    pub outbox: Vec<(String, i64)>,
+    pub oldest_pending_age_secs: i64,
+    pub last_run_started_at: Option<i64>,
+    pub last_run_duration_secs: Option<i64>,
+    pub computation_rows: Vec<(String, i64)>,
+}
+
+/// Read the gauges from the database; `now` in unix seconds.
+pub fn read_figures(conn: &Connection, now: i64) -> rusqlite::Result<DatabaseFigures> {
+    let mut figures = DatabaseFigures::default();
+    let mut stmt =
+        conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")?;
+    figures.outbox = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let oldest: Option<i64> = conn.query_row(
+        "SELECT min(enqueued_at) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )?;
+    figures.oldest_pending_age_secs = oldest.map(|t| (now - t).max(0)).unwrap_or(0);
+    let last: Option<(i64, Option<i64>)> = conn
+        .query_row(
+            "SELECT started_at, finished_at FROM runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    if let Some((started, finished)) = last {
+        figures.last_run_started_at = Some(started);
+        figures.last_run_duration_secs = finished.map(|f| (f - started).max(0));
+    }
+    let mut stmt = conn.prepare(
+        "SELECT c.key, coalesce(s.row_count, 0) FROM computations c \
+         JOIN snapshots s ON s.id = (SELECT id FROM snapshots WHERE computation_id = c.id AND complete = 1 \
+                                     ORDER BY taken_at DESC, id DESC LIMIT 1) ORDER BY c.key",
+    )?;
+    figures.computation_rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(figures)
+}
+
+fn samples(figures: &DatabaseFigures) -> Vec<Sample> {
+    let mut samples = vec![Sample {
+        name: "audience_sync_outbox_oldest_pending_age_seconds",
+        labels: vec![],
+        value: figures.oldest_pending_age_secs as f64,
+    }];
+    for status in ["pending", "delivered", "dead"] {
+        let n = figures
+            .outbox
+            .iter()
+            .find(|(s, _)| s == status)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        samples.push(Sample {
+            name: "audience_sync_outbox_messages",
+            labels: vec![("status", status.to_string())],
+            value: n as f64,
+        });
+    }
+    if let Some(started) = figures.last_run_started_at {
+        samples.push(Sample {
+            name: "audience_sync_last_run_timestamp_seconds",
+            labels: vec![],
+            value: started as f64,
+        });
+    }
+    if let Some(duration) = figures.last_run_duration_secs {
+        samples.push(Sample {
+            name: "audience_sync_last_run_duration_seconds",
+            labels: vec![],
+            value: duration as f64,
+        });
+    }
+    for (key, rows) in &figures.computation_rows {
+        samples.push(Sample {
+            name: "audience_sync_computation_rows",
+            labels: vec![("computation", key.clone())],
+            value: *rows as f64,
+        });
+    }
+    samples
+}
+
+fn open_read_only(path: &PathBuf) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
+    let path = endpoints.database.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn = open_read_only(&path).map_err(|e| e.to_string())?;
+        read_figures(&conn, crate::store::now_unix()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+async fn metrics_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    let extra = match figures(&endpoints).await {
+        Ok(figures) => samples(&figures),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the database for /metrics.");
+            Vec::new()
+        }
+    };
+    let mut all = extra;
+    all.push(Sample {
+        name: "audience_sync_up",
+        labels: vec![],
+        value: 1.0,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&all),
+    )
+}
+
+/// The health verdict: `Ok` with a short text, or the reason it is unhealthy.
+pub fn health(
+    stopped: Option<String>,
+    figures: &DatabaseFigures,
+    max_pending_age: Duration,
+) -> Result<String, String> {
+    if let Some(reason) = stopped {
+        return Err(format!("delivery stopped: {reason}"));
+    }
+    if figures.oldest_pending_age_secs as u64 > max_pending_age.as_secs() {
+        return Err(format!(
+            "the oldest pending message is {} s old, more than {} s",
+            figures.oldest_pending_age_secs,
+            max_pending_age.as_secs()
+        ));
+    }
+    Ok("ok".to_string())
+}
+
+async fn healthz_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
+    let verdict = match figures(&endpoints).await {
+        Ok(figures) => health(delivery_stopped(), &figures, endpoints.max_pending_age),
+        Err(error) => Err(format!("cannot read the database: {error}")),
+    };
+    match verdict {
+        Ok(text) => (StatusCode::OK, format!("{text}\n")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
+}
+
+/// Why delivery stopped, when it did (a wrong or insufficient access token). Set by delivery.
+pub fn delivery_stopped() -> Option<String> {
+    STOPPED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Record that delivery stopped (or, with `None`, that it runs again).
+pub fn set_delivery_stopped(reason: Option<String>) {
+    metrics::set(
+        "audience_sync_delivery_stopped",
+        &[],
+        if reason.is_some() { 1.0 } else { 0.0 },
+    );
+    *STOPPED.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+}
+
+static STOPPED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+pub fn router(endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz_handler))
+        .with_state(Arc::new(endpoints))
+}
+
+/// Bind `listen` and serve until `shutdown` is cancelled. Returns the bound address at once.
+pub async fn serve(
+    listen: SocketAddr,
+    endpoints: Endpoints,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on http.listen = {listen} ({e})"))?;
+    let bound = listener.local_addr()?;
+    let app = router(endpoints);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "The metrics endpoint failed.");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_and_health_from_the_database() {
+        let conn = crate::store::open_in_memory().unwrap();
+        conn.execute_batch(
+            "INSERT INTO computations VALUES ('aud_1', 'vip', 'VIP', 'audience', 'user', 1, 0);
+             INSERT INTO snapshots VALUES (1, 'aud_1', 100, 1, 3);
+             INSERT INTO runs (id, mode, started_at, finished_at) VALUES (1, 'full', 1000, 1012);
+             INSERT INTO outbox (lane, message_id, type, body, enqueued_at) VALUES ('u1', 'm1', 'identify', '{}', 900);
+             INSERT INTO outbox (lane, message_id, type, body, status, enqueued_at) VALUES ('u1', 'm2', 'track', '{}', 'dead', 950);",
+        )
+        .unwrap();
+        let figures = read_figures(&conn, 1100).unwrap();
+        assert_eq!(figures.oldest_pending_age_secs, 200);
+        assert_eq!(figures.last_run_started_at, Some(1000));
+        assert_eq!(figures.last_run_duration_secs, Some(12));
+        assert_eq!(figures.computation_rows, vec![("vip".to_string(), 3)]);
+        assert_eq!(
+            figures.outbox,
+            vec![("dead".to_string(), 1), ("pending".to_string(), 1)]
+        );
+        assert!(health(None, &figures, Duration::from_secs(300)).is_ok());
+        let err = health(None, &figures, Duration::from_secs(100)).unwrap_err();
+        assert!(err.contains("200 s old"), "{err}");
+        let err = health(
+            Some("the token is wrong".into()),
+            &figures,
+            Duration::from_secs(300),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("delivery stopped: the token is wrong"),
+            "{err}"
+        );
+        let text = metrics::render(&samples(&figures));
+        assert!(
+            text.contains("audience_sync_outbox_messages{status=\"pending\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("audience_sync_last_run_duration_seconds 12\n"),
+            "{text}"
+        );
+    }
+}
