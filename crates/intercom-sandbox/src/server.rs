@@ -261,10 +261,10 @@ async fn observe(State(shared): AppState, request: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .unwrap_or("none")
         .to_owned();
-    let kill = request
+    let connection = request
         .extensions()
         .get::<ConnectInfo<ConnInfo>>()
-        .map(|info| info.0.kill.clone());
+        .map(|info| info.0.clone());
     let response = next.run(request).await;
     let dropped = response.extensions().get::<DropConnection>().is_some();
     let answer = if dropped {
@@ -287,8 +287,9 @@ async fn observe(State(shared): AppState, request: Request, next: Next) -> Respo
             counters.rate_limited += 1;
         }
     }
-    if dropped && let Some(kill) = kill {
-        kill.store(true, Ordering::SeqCst);
+    if dropped && let Some(connection) = connection {
+        tracing::debug!(peer = %connection.peer, "Dropping the connection without a response.");
+        connection.kill.store(true, Ordering::SeqCst);
     }
     response
 }
@@ -627,7 +628,6 @@ async fn inspect(State(shared): AppState) -> Response {
 /// What a handler learns about its connection: the peer, and the switch that kills it.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
-    #[allow(dead_code)]
     peer: SocketAddr,
     kill: Arc<AtomicBool>,
 }
