@@ -9,6 +9,7 @@ mod faults;
 mod inspect;
 mod rate_limit;
 mod search;
+mod tidy;
 
 use intercom_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use reqwest::header::HeaderMap;
