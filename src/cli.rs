@@ -119,7 +119,9 @@ pub struct LoadMembersArgs {
 
 #[derive(Debug, Args)]
 pub struct SendArgs {
-    /// Print the Intercom requests it would make, one JSON object a line, and send nothing.
+    /// Print the Intercom requests it would make, one JSON object a line, and send nothing. A
+    /// message that cannot be mapped is reported on standard error with its line number; the
+    /// other lines are still printed and the command then exits 2.
     #[arg(long)]
     pub dry_run: bool,
     /// NDJSON file of Segment messages; `-` reads standard input.

@@ -3,6 +3,7 @@
 mod cli {
     pub mod harness;
     mod load;
+    mod sandbox;
     mod settings;
     mod status;
 }
