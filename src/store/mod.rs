@@ -1,6 +1,8 @@
 //! The SQLite storage layer: opening the database with the right pragmas, applying
 //! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
 
+pub mod delivery;
+pub mod intercom;
 pub mod outbox;
 pub mod snapshots;
 pub mod state;

@@ -1,0 +1,180 @@
+//! The HTTP client for Intercom's REST API: headers, timeout, the shared rate limiter, and
+//! answers reduced to status + JSON.
+//!
+//! Architecture Invariant: this is the only place that sends HTTP to Intercom. The token goes
+//! into a header marked sensitive and nowhere else.
+
+use std::sync::Arc;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{Method, Request};
+use super::ratelimit::{Announced, RateLimiter};
+use crate::settings::IntercomSettings;
+
+/// A response: its status and body (JSON, or `Value::Null` with the raw text kept).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Why a request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Transport {
+    #[error("no answer within {0} s (timeout)")]
+    Timeout(u64),
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The caller asked to stop before the request was sent.
+    #[error("interrupted before sending")]
+    Interrupted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    headers: HeaderMap,
+    timeout_secs: u64,
+    limiter: Arc<RateLimiter>,
+}
+
+impl Client {
+    pub fn new(settings: &IntercomSettings, limiter: Arc<RateLimiter>) -> anyhow::Result<Client> {
+        let mut headers = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", settings.access_token.expose()))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "intercom.access_token holds characters an HTTP header cannot carry"
+                )
+            })?;
+        auth.set_sensitive(true);
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(
+            "Intercom-Version",
+            HeaderValue::from_str(&settings.api_version).map_err(|_| {
+                anyhow::anyhow!(
+                    "intercom.api_version {:?} is not a header value",
+                    settings.api_version
+                )
+            })?,
+        );
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .pool_max_idle_per_host(settings.max_concurrency.max(1))
+            .user_agent(concat!("audience-sync/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client {
+            http,
+            base: settings.base_url.as_str().trim_end_matches('/').to_string(),
+            headers,
+            timeout_secs: settings.request_timeout.as_secs(),
+            limiter,
+        })
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// Send one request within the rate limit. Waiting for the budget ends early when `cancel`
+    /// fires (nothing is sent then); a request once sent is always waited for.
+    pub async fn send(
+        &self,
+        request: &Request,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, Transport> {
+        let Some(ticket) = self.limiter.acquire(cancel).await else {
+            return Err(Transport::Interrupted);
+        };
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self
+            .http
+            .request(method, format!("{}{}", self.base, request.path))
+            .headers(self.headers.clone());
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let response = match builder.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                self.limiter.observe(ticket, None);
+                return Err(self.transport(&error));
+            }
+        };
+        let status = response.status().as_u16();
+        let announced = announced(response.headers());
+        self.limiter.observe(ticket, Some((status, announced)));
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(error) => return Err(self.transport(&error)),
+        };
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Answer { status, body, text })
+    }
+
+    fn transport(&self, error: &reqwest::Error) -> Transport {
+        if error.is_timeout() {
+            Transport::Timeout(self.timeout_secs)
+        } else {
+            // The chain without the URL's query: reqwest's text names the URL, never headers.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            Transport::Connection(text)
+        }
+    }
+}
+
+/// The `X-RateLimit-*` headers, when all three are there and readable.
+pub fn announced(headers: &HeaderMap) -> Option<Announced> {
+    let number =
+        |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+    Some(Announced {
+        limit: u32::try_from(number("x-ratelimit-limit")?).ok()?,
+        remaining: u32::try_from(number("x-ratelimit-remaining")?).ok()?,
+        reset: number("x-ratelimit-reset")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_are_read_whole_or_not_at_all() {
+        let mut h = HeaderMap::new();
+        h.insert("X-RateLimit-Limit", HeaderValue::from_static("83"));
+        h.insert("X-RateLimit-Remaining", HeaderValue::from_static("12"));
+        assert_eq!(announced(&h), None);
+        h.insert("X-RateLimit-Reset", HeaderValue::from_static("1700000010"));
+        assert_eq!(
+            announced(&h),
+            Some(Announced {
+                limit: 83,
+                remaining: 12,
+                reset: 1_700_000_010
+            })
+        );
+    }
+}

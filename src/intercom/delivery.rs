@@ -1,0 +1,377 @@
+//! The drain loop: deliver the outbox to Intercom, concurrently across lanes (users), strictly in
+//! order within a lane, within the rate limit, until it is empty or delivery is told to stop.
+//!
+//! One coordinator owns the outbox: it pages pending messages in `seq` order, starts a lane's
+//! first unfinished message when the lane is free and the message is due, and records each
+//! result: `mark_delivered` after Intercom confirmed every request, `schedule_retry` (one more
+//! attempt, the error, when to try again) for a retryable failure, `mark_dead` for a failure for good
+//! or after `intercom.max_attempts`. A lane whose message waits for a retry blocks only itself.
+//!
+//! Crash safety: nothing is marked delivered before Intercom answered; a message in flight when
+//! the process dies is simply pending, and is sent again by the next drain (safe, see
+//! `executor.rs`).
+//!
+//! Stopping: when `shutdown` fires, no new message starts, requests already sent finish, and a
+//! message between two of its requests stops there (it stays pending, no attempt counted).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::client::Client;
+use super::disposition::Disposition;
+use super::executor::{Executor, Outcome};
+use super::ratelimit::RateLimiter;
+use crate::error::CliError;
+use crate::settings::IntercomSettings;
+use crate::store::{self, delivery as queue, intercom as cache, outbox};
+
+/// How many pending messages the coordinator holds in memory at most (memory does not grow with
+/// the outbox).
+const BUFFER: usize = 2048;
+
+/// What a drain did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryReport {
+    pub delivered: u64,
+    pub dead: u64,
+    /// Failed attempts that were scheduled for a retry.
+    pub retries: u64,
+    /// Messages still pending when the drain ended.
+    pub pending: u64,
+    /// Ended by the shutdown token before the outbox was empty.
+    pub interrupted: bool,
+    /// Why delivery stopped (a token Intercom refuses), if it did.
+    pub stopped: Option<String>,
+    /// Requests sent to Intercom.
+    pub requests: u64,
+    /// Of which answered 429.
+    pub rate_limited: u64,
+    pub elapsed_ms: u64,
+}
+
+/// Where a drain reports its progress (a progress bar, log lines, nothing).
+pub trait Progress: Send + Sync {
+    /// `done` messages finished (delivered or dead) of `total` known so far.
+    fn update(&self, done: u64, total: u64);
+}
+
+/// No progress output.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn update(&self, _done: u64, _total: u64) {}
+}
+
+/// One pending message the coordinator holds.
+struct Held {
+    message: outbox::OutboxMessage,
+    /// Not before this instant (a scheduled retry).
+    due: Option<Instant>,
+    running: bool,
+}
+
+/// Drain the outbox of the database at `db_path` into Intercom. Returns when the outbox is
+/// empty, when `shutdown` fires (after requests in flight finish), or when Intercom refuses the
+/// token (`stopped` is set; the caller exits 1).
+pub async fn deliver(
+    db_path: &Path,
+    settings: &IntercomSettings,
+    shutdown: CancellationToken,
+    progress: &dyn Progress,
+) -> anyhow::Result<DeliveryReport> {
+    if settings.access_token.is_empty() {
+        return Err(CliError::usage(
+            "intercom.access_token is empty: set it in the settings file, in \
+             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
+        )
+        .into());
+    }
+    let conn = store::open(db_path)?;
+    let persisted = cache::rate_limit(&conn)?;
+    let db = Arc::new(Mutex::new(conn));
+    let limiter = Arc::new(RateLimiter::new(
+        settings.rate_limit,
+        settings.rate_limit_window,
+        persisted,
+    ));
+    let client = Client::new(settings, limiter.clone())?;
+    let executor = Arc::new(Executor::new(client, db.clone(), settings)?);
+    let report = drain(&db, &executor, settings, &shutdown, progress).await;
+    let budget = limiter.persisted();
+    if let Err(error) = cache::save_rate_limit(&lock(&db), &budget) {
+        warn!(%error, "Could not save the rate-limit budget.");
+    }
+    let mut report = report?;
+    let stats = limiter.stats();
+    report.requests = stats.sent;
+    report.rate_limited = stats.rate_limited;
+    Ok(report)
+}
+
+fn lock(db: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    db.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn drain(
+    db: &Arc<Mutex<Connection>>,
+    executor: &Arc<Executor>,
+    settings: &IntercomSettings,
+    shutdown: &CancellationToken,
+    progress: &dyn Progress,
+) -> anyhow::Result<DeliveryReport> {
+    let started = Instant::now();
+    let max_concurrency = settings.max_concurrency.max(1);
+    let max_attempts = settings.max_attempts.max(1);
+    let mut report = DeliveryReport::default();
+    let mut total = queue::pending_count(&lock(db))?;
+    // Messages enqueued while the drain runs (the daemon) add to the total.
+    let max_seq_at_start = queue::max_pending_seq(&lock(db))?.unwrap_or(0);
+    info!(
+        pending = total,
+        concurrency = max_concurrency,
+        "Delivery started."
+    );
+    progress.update(0, total);
+
+    // Messages still running see this token: it fires on shutdown or on a stop.
+    let stop_requests = CancellationToken::new();
+    let mut held: BTreeMap<i64, Held> = BTreeMap::new();
+    let mut last_seq = 0i64;
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(i64, String, Outcome)> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (i64, String)> = HashMap::new();
+    let mut stopping = false;
+    let mut last_persist = Instant::now();
+
+    loop {
+        if !stopping && shutdown.is_cancelled() {
+            stopping = true;
+            report.interrupted = true;
+            stop_requests.cancel();
+            info!(
+                in_flight = tasks.len(),
+                "Stopping delivery after the requests in flight."
+            );
+        }
+        // Refill the buffer in outbox order.
+        if !stopping && held.len() < BUFFER / 2 {
+            let page = outbox::pending_after(&lock(db), last_seq, BUFFER - held.len())?;
+            let now_unix = store::now_unix();
+            for message in page {
+                last_seq = message.seq;
+                if message.seq > max_seq_at_start {
+                    total += 1;
+                }
+                let due = message
+                    .next_attempt_at
+                    .filter(|at| *at > now_unix)
+                    .map(|at| Instant::now() + Duration::from_secs((at - now_unix) as u64));
+                held.insert(
+                    message.seq,
+                    Held {
+                        message,
+                        due,
+                        running: false,
+                    },
+                );
+            }
+        }
+
+        // Start every lane head that is free and due, up to the concurrency.
+        let now = Instant::now();
+        let mut next_due: Option<Instant> = None;
+        if !stopping {
+            let mut blocked: HashSet<&str> = HashSet::new();
+            let mut to_start = Vec::new();
+            for (seq, entry) in held.iter() {
+                if tasks.len() + to_start.len() >= max_concurrency {
+                    break;
+                }
+                let lane = entry.message.lane.as_str();
+                if entry.running || busy.contains(lane) || blocked.contains(lane) {
+                    blocked.insert(lane);
+                    continue;
+                }
+                if let Some(due) = entry.due.filter(|d| *d > now) {
+                    next_due = Some(next_due.map_or(due, |n: Instant| n.min(due)));
+                    blocked.insert(lane);
+                    continue;
+                }
+                blocked.insert(lane);
+                to_start.push(*seq);
+            }
+            for seq in to_start {
+                let entry = held.get_mut(&seq).expect("chosen above");
+                entry.running = true;
+                busy.insert(entry.message.lane.clone());
+                let executor = executor.clone();
+                let body = entry.message.body.clone();
+                let lane = entry.message.lane.clone();
+                let attempt = (entry.message.attempts + 1).clamp(1, u32::MAX as i64) as u32;
+                let cancel = stop_requests.clone();
+                let handle = tasks.spawn({
+                    let lane = lane.clone();
+                    async move {
+                        let outcome = executor.execute(&body, attempt, &cancel).await;
+                        (seq, lane, outcome)
+                    }
+                });
+                running.insert(handle.id(), (seq, lane));
+            }
+        }
+
+        if tasks.is_empty() {
+            if stopping {
+                break;
+            }
+            if held.is_empty() {
+                // Anything enqueued meanwhile (the daemon plans while it delivers)?
+                let more = outbox::pending_after(&lock(db), last_seq, 1)?;
+                if more.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if next_due.is_none() {
+                // Held messages but none startable and nothing running cannot happen; guard.
+                continue;
+            }
+        }
+
+        let sleep_until = next_due.unwrap_or_else(|| now + Duration::from_secs(3600));
+        tokio::select! {
+            joined = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let Some(joined) = joined else { continue };
+                let (seq, lane, outcome) = match joined {
+                    Ok((id, result)) => {
+                        running.remove(&id);
+                        result
+                    }
+                    Err(join_error) => {
+                        // A panic in one message must not take the drain down with it: the
+                        // message counts a failed attempt.
+                        let Some((seq, lane)) = running.remove(&join_error.id()) else { continue };
+                        error!(seq, %join_error, "A delivery task failed.");
+                        let reason = format!("internal error while delivering: {join_error}");
+                        (seq, lane, Outcome::Finished(Disposition::Retry { after: Duration::from_secs(5), reason }))
+                    }
+                };
+                busy.remove(&lane);
+                let Some(entry) = held.get_mut(&seq) else { continue };
+                entry.running = false;
+                match outcome {
+                    Outcome::Interrupted => {}
+                    Outcome::Finished(disposition) => {
+                        let finished = record(db, entry, disposition, max_attempts, &mut report)?;
+                        if let Some(reason) = finished.stop
+                            && !stopping
+                        {
+                            stopping = true;
+                            stop_requests.cancel();
+                            report.stopped = Some(reason);
+                        }
+                        if finished.done {
+                            held.remove(&seq);
+                            progress.update(report.delivered + report.dead, total.max(report.delivered + report.dead));
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(sleep_until.into()), if tasks.is_empty() || next_due.is_some() => {}
+            _ = shutdown.cancelled(), if !stopping => {}
+        }
+
+        if last_persist.elapsed() >= Duration::from_secs(1) {
+            last_persist = Instant::now();
+            let budget = executor.client().limiter().persisted();
+            if let Err(error) = cache::save_rate_limit(&lock(db), &budget) {
+                warn!(%error, "Could not save the rate-limit budget.");
+            }
+        }
+    }
+
+    report.pending = queue::pending_count(&lock(db))?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    info!(
+        delivered = report.delivered,
+        dead = report.dead,
+        retries = report.retries,
+        pending = report.pending,
+        elapsed_ms = report.elapsed_ms,
+        "Delivery ended."
+    );
+    Ok(report)
+}
+
+struct Recorded {
+    /// The message is finished (delivered or dead) and leaves the buffer.
+    done: bool,
+    stop: Option<String>,
+}
+
+fn record(
+    db: &Mutex<Connection>,
+    entry: &mut Held,
+    disposition: Disposition,
+    max_attempts: u32,
+    report: &mut DeliveryReport,
+) -> anyhow::Result<Recorded> {
+    let message = &entry.message;
+    let seq = message.seq;
+    match disposition {
+        Disposition::Delivered => {
+            outbox::mark_delivered(&mut lock(db), seq)?;
+            report.delivered += 1;
+            Ok(Recorded {
+                done: true,
+                stop: None,
+            })
+        }
+        Disposition::DeadLetter { reason } => {
+            error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
+            outbox::mark_dead(&mut lock(db), seq, &reason)?;
+            report.dead += 1;
+            Ok(Recorded {
+                done: true,
+                stop: None,
+            })
+        }
+        Disposition::Retry { after, reason } => {
+            let attempts = message.attempts + 1;
+            if attempts >= i64::from(max_attempts) {
+                let reason = format!("gave up after {attempts} attempts; the last: {reason}");
+                error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
+                outbox::mark_dead(&mut lock(db), seq, &reason)?;
+                report.dead += 1;
+                return Ok(Recorded {
+                    done: true,
+                    stop: None,
+                });
+            }
+            warn!(seq, user = %message.lane, attempt = attempts, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
+            let at = store::now_unix() + after.as_secs_f64().ceil() as i64;
+            outbox::schedule_retry(&lock(db), seq, &reason, at)?;
+            report.retries += 1;
+            entry.message.attempts = attempts;
+            entry.due = Some(Instant::now() + after);
+            Ok(Recorded {
+                done: false,
+                stop: None,
+            })
+        }
+        Disposition::Stop { reason } => {
+            error!(seq, %reason, "Delivery stopped.");
+            Ok(Recorded {
+                done: false,
+                stop: Some(reason),
+            })
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The outbox as delivery and the `dead-letters` command see it: counts, dead letters listed,
+//! put back in the queue, or discarded. (Enqueueing and the two final transitions are in
+//! `outbox.rs`.)
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::outbox::Effect;
+use super::state::json_text;
+
+/// Messages still to deliver.
+pub fn pending_count(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT count(*) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+}
+
+/// The highest pending sequence number, if any.
+pub fn max_pending_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT max(seq) FROM outbox WHERE status = 'pending'",
+        [],
+        |r| r.get(0),
+    )
+}
+
+/// One dead letter, as `dead-letters list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The lane: the user's entity id, or `account:<group id>`.
+    pub user: String,
+    pub message_id: String,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    /// Unix seconds when it was dead-lettered.
+    pub dead_at: Option<i64>,
+    pub run_id: Option<i64>,
+}
+
+pub fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
+    conn.prepare(
+        "SELECT seq, type, lane, message_id, last_error, attempts, finished_at, run_id \
+         FROM outbox WHERE status = 'dead' ORDER BY seq",
+    )?
+    .query_map([], |r| {
+        Ok(DeadLetter {
+            seq: r.get(0)?,
+            kind: r.get(1)?,
+            user: r.get(2)?,
+            message_id: r.get(3)?,
+            reason: r.get(4)?,
+            attempts: r.get(5)?,
+            dead_at: r.get(6)?,
+            run_id: r.get(7)?,
+        })
+    })?
+    .collect()
+}
+
+/// Which dead letters a command acts on.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection<'a> {
+    All,
+    Seqs(&'a [i64]),
+}
+
+/// What `retry` / `discard` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Acted {
+    pub done: Vec<i64>,
+    /// Sequence numbers not acted on, with the reason.
+    pub skipped: Vec<(i64, String)>,
+}
+
+/// A dead letter's seq, message id and effects.
+type Found = (i64, String, String);
+/// Sequence numbers not acted on, with the reason.
+type Skipped = Vec<(i64, String)>;
+
+fn selected(
+    conn: &Connection,
+    selection: Selection<'_>,
+) -> rusqlite::Result<(Vec<Found>, Skipped)> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let mut by_seq =
+        conn.prepare("SELECT seq, message_id, effects, status FROM outbox WHERE seq = ?1")?;
+    match selection {
+        Selection::All => {
+            let mut stmt = conn.prepare(
+                "SELECT seq, message_id, effects FROM outbox WHERE status = 'dead' ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            for row in rows {
+                found.push(row?);
+            }
+        }
+        Selection::Seqs(seqs) => {
+            for &seq in seqs {
+                let mut rows = by_seq.query([seq])?;
+                match rows.next()? {
+                    None => skipped.push((seq, "no such message".to_string())),
+                    Some(r) => {
+                        let status: String = r.get(3)?;
+                        if status == "dead" {
+                            found.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                        } else {
+                            skipped.push((seq, format!("not a dead letter (it is {status})")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok((found, skipped))
+}
+
+/// Put dead letters back in the queue (attempts reset) in one transaction. Their planned state
+/// goes forward again where no newer plan has taken over, so the next run does not re-emit what
+/// they carry. A dead letter whose message id is pending again (a later run re-planned it) is
+/// left alone: the re-planned message supersedes it.
+pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Result<Acted> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (found, mut skipped) = selected(&tx, selection)?;
+    let mut done = Vec::new();
+    for (seq, message_id, effects) in found {
+        let superseded: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1 AND status = 'pending')",
+            [&message_id],
+            |r| r.get(0),
+        )?;
+        if superseded {
+            skipped.push((
+                seq,
+                format!("message {message_id} is queued again already (a later run re-planned it)"),
+            ));
+            continue;
+        }
+        tx.execute(
+            "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = NULL, \
+             finished_at = NULL, last_error = NULL WHERE seq = ?1",
+            [seq],
+        )?;
+        let effects: Vec<Effect> = serde_json::from_str(&effects)
+            .map_err(|e| anyhow::anyhow!("outbox message {seq} has unreadable effects: {e}"))?;
+        for effect in &effects {
+            replan(&tx, effect)?;
+        }
+        done.push(seq);
+    }
+    tx.commit()?;
+    Ok(Acted { done, skipped })
+}
+
+/// Planned state takes the effect's value again, unless a newer plan is already in flight
+/// (planned differs from delivered).
+fn replan(tx: &Connection, effect: &Effect) -> rusqlite::Result<()> {
+    match effect {
+        Effect::Value {
+            computation_id,
+            subject,
+            entity_id,
+            value,
+        } => {
+            let value = json_text(value);
+            let updated = tx.execute(
+                "UPDATE entity_state SET planned = ?4 WHERE computation_id = ?1 AND subject = ?2 \
+                 AND entity_id = ?3 AND planned IS delivered",
+                params![computation_id, subject, entity_id, value],
+            )?;
+            if updated == 0 && value.is_some() {
+                tx.execute(
+                    "INSERT OR IGNORE INTO entity_state (computation_id, subject, entity_id, planned) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![computation_id, subject, entity_id, value],
+                )?;
+            }
+        }
+        Effect::Membership { membership } => {
+            let attached = membership.attached as i64;
+            let updated = tx.execute(
+                "UPDATE membership_state SET planned = ?3 WHERE user_id = ?1 AND group_id = ?2 \
+                 AND planned = delivered",
+                params![membership.user_id, membership.group_id, attached],
+            )?;
+            if updated == 0 && membership.attached {
+                tx.execute(
+                    "INSERT OR IGNORE INTO membership_state (user_id, group_id, planned) \
+                     VALUES (?1, ?2, 1)",
+                    params![membership.user_id, membership.group_id],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Delete dead letters for good (their planned state already went back when they died).
+pub fn discard_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Result<Acted> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (found, skipped) = selected(&tx, selection)?;
+    let mut done = Vec::new();
+    for (seq, _, _) in found {
+        tx.execute(
+            "DELETE FROM outbox WHERE seq = ?1 AND status = 'dead'",
+            [seq],
+        )?;
+        done.push(seq);
+    }
+    tx.commit()?;
+    Ok(Acted { done, skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox::{self, NewMessage};
+
+    fn enqueue(conn: &Connection, message_id: &str, effects: &str) -> i64 {
+        outbox::enqueue(
+            conn,
+            None,
+            &NewMessage {
+                lane: "u1",
+                message_id,
+                kind: "identify",
+                body: r#"{"type":"identify","userId":"u1"}"#,
+                effects,
+            },
+            0,
+        )
+        .unwrap();
+        conn.last_insert_rowid()
+    }
+
+    #[test]
+    fn dead_letters_are_listed_retried_and_discarded() {
+        let mut conn = crate::store::open_in_memory().unwrap();
+        conn.execute(
+            "INSERT INTO computations (id, key, name, kind, scope, created_at) \
+             VALUES ('aud_1', 'vip', 'VIP', 'audience', 'user', 0)",
+            [],
+        )
+        .unwrap();
+        crate::store::state::plan_value(&conn, "aud_1", "user", "u1", None, Some("true")).unwrap();
+        let effects =
+            r#"[{"computation_id":"aud_1","subject":"user","entity_id":"u1","value":true}]"#;
+        let a = enqueue(&conn, "m1", effects);
+        let b = enqueue(&conn, "m2", "[]");
+        outbox::mark_dead(&mut conn, a, "400 parameter_invalid: nope").unwrap();
+        outbox::mark_dead(&mut conn, b, "400: other").unwrap();
+        let planned: Option<String> = conn
+            .query_row(
+                "SELECT planned FROM entity_state WHERE entity_id = 'u1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(None);
+        assert_eq!(planned, None, "mark_dead put planned back");
+
+        let list = dead_letters(&conn).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(
+            list[0].reason.as_deref(),
+            Some("400 parameter_invalid: nope")
+        );
+        assert_eq!(list[0].user, "u1");
+
+        let acted = retry_dead(&mut conn, Selection::Seqs(&[a, 999])).unwrap();
+        assert_eq!(acted.done, [a]);
+        assert_eq!(acted.skipped.len(), 1);
+        let (status, attempts): (String, i64) = conn
+            .query_row(
+                "SELECT status, attempts FROM outbox WHERE seq = ?1",
+                [a],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((status.as_str(), attempts), ("pending", 0));
+        let planned: Option<String> = conn
+            .query_row(
+                "SELECT planned FROM entity_state WHERE entity_id = 'u1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            planned.as_deref(),
+            Some("true"),
+            "planned goes forward again"
+        );
+
+        let acted = discard_dead(&mut conn, Selection::All).unwrap();
+        assert_eq!(acted.done, [b]);
+        assert!(dead_letters(&conn).unwrap().is_empty());
+        assert_eq!(pending_count(&conn).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_re_planned_message_supersedes_its_dead_letter() {
+        let mut conn = crate::store::open_in_memory().unwrap();
+        let a = enqueue(&conn, "m1", "[]");
+        outbox::mark_dead(&mut conn, a, "x").unwrap();
+        enqueue(&conn, "m1", "[]");
+        let acted = retry_dead(&mut conn, Selection::All).unwrap();
+        assert!(acted.done.is_empty());
+        assert_eq!(acted.skipped.len(), 1);
+    }
+}

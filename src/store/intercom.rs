@@ -1,0 +1,143 @@
+//! What Intercom is known to hold: contact and company id caches, the event names sent, and the
+//! last rate-limit budget seen (tables `intercom_contacts`, `intercom_companies`,
+//! `intercom_event_names`, `intercom_rate_limit`).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::now_unix;
+use crate::intercom::ratelimit::Persisted;
+
+/// The cached Intercom contact id of a user entity (its `user_id`, or its lower-cased email).
+pub fn contact_id(conn: &Connection, entity_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT contact_id FROM intercom_contacts WHERE entity_id = ?1")?
+        .query_row([entity_id], |r| r.get(0))
+        .optional()
+}
+
+pub fn set_contact_id(
+    conn: &Connection,
+    entity_id: &str,
+    contact_id: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO intercom_contacts (entity_id, contact_id, learned_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (entity_id) DO UPDATE SET contact_id = excluded.contact_id, \
+         learned_at = excluded.learned_at WHERE contact_id <> excluded.contact_id",
+    )?
+    .execute(params![entity_id, contact_id, now_unix()])?;
+    Ok(())
+}
+
+/// Forget a contact id Intercom answered 404 for.
+pub fn forget_contact_id(conn: &Connection, entity_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM intercom_contacts WHERE entity_id = ?1",
+        [entity_id],
+    )?;
+    Ok(())
+}
+
+/// The cached Intercom id of a company, by our `company_id` (the Segment `groupId`).
+pub fn company_id(conn: &Connection, company_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT intercom_id FROM intercom_companies WHERE company_id = ?1")?
+        .query_row([company_id], |r| r.get(0))
+        .optional()
+}
+
+pub fn set_company_id(
+    conn: &Connection,
+    company_id: &str,
+    intercom_id: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO intercom_companies (company_id, intercom_id, learned_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (company_id) DO UPDATE SET intercom_id = excluded.intercom_id, \
+         learned_at = excluded.learned_at WHERE intercom_id <> excluded.intercom_id",
+    )?
+    .execute(params![company_id, intercom_id, now_unix()])?;
+    Ok(())
+}
+
+pub fn forget_company_id(conn: &Connection, company_id: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "DELETE FROM intercom_companies WHERE company_id = ?1",
+        [company_id],
+    )?;
+    Ok(())
+}
+
+/// Every event name this workspace has been sent.
+pub fn event_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT name FROM intercom_event_names ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+pub fn record_event_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO intercom_event_names (name, first_sent_at) VALUES (?1, ?2)",
+    )?
+    .execute(params![name, now_unix()])?;
+    Ok(())
+}
+
+/// The last budget a process saw, if any.
+pub fn rate_limit(conn: &Connection) -> rusqlite::Result<Option<Persisted>> {
+    conn.query_row(
+        "SELECT limit_per_window, remaining, reset_at FROM intercom_rate_limit WHERE id = 1",
+        [],
+        |r| {
+            Ok(Persisted {
+                limit: r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
+                remaining: r.get::<_, i64>(1)?.clamp(0, u32::MAX as i64) as u32,
+                reset_at: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub fn save_rate_limit(conn: &Connection, budget: &Persisted) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO intercom_rate_limit (id, limit_per_window, remaining, reset_at, observed_at) \
+         VALUES (1, ?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET \
+         limit_per_window = excluded.limit_per_window, remaining = excluded.remaining, \
+         reset_at = excluded.reset_at, observed_at = excluded.observed_at",
+        params![budget.limit, budget.remaining, budget.reset_at, now_unix()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caches_round_trip() {
+        let conn = crate::store::open_in_memory().unwrap();
+        assert_eq!(contact_id(&conn, "u1").unwrap(), None);
+        set_contact_id(&conn, "u1", "c1").unwrap();
+        set_contact_id(&conn, "u1", "c2").unwrap();
+        assert_eq!(contact_id(&conn, "u1").unwrap().as_deref(), Some("c2"));
+        forget_contact_id(&conn, "u1").unwrap();
+        assert_eq!(contact_id(&conn, "u1").unwrap(), None);
+
+        set_company_id(&conn, "acme", "i1").unwrap();
+        assert_eq!(company_id(&conn, "acme").unwrap().as_deref(), Some("i1"));
+        forget_company_id(&conn, "acme").unwrap();
+        assert_eq!(company_id(&conn, "acme").unwrap(), None);
+
+        record_event_name(&conn, "Audience Entered").unwrap();
+        record_event_name(&conn, "audience entered").unwrap();
+        assert_eq!(event_names(&conn).unwrap(), ["Audience Entered"]);
+
+        assert_eq!(rate_limit(&conn).unwrap(), None);
+        let p = Persisted {
+            limit: 83,
+            remaining: 5,
+            reset_at: 1_700_000_010,
+        };
+        save_rate_limit(&conn, &p).unwrap();
+        assert_eq!(rate_limit(&conn).unwrap(), Some(p));
+    }
+}
