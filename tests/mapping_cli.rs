@@ -144,12 +144,12 @@ fn the_121st_event_name_in_a_file_is_refused() {
 }
 
 #[test]
-fn without_dry_run_send_is_not_available_yet_and_a_missing_file_is_bad_usage() {
+fn without_dry_run_send_needs_a_token_and_a_missing_file_is_bad_usage() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("m.ndjson"), "").unwrap();
     let output = run(dir.path(), &["send", "m.ndjson"], None);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not yet available"));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("intercom.access_token is empty"));
     let output = run(dir.path(), &["send", "--dry-run", "absent.ndjson"], None);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("absent.ndjson"));

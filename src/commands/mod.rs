@@ -1,9 +1,12 @@
 //! One function per command: each reads settings, opens what it needs and calls the library.
 
+mod dead_letters;
+mod deliver;
 mod load;
 mod plan;
 mod sandbox;
 mod send;
+mod send_deliver;
 mod status;
 mod sync;
 
@@ -21,7 +24,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(args) => sync::sync(&settings(&cli.config)?, args),
         Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
         Command::Send(args) => send::send(&settings(&cli.config)?, args),
-        Command::DeadLetters(_) => not_yet("dead-letters"),
+        Command::DeadLetters(args) => dead_letters::dead_letters(&settings(&cli.config)?, args),
         Command::Demo => not_yet("demo"),
     }
 }

@@ -24,7 +24,7 @@ use crate::settings::Settings;
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     if !args.dry_run {
-        return super::not_yet("send");
+        return super::send_deliver::send(settings, args);
     }
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(io::stdin().lock())

@@ -50,5 +50,7 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
     if args.no_deliver {
         return Ok(());
     }
-    super::not_yet("delivery")
+    drop(conn);
+    super::deliver::deliver_outbox(settings)?;
+    Ok(())
 }

@@ -1,0 +1,198 @@
+//! Delivery from a command (`sync`, `send`): a tokio runtime, Ctrl-C / SIGTERM to stop after the
+//! requests in flight, a progress bar on a terminal (log lines otherwise), and the summary.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::error::CliError;
+use crate::intercom::delivery::{self, DeliveryReport, Progress};
+use crate::settings::Settings;
+
+/// Drain the outbox now, until it is empty or the user stops it. The caller holds the run lock.
+/// Exit 1 when Intercom refuses the token or the drain was interrupted.
+pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<DeliveryReport> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+            Box::new(Bar::new())
+        } else {
+            Box::new(LogLines::new())
+        };
+        let report = delivery::deliver(
+            &settings.database.path,
+            &settings.intercom,
+            shutdown,
+            progress.as_ref(),
+        )
+        .await;
+        drop(progress);
+        report
+    })?;
+    println!("{}", summary(&report));
+    if let Some(reason) = &report.stopped {
+        return Err(CliError::runtime(format!(
+            "delivery stopped: {reason}; {} messages remain queued",
+            report.pending
+        ))
+        .into());
+    }
+    if report.interrupted {
+        return Err(CliError::runtime(format!(
+            "delivery interrupted; {} messages remain queued for the next `sync` or the daemon",
+            report.pending
+        ))
+        .into());
+    }
+    Ok(report)
+}
+
+/// One line for standard output.
+pub fn summary(report: &DeliveryReport) -> String {
+    let mut text = format!(
+        "Delivered {} messages in {:.1} s ({} requests",
+        report.delivered,
+        report.elapsed_ms as f64 / 1000.0,
+        report.requests
+    );
+    if report.rate_limited > 0 {
+        text.push_str(&format!(", {} answered 429", report.rate_limited));
+    }
+    if report.retries > 0 {
+        text.push_str(&format!(", {} retries", report.retries));
+    }
+    text.push(')');
+    if report.dead > 0 {
+        text.push_str(&format!(
+            "; {} dead letters (see `audience-sync dead-letters`)",
+            report.dead
+        ));
+    }
+    if report.pending > 0 {
+        text.push_str(&format!("; {} still queued", report.pending));
+    }
+    text.push('.');
+    text
+}
+
+/// Ctrl-C (and SIGTERM) ask delivery to stop after the requests in flight.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    info!("Stop requested: finishing the requests in flight, the rest stays queued.");
+    shutdown.cancel();
+}
+
+/// A progress bar on standard error: delivered / total, rate, ETA.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = ProgressBar::new(0);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} Delivering [{bar:30}] {pos}/{len} messages, {per_sec}, ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Bar(bar)
+    }
+}
+
+impl Progress for Bar {
+    fn update(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Without a terminal: an INFO line every 10 seconds.
+struct LogLines {
+    started: Instant,
+    last: Mutex<Instant>,
+}
+
+impl LogLines {
+    fn new() -> LogLines {
+        LogLines {
+            started: Instant::now(),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+impl Progress for LogLines {
+    fn update(&self, done: u64, total: u64) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        *last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 {
+            (total.saturating_sub(done) as f64 / rate).round() as u64
+        } else {
+            0
+        };
+        info!(
+            done,
+            total,
+            per_sec = format!("{rate:.1}"),
+            eta_secs = eta,
+            "Delivering."
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_what_needs_attention() {
+        let report = DeliveryReport {
+            delivered: 10,
+            dead: 1,
+            retries: 2,
+            pending: 0,
+            requests: 14,
+            rate_limited: 0,
+            elapsed_ms: 2500,
+            ..DeliveryReport::default()
+        };
+        assert_eq!(
+            summary(&report),
+            "Delivered 10 messages in 2.5 s (14 requests, 2 retries); 1 dead letters \
+             (see `audience-sync dead-letters`)."
+        );
+    }
+}
