@@ -55,7 +55,9 @@ fn seed(conn: &Connection, users: usize) {
            ('tra_1', 'ltv', 'LTV', 'trait', 'user', 0);",
     )
     .unwrap();
-    snapshot(conn, "aud_1", 1_700_000_000, users, |i| (i % 2 == 0).then(|| "true".to_string()));
+    snapshot(conn, "aud_1", 1_700_000_000, users, |i| {
+        (i % 2 == 0).then(|| "true".to_string())
+    });
     snapshot(conn, "tra_1", 1_700_000_000, users, |i| Some(i.to_string()));
 }
 
@@ -127,7 +129,10 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
     let env = Env::new();
     seed(&env.conn(), 6);
     let dry = env.ok(&["sync", "--dry-run"]);
-    let dry: Vec<Value> = dry.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let dry: Vec<Value> = dry
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(dry.len(), 6);
     assert_eq!(dry[0]["type"], "identify");
     assert_eq!(dry[0]["traits"]["vip"], true);
@@ -153,7 +158,9 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 6);
 
     // An incremental change: one user leaves the audience.
-    snapshot(&conn, "aud_1", 1_700_000_600, 6, |i| (i % 2 == 0 && i != 0).then(|| "true".into()));
+    snapshot(&conn, "aud_1", 1_700_000_600, 6, |i| {
+        (i % 2 == 0 && i != 0).then(|| "true".into())
+    });
     let out = env.run(&["sync"]);
     assert_eq!(out.status.code(), Some(1), "delivery is not wired yet");
     let last: Vec<(String, String)> = conn
@@ -178,7 +185,10 @@ fn sync_one_computation_and_unknown_keys() {
     env.ok(&["sync", "--no-deliver", "--computation", "ltv"]);
     let conn = env.conn();
     assert_eq!(
-        count(&conn, "SELECT count(*) FROM entity_state WHERE computation_id = 'aud_1'"),
+        count(
+            &conn,
+            "SELECT count(*) FROM entity_state WHERE computation_id = 'aud_1'"
+        ),
         0
     );
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 4);
@@ -214,8 +224,19 @@ fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
     assert!(!out.status.success(), "the hook aborts");
     integrity(&env.db);
     let conn = env.conn();
-    for table in ["outbox", "runs", "run_computations", "entity_state", "plan_cursors", "event_times"] {
-        assert_eq!(count(&conn, &format!("SELECT count(*) FROM {table}")), 0, "{table}");
+    for table in [
+        "outbox",
+        "runs",
+        "run_computations",
+        "entity_state",
+        "plan_cursors",
+        "event_times",
+    ] {
+        assert_eq!(
+            count(&conn, &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
     }
     drop(conn);
 

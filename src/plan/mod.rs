@@ -18,6 +18,7 @@ use anyhow::Context;
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value;
+use tracing::debug;
 
 use crate::error::CliError;
 use crate::load::{Kind, Scope};
@@ -244,6 +245,7 @@ pub fn run(
     }
 
     // ── Phase one: every change, into the temp change table ──
+    let started = std::time::Instant::now();
     state::create_changes(&tx)?;
     for (index, comp) in comps.iter().enumerate() {
         if reports[index].skipped.is_some() {
@@ -356,6 +358,11 @@ pub fn run(
         membership_report = Some(report);
     }
 
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Diff done."
+    );
+
     // ── Phase two: per entity, its messages and planned state ──
     let run_id = if enqueue {
         Some(state::insert_run(&tx, options.mode.as_str(), options.now)?)
@@ -375,6 +382,10 @@ pub fn run(
     state::for_each_entity(&tx, |rows| emitter.entity(rows))?;
     let messages = emitter.counts;
     state::drop_changes(&tx)?;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Messages built."
+    );
 
     if let Some(run_id) = run_id {
         for (comp, report) in comps.iter().zip(&reports) {
@@ -416,6 +427,10 @@ pub fn run(
         abort_hook("before_commit");
         tx.commit().context("cannot commit the run's outbox")?;
         abort_hook("after_commit");
+        debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Run committed."
+        );
     }
     // Plan and dry run: dropping the transaction rolls back (there was nothing to write).
     Ok(Report {
