@@ -1,0 +1,7 @@
+//! End-to-end delivery: the real binary, a real SQLite file, the Intercom sandbox over HTTP.
+//! The sandbox's final state must equal what the snapshots say, event by event, with and without
+//! injected faults, and across SIGKILLs.
+
+mod oracle;
+mod scenarios;
+mod world;

@@ -1,0 +1,375 @@
+//! The scenarios: an initial sync and incremental syncs with entries, exits, trait changes and
+//! membership changes, clean, under faults, and killed at random moments.
+
+use std::time::{Duration, Instant};
+
+use intercom_sandbox::{FaultPoint, Faults, SandboxConfig, SlowResponses};
+use serde_json::{Value, json};
+
+use super::oracle::{self, Kind, Load, Scope, Step};
+use super::world::{World, file_arg};
+
+fn users(names: &[&str]) -> Vec<(String, Value)> {
+    names.iter().map(|u| (u.to_string(), json!(true))).collect()
+}
+
+fn values(pairs: &[(&str, Value)]) -> Vec<(String, Value)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn members(pairs: &[(&str, &str)]) -> Option<Vec<(String, String)>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(g, u)| (g.to_string(), u.to_string()))
+            .collect(),
+    )
+}
+
+fn bulk(range: impl Iterator<Item = usize>) -> Vec<(String, Value)> {
+    range.map(|i| (format!("b{i:04}"), json!(true))).collect()
+}
+
+/// Three runs: the initial sync, then two incremental ones. `extra` users in a bulk audience
+/// make delivery last (for the kill test).
+pub fn steps(extra: usize) -> Vec<Step> {
+    let audience = |key, rows| Load {
+        key,
+        kind: Kind::Audience,
+        scope: Scope::User,
+        rows,
+    };
+    let user_trait = |key, rows| Load {
+        key,
+        kind: Kind::Trait,
+        scope: Scope::User,
+        rows,
+    };
+    let account_audience = |key, rows| Load {
+        key,
+        kind: Kind::Audience,
+        scope: Scope::Account,
+        rows,
+    };
+    let account_trait = |key, rows| Load {
+        key,
+        kind: Kind::Trait,
+        scope: Scope::Account,
+        rows,
+    };
+    let mut a = vec![
+        audience(
+            "vip",
+            users(&["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"]),
+        ),
+        user_trait(
+            "score",
+            values(&[
+                ("u1", json!(10)),
+                ("u2", json!(20)),
+                ("u3", json!(30)),
+                ("u4", json!(40)),
+                ("u5", json!(50)),
+            ]),
+        ),
+        account_audience("enterprise", users(&["acme", "globex"])),
+        account_trait(
+            "arr",
+            values(&[
+                ("acme", json!(1000)),
+                ("globex", json!(500)),
+                ("initech", json!(50)),
+            ]),
+        ),
+    ];
+    let mut b = vec![
+        audience(
+            "vip",
+            users(&["u1", "u3", "u4", "u5", "u6", "u7", "u8", "u10"]),
+        ),
+        user_trait(
+            "score",
+            values(&[
+                ("u1", json!(15)),
+                ("u2", json!(20)),
+                ("u4", json!(40)),
+                ("u5", json!(50)),
+                ("u6", json!(60)),
+            ]),
+        ),
+    ];
+    let mut c = vec![
+        account_audience("enterprise", users(&["acme"])),
+        account_trait(
+            "arr",
+            values(&[("acme", json!(1200.5)), ("globex", json!(500))]),
+        ),
+        audience(
+            "vip",
+            users(&["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8", "u10"]),
+        ),
+    ];
+    if extra > 0 {
+        a.push(audience("newsletter", bulk(0..extra)));
+        b.push(audience(
+            "newsletter",
+            bulk((0..extra).filter(|i| i % 3 != 0)),
+        ));
+        c.push(audience(
+            "newsletter",
+            bulk((0..extra + extra / 4).filter(|i| i % 3 != 1)),
+        ));
+    }
+    vec![
+        Step {
+            taken_at: "2026-01-01T00:00:00Z",
+            loads: a,
+            members: members(&[
+                ("acme", "u1"),
+                ("acme", "u2"),
+                ("globex", "u3"),
+                ("initech", "u9"),
+            ]),
+        },
+        Step {
+            taken_at: "2026-01-01T01:00:00Z",
+            loads: b,
+            members: members(&[
+                ("acme", "u1"),
+                ("globex", "u3"),
+                ("globex", "u4"),
+                ("initech", "u9"),
+            ]),
+        },
+        Step {
+            taken_at: "2026-01-01T02:00:00Z",
+            loads: c,
+            members: None,
+        },
+    ]
+}
+
+fn clean(rate_limit: u32) -> SandboxConfig {
+    let mut config = SandboxConfig::new("");
+    config.rate_limit = rate_limit;
+    config.window_secs = 1;
+    config
+}
+
+#[test]
+fn initial_and_incremental_syncs_leave_intercom_as_the_snapshots_say() {
+    let world = World::new(clean(400));
+    let steps = steps(0);
+    for (i, step) in steps.iter().enumerate() {
+        oracle::load_step(&world, i, step);
+        let out = world.ok(&["sync"]);
+        assert!(out.contains("Delivered"), "{out}");
+        assert_eq!(
+            world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+            0
+        );
+        oracle::check(&world.state(), &oracle::expected(&steps[..=i]));
+    }
+    // Delivered state is the snapshot state: another sync sends nothing.
+    let before = world.state().counters.total_requests;
+    let out = world.ok(&["sync"]);
+    assert!(out.contains("Delivered 0 messages"), "{out}");
+    assert_eq!(world.state().counters.total_requests, before);
+    assert_eq!(
+        world.count("SELECT count(*) FROM entity_state WHERE planned IS NOT delivered"),
+        0
+    );
+    let state = world.state();
+    assert_eq!(state.counters.rate_limited, 0);
+    assert_eq!(
+        state.counters.intercom_versions.keys().collect::<Vec<_>>(),
+        ["2.14"]
+    );
+    // Every id learned is cached: one contact id per contact.
+    assert_eq!(
+        world.count("SELECT count(*) FROM intercom_contacts") as usize,
+        state.contacts.len()
+    );
+    let dead = world.ok(&["dead-letters", "list"]);
+    assert!(dead.contains("No dead letters"), "{dead}");
+}
+
+#[test]
+fn faults_timeouts_and_search_lag_change_nothing() {
+    let mut config = clean(400);
+    config.faults = Faults {
+        error_rate: 0.06,
+        drop_rate: 0.04,
+        point: FaultPoint::Either,
+        seed: 42,
+    };
+    config.slow = SlowResponses {
+        rate: 0.03,
+        delay: Duration::from_millis(2500),
+    };
+    config.search_lag = Duration::from_secs(3);
+    let world = World::new(config);
+    let steps = steps(20);
+    for (i, step) in steps.iter().enumerate() {
+        oracle::load_step(&world, i, step);
+        world.ok(&["sync"]);
+        assert_eq!(
+            world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+            0
+        );
+    }
+    let state = world.state();
+    oracle::check(&state, &oracle::expected(&steps));
+    let c = &state.counters;
+    assert!(
+        c.faults_injected > 0 && c.connections_dropped > 0 && c.lost_responses > 0,
+        "{c:?}"
+    );
+    assert!(
+        c.requests
+            .values()
+            .flat_map(|a| a.keys())
+            .any(|k| k == "dropped"),
+        "{c:?}"
+    );
+    assert_eq!(c.rate_limited, 0, "{c:?}");
+}
+
+#[test]
+fn killed_at_random_moments_and_restarted_reaches_the_same_state() {
+    // 30 requests a second and ~300 messages a run: each delivery takes several seconds.
+    let world = World::new(clean(30));
+    let steps = steps(150);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move |range: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % range
+    };
+    let mut kills = 0;
+    for (i, step) in steps.iter().enumerate() {
+        oracle::load_step(&world, i, step);
+        for _ in 0..3 {
+            let mut child = world.spawn(&["sync"]);
+            std::thread::sleep(Duration::from_millis(300 + random(2500)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+        let started = Instant::now();
+        world.ok(&["sync"]);
+        assert!(started.elapsed() < Duration::from_secs(120));
+        assert_eq!(
+            world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+            0
+        );
+    }
+    assert!(kills >= 3, "only {kills} syncs were killed mid-run");
+    oracle::check(&world.state(), &oracle::expected(&steps));
+}
+
+#[test]
+fn a_refused_token_stops_delivery_and_leaves_the_queue() {
+    let mut world = World::new(clean(400));
+    oracle::load_step(&world, 0, &steps(0)[0]);
+    world.set("INTERCOM__ACCESS_TOKEN", "wrong");
+    let output = world.run(&["sync"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("the token is wrong"), "{stderr}");
+    assert!(
+        !stderr.contains("wrong\""),
+        "the token is never printed: {stderr}"
+    );
+    assert!(world.count("SELECT count(*) FROM outbox WHERE status = 'pending'") > 0);
+    assert_eq!(
+        world.count("SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        0
+    );
+    world.set("INTERCOM__ACCESS_TOKEN", super::world::TOKEN);
+    world.ok(&["sync"]);
+    oracle::check(&world.state(), &oracle::expected(&steps(0)[..1]));
+}
+
+#[test]
+fn send_delivers_a_file_and_dead_letters_can_be_listed_retried_and_discarded() {
+    let world = World::new(clean(400));
+    let messages = [
+        json!({"type": "identify", "userId": "s1", "messageId": "m1",
+               "traits": {"email": "s1@example.com", "level": "pro", "seats": 3,
+                          "company": {"id": "c1", "name": "C One", "tier": "gold"}}}),
+        json!({"type": "track", "userId": "s1", "messageId": "m2", "event": "Order Completed",
+               "timestamp": "2026-01-01T00:00:00Z", "properties": {"revenue": 12.5, "sku": "x"}}),
+        json!({"type": "group", "userId": "s1", "groupId": "c2", "messageId": "m3",
+               "traits": {"name": "C Two"}}),
+        json!({"type": "identify", "traits": {"nothing": 1}}),
+    ];
+    let path = world.write("messages.ndjson", &messages);
+    let output = world.run(&["send", &file_arg(&path)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4:"), "{stderr}");
+    let state = world.state();
+    let s1 = state.contact_by_external_id("s1").expect("s1 created");
+    assert_eq!(s1.custom_attributes["level"], json!("pro"));
+    assert_eq!(s1.events.len(), 1);
+    assert_eq!(
+        s1.events[0].metadata["price"],
+        json!({"amount": 1250, "currency": "usd"})
+    );
+    assert_eq!(s1.companies.len(), 2);
+
+    // `seats` is contact data now: a company cannot have it (one name, one model).
+    let account = [json!({"type": "group", "groupId": "c3", "messageId": "m4",
+                          "traits": {"plan_name": "x", "seats": 1}})];
+    let path = world.write("account.ndjson", &account);
+    let out = world.ok(&["send", &file_arg(&path)]);
+    assert!(out.contains("1 dead letters"), "{out}");
+    let listed = world.ok(&["dead-letters", "list", "--json"]);
+    let dead: Vec<Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(dead.len(), 1, "{listed}");
+    assert_eq!(dead[0]["type"], "group");
+    assert_eq!(dead[0]["user"], "account:c3");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("seats"),
+        "{listed}"
+    );
+    let seq = dead[0]["seq"].as_i64().unwrap().to_string();
+    let text = world.ok(&["dead-letters"]);
+    assert!(
+        text.contains("account:c3") && text.contains("seats"),
+        "{text}"
+    );
+
+    let retried = world.ok(&["dead-letters", "retry", &seq]);
+    assert!(retried.contains("1 dead letters queued again"), "{retried}");
+    assert_eq!(
+        world.count("SELECT count(*) FROM outbox WHERE status = 'pending'"),
+        1
+    );
+    // Delivered again, dead again: the cause is still there.
+    let output = world.run(&["send", &file_arg(&world.write("none.ndjson", &[]))]);
+    assert!(output.status.success());
+    assert_eq!(
+        world.count("SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        1
+    );
+    let discarded = world.ok(&["dead-letters", "discard", "--all"]);
+    assert!(
+        discarded.contains("1 dead letters discarded"),
+        "{discarded}"
+    );
+    assert!(
+        world
+            .ok(&["dead-letters", "list"])
+            .contains("No dead letters")
+    );
+    let usage = world.run(&["dead-letters", "retry"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
