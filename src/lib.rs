@@ -4,8 +4,8 @@
 pub mod cli;
 pub mod commands;
 pub mod error;
-pub mod intercom;
 pub mod http;
+pub mod intercom;
 pub mod load;
 pub mod logging;
 pub mod metrics;

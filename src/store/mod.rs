@@ -30,7 +30,10 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open (creating if needed) the database at `path`, set the pragmas every connection needs and
 /// bring the schema up to date.
 pub fn open(path: &Path) -> anyhow::Result<Connection> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
         std::fs::create_dir_all(parent).with_context(|| {
             format!("cannot create the database directory {}", parent.display())
         })?;
