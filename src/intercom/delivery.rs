@@ -77,42 +77,77 @@ struct Held {
     running: bool,
 }
 
-/// Drain the outbox of the database at `db_path` into Intercom. Returns when the outbox is
-/// empty, when `shutdown` fires (after requests in flight finish), or when Intercom refuses the
-/// token (`stopped` is set; the caller exits 1).
+/// What a process keeps between drains (the daemon drains again after every scheduled run):
+/// one database connection, one rate limiter, one executor with its attribute list and event
+/// names, so data attributes are listed once per process and the budget carries over.
+pub struct Engine {
+    db: Arc<Mutex<Connection>>,
+    limiter: Arc<RateLimiter>,
+    executor: Arc<Executor>,
+    settings: IntercomSettings,
+}
+
+impl Engine {
+    /// Open the database at `db_path` and get ready to deliver with `settings`.
+    pub fn open(db_path: &Path, settings: &IntercomSettings) -> anyhow::Result<Engine> {
+        if settings.access_token.is_empty() {
+            return Err(CliError::usage(
+                "intercom.access_token is empty: set it in the settings file, in \
+                 AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
+            )
+            .into());
+        }
+        let conn = store::open(db_path)?;
+        let persisted = cache::rate_limit(&conn)?;
+        let db = Arc::new(Mutex::new(conn));
+        let limiter = Arc::new(RateLimiter::new(
+            settings.rate_limit,
+            settings.rate_limit_window,
+            persisted,
+        ));
+        let client = Client::new(settings, limiter.clone())?;
+        let executor = Arc::new(Executor::new(client, db.clone(), settings)?);
+        Ok(Engine {
+            db,
+            limiter,
+            executor,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Drain the outbox into Intercom. Returns when the outbox is empty, when `shutdown` fires
+    /// (after the requests in flight finish), or when Intercom refuses the token (`stopped` is
+    /// set; the caller exits 1).
+    pub async fn drain(
+        &self,
+        shutdown: &CancellationToken,
+        progress: &dyn Progress,
+    ) -> anyhow::Result<DeliveryReport> {
+        let before = self.limiter.stats();
+        let report = drain(&self.db, &self.executor, &self.settings, shutdown, progress).await;
+        let budget = self.limiter.persisted();
+        if let Err(error) = cache::save_rate_limit(&lock(&self.db), &budget) {
+            warn!(%error, "Could not save the rate-limit budget.");
+        }
+        let mut report = report?;
+        let after = self.limiter.stats();
+        report.requests = after.sent - before.sent;
+        report.rate_limited = after.rate_limited - before.rate_limited;
+        Ok(report)
+    }
+}
+
+/// Drain the outbox of the database at `db_path` once, with a fresh [`Engine`] (what `sync` and
+/// `send` do).
 pub async fn deliver(
     db_path: &Path,
     settings: &IntercomSettings,
     shutdown: CancellationToken,
     progress: &dyn Progress,
 ) -> anyhow::Result<DeliveryReport> {
-    if settings.access_token.is_empty() {
-        return Err(CliError::usage(
-            "intercom.access_token is empty: set it in the settings file, in \
-             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
-        )
-        .into());
-    }
-    let conn = store::open(db_path)?;
-    let persisted = cache::rate_limit(&conn)?;
-    let db = Arc::new(Mutex::new(conn));
-    let limiter = Arc::new(RateLimiter::new(
-        settings.rate_limit,
-        settings.rate_limit_window,
-        persisted,
-    ));
-    let client = Client::new(settings, limiter.clone())?;
-    let executor = Arc::new(Executor::new(client, db.clone(), settings)?);
-    let report = drain(&db, &executor, settings, &shutdown, progress).await;
-    let budget = limiter.persisted();
-    if let Err(error) = cache::save_rate_limit(&lock(&db), &budget) {
-        warn!(%error, "Could not save the rate-limit budget.");
-    }
-    let mut report = report?;
-    let stats = limiter.stats();
-    report.requests = stats.sent;
-    report.rate_limited = stats.rate_limited;
-    Ok(report)
+    Engine::open(db_path, settings)?
+        .drain(&shutdown, progress)
+        .await
 }
 
 fn lock(db: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {

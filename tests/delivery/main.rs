@@ -2,6 +2,7 @@
 //! The sandbox's final state must equal what the snapshots say, event by event, with and without
 //! injected faults, and across SIGKILLs.
 
+mod bench;
 mod oracle;
 mod scenarios;
 mod world;

@@ -373,3 +373,44 @@ fn send_delivers_a_file_and_dead_letters_can_be_listed_retried_and_discarded() {
     let usage = world.run(&["dead-letters", "retry"]);
     assert_eq!(usage.status.code(), Some(2));
 }
+
+#[test]
+fn ctrl_c_stops_after_the_requests_in_flight_and_leaves_the_rest_queued() {
+    let world = World::new(clean(60));
+    let steps = steps(100);
+    oracle::load_step(&world, 0, &steps[0]);
+    let child = world
+        .command(&["sync"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let interrupted = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(3),
+        "stopped in {:?}",
+        interrupted.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let delivered = world.count("SELECT count(*) FROM outbox WHERE status = 'delivered'");
+    let pending = world.count("SELECT count(*) FROM outbox WHERE status = 'pending'");
+    assert!(
+        delivered > 0 && pending > 0,
+        "{delivered} delivered, {pending} pending"
+    );
+    assert_eq!(
+        world.count("SELECT count(*) FROM outbox WHERE attempts > 0"),
+        0
+    );
+    world.ok(&["sync"]);
+    oracle::check(&world.state(), &oracle::expected(&steps[..1]));
+}

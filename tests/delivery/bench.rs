@@ -1,0 +1,237 @@
+//! The delivery benchmark (BENCHMARKS.md, "Delivery") against the sandbox with 20 ms latency:
+//! (a) requests per identify in steady state, (b) share of the announced budget used while
+//! draining a large outbox, with no 429, (c) what happens when the budget is not announced.
+//!
+//! By default a short version runs as a test and checks the targets; with
+//! `AUDIENCE_SYNC_BENCH=1` it runs at full size (1,000 users, 100 requests per 2 s window: a
+//! 30-window drain, the 5-minute equivalent of Intercom's 10 s windows) and prints the numbers:
+//! `AUDIENCE_SYNC_BENCH=1 cargo test --release --test delivery bench -- --nocapture`.
+
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use intercom_sandbox::{RateLimitHeaders, SandboxConfig};
+use serde_json::json;
+
+use super::world::{World, file_arg};
+
+struct Size {
+    users: usize,
+    limit: u32,
+    window_secs: u64,
+}
+
+fn size() -> Size {
+    if std::env::var_os("AUDIENCE_SYNC_BENCH").is_some() {
+        Size {
+            users: 1000,
+            limit: 100,
+            window_secs: 2,
+        }
+    } else {
+        Size {
+            users: 150,
+            limit: 100,
+            window_secs: 1,
+        }
+    }
+}
+
+fn now() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+/// Sleep until `offset` past the next window boundary.
+fn sleep_past_boundary(window_secs: u64, offset: Duration) -> u64 {
+    let window = Duration::from_secs(window_secs);
+    let now = now();
+    let index = now.as_secs() / window_secs + 1;
+    let boundary = Duration::from_secs(index * window_secs);
+    thread::sleep(boundary - now + offset);
+    let _ = window;
+    index
+}
+
+/// Requests (and 429s) that arrived in each window while `args` ran, read just after every
+/// boundary: the sandbox counts a request when it answers (20 ms later), and the client waits a
+/// margin past each reset, so a reading 40 ms past a boundary holds exactly the earlier windows.
+struct Drain {
+    windows: Vec<(u64, u64)>,
+    stdout: String,
+}
+
+fn drain(world: &World, args: &[&str], window_secs: u64) -> Drain {
+    sleep_past_boundary(window_secs, Duration::from_millis(5));
+    let child = world
+        .command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = world.state().counters;
+    let mut last = (start.total_requests, start.rate_limited);
+    let mut windows = Vec::new();
+    let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+    loop {
+        sleep_past_boundary(window_secs, Duration::from_millis(40));
+        let c = world.state().counters;
+        windows.push((c.total_requests - last.0, c.rate_limited - last.1));
+        last = (c.total_requests, c.rate_limited);
+        if child.lock().unwrap().try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    let output = std::sync::Arc::try_unwrap(child)
+        .ok()
+        .unwrap()
+        .into_inner()
+        .unwrap()
+        .wait_with_output()
+        .unwrap();
+    assert!(output.status.success());
+    // The process ended within the last window read: trailing empty windows are not the drain's.
+    while windows.last().is_some_and(|w| w.0 == 0) {
+        windows.pop();
+    }
+    Drain {
+        windows,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
+
+/// Messages and requests from the summary line "Delivered N messages in T s (R requests…".
+fn delivered(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Delivered"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let messages = words[1].parse().unwrap();
+    let requests = words
+        .iter()
+        .position(|w| w.starts_with("requests"))
+        .map(|i| words[i - 1].trim_start_matches('(').parse().unwrap())
+        .unwrap();
+    (messages, requests)
+}
+
+fn config(size: &Size, headers: RateLimitHeaders) -> SandboxConfig {
+    let mut config = SandboxConfig::new("");
+    config.rate_limit = size.limit;
+    config.window_secs = size.window_secs;
+    config.latency = Duration::from_millis(20);
+    config.rate_limit_headers = headers;
+    config
+}
+
+fn load_users(world: &World, size: &Size, taken_at: &str, value: impl Fn(usize) -> i64) {
+    let rows: Vec<_> = (0..size.users)
+        .map(|i| json!({"user_id": format!("p{i:05}"), "email": format!("p{i:05}@example.com"), "value": value(i)}))
+        .collect();
+    let path = world.write(&format!("points-{taken_at}.ndjson"), &rows);
+    world.ok(&[
+        "load",
+        "--computation",
+        "points",
+        "--kind",
+        "trait",
+        "--scope",
+        "user",
+        "--taken-at",
+        taken_at,
+        &file_arg(&path),
+    ]);
+}
+
+/// The full windows of a drain (the last is partial): share of the budget they used.
+fn share(d: &Drain, limit: u32) -> f64 {
+    let full = &d.windows[..d.windows.len().saturating_sub(1)];
+    let used: u64 = full.iter().map(|w| w.0 - w.1).sum();
+    used as f64 / (f64::from(limit) * full.len().max(1) as f64)
+}
+
+#[test]
+fn bench_budget_use_and_requests_per_identify() {
+    let size = size();
+    let world = World::new(config(&size, RateLimitHeaders::Announce));
+    load_users(&world, &size, "2026-01-01T00:00:00Z", |i| i as i64);
+    // (b) The initial sync: a large outbox (search + create + write per user).
+    let initial = drain(&world, &["sync"], size.window_secs);
+    let initial_share = share(&initial, size.limit);
+    let initial_429: u64 = initial.windows.iter().map(|w| w.1).sum();
+    let (messages, requests) = delivered(&initial.stdout);
+    assert_eq!(messages as usize, size.users);
+
+    // (a) Steady state: every contact id cached, a full resync is one PUT per identify (plus
+    // the attribute list, once per process).
+    let full = drain(&world, &["sync", "--full"], size.window_secs);
+    let (full_messages, full_requests) = delivered(&full.stdout);
+    let per_identify = full_requests as f64 / full_messages as f64;
+    // And an incremental run changing every value: one identify + one track per user.
+    load_users(&world, &size, "2026-01-02T00:00:00Z", |i| i as i64 + 1);
+    let changed = drain(&world, &["sync"], size.window_secs);
+    let (changed_messages, changed_requests) = delivered(&changed.stdout);
+    let state = world.state();
+
+    println!(
+        "delivery bench: {} users, budget {} per {} s, 20 ms latency",
+        size.users, size.limit, size.window_secs
+    );
+    println!(
+        "(b) initial sync: {messages} messages, {requests} requests in {} windows; \
+         budget used in full windows {:.1}%, 429s {initial_429}, max in a window {}; per window {:?}",
+        initial.windows.len(),
+        initial_share * 100.0,
+        state.counters.max_requests_in_window,
+        initial.windows.iter().map(|w| w.0).collect::<Vec<_>>()
+    );
+    println!(
+        "(a) steady state: sync --full {full_messages} identifies, {full_requests} requests: \
+         {per_identify:.3} requests per identify; incremental {changed_messages} messages \
+         (identify + track), {changed_requests} requests"
+    );
+    assert_eq!(
+        state.counters.rate_limited, 0,
+        "no 429 when the budget is announced"
+    );
+    assert!(state.counters.max_requests_in_window <= u64::from(size.limit));
+    assert!(per_identify <= 1.02, "{per_identify}");
+    assert!(initial_share >= 0.95, "{initial_share}");
+    assert_eq!(changed_requests, changed_messages + 2);
+}
+
+#[test]
+fn bench_unannounced_budget_is_learned_from_the_first_429() {
+    let size = size();
+    let world_config = config(&size, RateLimitHeaders::Hide);
+    let mut world = World::new(world_config);
+    // The settings promise half again what the server allows, and the server does not say.
+    world.set("INTERCOM__RATE_LIMIT", &(size.limit * 3 / 2).to_string());
+    load_users(&world, &size, "2026-01-01T00:00:00Z", |i| i as i64);
+    let d = drain(&world, &["sync"], size.window_secs);
+    let limit = u64::from(size.limit);
+    let first_429 = d.windows.iter().position(|w| w.1 > 0);
+    let windows_with_429 = d.windows.iter().filter(|w| w.1 > 0).count();
+    let total_429: u64 = d.windows.iter().map(|w| w.1).sum();
+    // A window is lost when it accepted less than the budget while work remained (the last
+    // window is where work ran out).
+    let lost = first_429.map_or(0, |first| {
+        d.windows[first..d.windows.len() - 1]
+            .iter()
+            .filter(|w| w.0 - w.1 < limit * 9 / 10)
+            .count()
+    });
+    println!(
+        "(c) unannounced budget {} per {} s, settings {}: first 429 in window {:?}, 429s {total_429} \
+         in {windows_with_429} windows, windows lost after it {lost}, budget used in full windows \
+         {:.1}%; per window (all, 429) {:?}",
+        size.limit,
+        size.window_secs,
+        size.limit * 3 / 2,
+        first_429,
+        share(&d, size.limit) * 100.0,
+        d.windows
+    );
+    assert_eq!(windows_with_429, 1, "{:?}", d.windows);
+    assert_eq!(lost, 0, "{:?}", d.windows);
+}
