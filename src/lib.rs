@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod intercom;

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use crate::cli::{KindArg, LoadArgs, LoadMembersArgs, ScopeArg};
 use crate::error::CliError;
-use crate::load::{self, Input, Kind, LoadError, MEMBERSHIP_COLUMNS, Records, Scope};
+use crate::load::{self, Input, Kind, LoadError, Scope};
 use crate::settings::Settings;
 use crate::store::{self, snapshots};
 
@@ -25,22 +25,18 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
     }
     let taken_at = taken_at(args.taken_at.as_deref())?;
     let input = Input::from_arg(&args.file);
-    let columns = load::snapshot_columns(scope);
-    let mut records = Records::open(&input, columns).map_err(refusal)?;
+    // The input is checked (format, CSV header) before the database is touched.
+    input.format().map_err(refusal)?;
     let mut conn = store::open(&settings.database.path)?;
     let started = Instant::now();
-    let file = records.file().to_string();
-    let rows = std::iter::from_fn(|| records.next_record(columns))
-        .map(|record| record.and_then(|r| load::snapshot_row(&file, &r, kind, scope)));
     let spec = snapshots::ComputationSpec {
         key: &args.computation,
         name: args.name.as_deref(),
         kind,
         scope,
     };
-    let stored =
-        snapshots::store_snapshot(&mut conn, &file, &spec, taken_at, store::now_unix(), rows)
-            .map_err(refusal)?;
+    let stored = load::load_snapshot(&mut conn, &input, &spec, taken_at, store::now_unix())
+        .map_err(refusal)?;
     let elapsed = started.elapsed();
     println!(
         "Loaded {} rows into {} {} computation {:?} ({}{}), snapshot {} taken at {}, in {:.2}s.",
@@ -60,13 +56,10 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
 pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Result<()> {
     let taken_at = taken_at(args.taken_at.as_deref())?;
     let input = Input::from_arg(&args.file);
-    let mut records = Records::open(&input, MEMBERSHIP_COLUMNS).map_err(refusal)?;
+    input.format().map_err(refusal)?;
     let mut conn = store::open(&settings.database.path)?;
-    let file = records.file().to_string();
-    let rows = std::iter::from_fn(|| records.next_record(MEMBERSHIP_COLUMNS))
-        .map(|record| record.and_then(|r| load::membership_row(&file, &r)));
     let (snapshot_id, count) =
-        snapshots::store_membership(&mut conn, &file, taken_at, rows).map_err(refusal)?;
+        load::load_membership(&mut conn, &input, taken_at).map_err(refusal)?;
     println!(
         "Loaded {count} account memberships, membership snapshot {snapshot_id} taken at {}.",
         snapshots::rfc3339(taken_at)

@@ -20,7 +20,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::LoadMembers(args) => load::load_members(&settings(&cli.config)?, args),
         Command::Status(args) => status::status(&settings(&cli.config)?, args),
         Command::Sandbox(args) => sandbox::sandbox(args),
-        Command::Run => not_yet("run"),
+        Command::Run => crate::daemon::run(cli.config.clone(), settings(&cli.config)?),
         Command::Sync(args) => sync::sync(&settings(&cli.config)?, args),
         Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
         Command::Send(args) => send::send(&settings(&cli.config)?, args),

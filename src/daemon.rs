@@ -1,0 +1,301 @@
+//! The daemon (`audience-sync run`): runs on `schedule.cron`, continuous delivery between them,
+//! `/metrics` and `/healthz`, systemd notify and watchdog, SIGHUP reload, clean stop on
+//! SIGTERM / SIGINT.
+//!
+//! One task plans (a blocking run in `spawn_blocking`, never two at once: a tick that arrives
+//! while a run plans is skipped and logged); one task delivers (drains the outbox, then waits to
+//! be woken by a finished run, a reload or a timer). The main loop owns both and the signals.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::http::{self, Endpoints};
+use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
+use crate::metrics;
+use crate::notify::{notify, watchdog_interval};
+use crate::plan::{self, Output, Report, RunMode, RunOptions};
+use crate::settings::Settings;
+use crate::store::{self, RunLock};
+
+/// How long a stop waits for requests in flight (and a run being planned) before it exits anyway.
+/// Exiting mid-plan is safe: the run's transaction is rolled back as a whole.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// How often delivery looks at the outbox when nothing woke it (messages written by `sync
+/// --no-deliver` or `send` from another process, retries that came due).
+pub const DELIVERY_POLL: Duration = Duration::from_secs(30);
+
+/// After Intercom refused the token, how long delivery waits before it tries again (a reload
+/// with a new token tries at once).
+pub const STOPPED_RETRY: Duration = Duration::from_secs(300);
+
+/// Run the daemon until SIGTERM or SIGINT. `config` is the `--config` path, re-read on SIGHUP.
+pub fn run(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon(config, settings))
+}
+
+async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Result<()> {
+    let database = settings.database.path.clone();
+    let _lock = RunLock::try_acquire(&database)?;
+    health_check(&database)?;
+    let engine = Arc::new(Engine::open(&database, &settings.intercom)?);
+    let (engine_tx, engine_rx) = watch::channel(engine);
+
+    let shutdown = CancellationToken::new();
+    if let Some(listen) = settings.http.listen {
+        let endpoints = Endpoints {
+            database: database.clone(),
+            max_pending_age: settings.http.max_pending_age,
+        };
+        let bound = http::serve(listen, endpoints, shutdown.clone()).await?;
+        info!(address = %bound, "Serving /metrics and /healthz.");
+    }
+
+    let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
+    let mut scheduler = schedule(&settings.schedule.cron, tick_tx.clone()).await?;
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let wake = Arc::new(Notify::new());
+    let deliver_stop = CancellationToken::new();
+    let mut delivery = tokio::spawn(delivery_loop(engine_rx, wake.clone(), deliver_stop.clone()));
+
+    info!(
+        database = %database.display(),
+        cron = %settings.schedule.cron,
+        rate_limit = settings.intercom.rate_limit,
+        window_secs = settings.intercom.rate_limit_window.as_secs(),
+        "Daemon started."
+    );
+    let _ = notify("READY=1\nSTATUS=Waiting for the next scheduled run");
+    metrics::set("audience_sync_up", &[], 1.0);
+    if settings.schedule.run_on_start {
+        let _ = tick_tx.try_send(());
+    }
+
+    let mut watchdog =
+        tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut planning: Option<(JoinHandle<anyhow::Result<Report>>, Instant)> = None;
+
+    loop {
+        tokio::select! {
+            Some(()) = ticks.recv() => {
+                if planning.is_some() {
+                    warn!("Scheduled run skipped: the previous run is still planning.");
+                    continue;
+                }
+                let run_settings = settings.clone();
+                planning = Some((tokio::task::spawn_blocking(move || plan_once(&run_settings)), Instant::now()));
+                let _ = notify("STATUS=Planning a run");
+            }
+            joined = async { (&mut planning.as_mut().expect("guarded").0).await }, if planning.is_some() => {
+                let started = planning.take().map(|(_, at)| at).unwrap_or_else(Instant::now);
+                match joined.map_err(anyhow::Error::from).and_then(|r| r) {
+                    Ok(report) => {
+                        record_run(&report, started.elapsed());
+                        wake.notify_one();
+                    }
+                    Err(e) => {
+                        metrics::inc("audience_sync_runs_total", &[("mode", "incremental"), ("outcome", "failed")]);
+                        error!(error = %format!("{e:#}"), "Run failed; the next scheduled run tries again.");
+                    }
+                }
+                let _ = notify("STATUS=Waiting for the next scheduled run");
+            }
+            _ = sighup.recv() => {
+                match reload(config.as_deref(), &settings) {
+                    Ok(new) => {
+                        if new.schedule.cron != settings.schedule.cron {
+                            let _ = scheduler.shutdown().await;
+                            scheduler = schedule(&new.schedule.cron, tick_tx.clone()).await?;
+                        }
+                        match Engine::open(&database, &new.intercom) {
+                            Ok(engine) => {
+                                let _ = engine_tx.send(Arc::new(engine));
+                                wake.notify_one();
+                            }
+                            Err(e) => warn!(error = %format!("{e:#}"), "Reloaded settings kept the old Intercom settings."),
+                        }
+                        settings = new;
+                        info!(cron = %settings.schedule.cron, "Settings reloaded.");
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "Settings not reloaded; the old ones stay in force."),
+                }
+            }
+            _ = watchdog.tick() => {
+                let _ = notify("WATCHDOG=1");
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+
+    info!("Stopping: no new runs; requests in flight finish, the rest stays queued.");
+    let _ = notify("STOPPING=1");
+    let _ = scheduler.shutdown().await;
+    deliver_stop.cancel();
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    if tokio::time::timeout_at(deadline, &mut delivery)
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_secs = STOP_GRACE.as_secs(),
+            "Delivery did not stop in time; exiting anyway (unconfirmed messages stay queued)."
+        );
+        delivery.abort();
+    }
+    if let Some((handle, _)) = planning
+        && tokio::time::timeout_at(deadline, handle).await.is_err()
+    {
+        warn!("A run was still planning; its transaction is abandoned and nothing of it is kept.");
+    }
+    shutdown.cancel();
+    info!("Daemon stopped.");
+    Ok(())
+}
+
+/// The first health check before READY=1: the database opens, has the current schema and passes
+/// SQLite's quick check.
+fn health_check(database: &Path) -> anyhow::Result<()> {
+    let conn = store::open(database)?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .with_context(|| format!("cannot check {}", database.display()))?;
+    if verdict != "ok" {
+        anyhow::bail!(
+            "the database {} fails PRAGMA quick_check: {verdict}",
+            database.display()
+        );
+    }
+    Ok(())
+}
+
+/// A cron job that sends a tick; the main loop decides whether to run.
+async fn schedule(cron: &str, ticks: mpsc::Sender<()>) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new()
+        .await
+        .context("cannot start the scheduler")?;
+    let job = Job::new_async(cron, move |_id, _scheduler| {
+        let ticks = ticks.clone();
+        Box::pin(async move {
+            // A full channel means a tick is already waiting: this one is the same run.
+            let _ = ticks.try_send(());
+        })
+    })
+    .with_context(|| format!("schedule.cron {cron:?} is not a valid cron expression"))?;
+    scheduler
+        .add(job)
+        .await
+        .context("cannot schedule the run")?;
+    scheduler
+        .start()
+        .await
+        .context("cannot start the scheduler")?;
+    Ok(scheduler)
+}
+
+/// One scheduled run: diff every enabled computation and enqueue, in one transaction.
+fn plan_once(settings: &Settings) -> anyhow::Result<Report> {
+    let mut conn = store::open(&settings.database.path)?;
+    let options = RunOptions {
+        mode: RunMode::Incremental,
+        computation: None,
+        now: store::now_unix(),
+    };
+    plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)
+}
+
+fn record_run(report: &Report, took: Duration) {
+    metrics::inc(
+        "audience_sync_runs_total",
+        &[("mode", report.mode.as_str()), ("outcome", "planned")],
+    );
+    for (kind, n) in [
+        ("identify", report.messages.identify),
+        ("track", report.messages.track),
+        ("group", report.messages.group()),
+    ] {
+        metrics::add(
+            "audience_sync_messages_enqueued_total",
+            &[("type", kind)],
+            n,
+        );
+    }
+    info!(
+        run = report.run_id.unwrap_or_default(),
+        identify = report.messages.identify,
+        track = report.messages.track,
+        group = report.messages.group(),
+        took_ms = took.as_millis() as u64,
+        "Run enqueued."
+    );
+}
+
+fn reload(config: Option<&Path>, current: &Settings) -> anyhow::Result<Settings> {
+    let new = Settings::load(config)?;
+    if new.database.path != current.database.path {
+        anyhow::bail!("database.path changed: that needs a restart");
+    }
+    if new.http.listen != current.http.listen {
+        warn!("http.listen changed: the metrics endpoint moves only on a restart.");
+    }
+    Ok(new)
+}
+
+/// Drain, then wait to be woken (a run finished, a reload) or for the poll timer; until stopped.
+async fn delivery_loop(
+    engine: watch::Receiver<Arc<Engine>>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let current = engine.borrow().clone();
+        let pause = match current.drain(&stop, &Quiet).await {
+            Ok(report) => after_drain(&report),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "Delivery failed; trying again shortly.");
+                Duration::from_secs(5)
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+fn after_drain(report: &DeliveryReport) -> Duration {
+    http::set_delivery_stopped(report.stopped.clone());
+    if report.stopped.is_some() {
+        let _ = notify("STATUS=Delivery stopped: Intercom refused the access token");
+        return STOPPED_RETRY;
+    }
+    if report.delivered + report.dead > 0 {
+        let _ = notify(&format!(
+            "STATUS=Delivered {} messages ({} dead letters); {} pending",
+            report.delivered, report.dead, report.pending
+        ));
+    }
+    DELIVERY_POLL
+}
