@@ -124,12 +124,14 @@ impl Engine {
         progress: &dyn Progress,
     ) -> anyhow::Result<DeliveryReport> {
         let before = self.limiter.stats();
+        queue::update_runs(&lock(&self.db), store::now_unix())?;
         let report = drain(&self.db, &self.executor, &self.settings, shutdown, progress).await;
         let budget = self.limiter.persisted();
         if let Err(error) = cache::save_rate_limit(&lock(&self.db), &budget) {
             warn!(%error, "Could not save the rate-limit budget.");
         }
         let mut report = report?;
+        queue::update_runs(&lock(&self.db), store::now_unix())?;
         let after = self.limiter.stats();
         report.requests = after.sent - before.sent;
         report.rate_limited = after.rate_limited - before.rate_limited;

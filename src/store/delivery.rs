@@ -18,6 +18,23 @@ pub fn pending_count(conn: &Connection) -> rusqlite::Result<u64> {
     .map(|n| n as u64)
 }
 
+/// Runs whose messages are being delivered become `delivering`; runs with no message left pending
+/// become `finished` (with `finished_at`). Called when a drain starts and ends.
+pub fn update_runs(conn: &Connection, now: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET status = 'delivering' WHERE status = 'planned' AND planned_at IS NOT NULL \
+         AND EXISTS (SELECT 1 FROM outbox WHERE run_id = runs.id AND status = 'pending')",
+        [],
+    )?;
+    conn.execute(
+        "UPDATE runs SET status = 'finished', finished_at = ?1 \
+         WHERE status IN ('planned', 'delivering') AND planned_at IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM outbox WHERE run_id = runs.id AND status = 'pending')",
+        [now],
+    )?;
+    Ok(())
+}
+
 /// The highest pending sequence number, if any.
 pub fn max_pending_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row(

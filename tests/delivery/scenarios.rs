@@ -195,6 +195,10 @@ fn initial_and_incremental_syncs_leave_intercom_as_the_snapshots_say() {
     );
     let dead = world.ok(&["dead-letters", "list"]);
     assert!(dead.contains("No dead letters"), "{dead}");
+    assert_eq!(
+        world.count("SELECT count(*) FROM runs WHERE status <> 'finished' OR finished_at IS NULL"),
+        0
+    );
 }
 
 #[test]
