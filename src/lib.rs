@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod intercom;

@@ -577,6 +577,37 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// Read `input` and store it as the newest snapshot of the computation `spec` describes: one
+/// transaction, nothing stored on any error.
+pub fn load_snapshot(
+    conn: &mut rusqlite::Connection,
+    input: &Input,
+    spec: &crate::store::snapshots::ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+) -> Result<crate::store::snapshots::Stored, LoadError> {
+    let columns = snapshot_columns(spec.scope);
+    let mut records = Records::open(input, columns)?;
+    let file = records.file().to_string();
+    let (kind, scope) = (spec.kind, spec.scope);
+    let rows = std::iter::from_fn(|| records.next_record(columns))
+        .map(|record| record.and_then(|r| snapshot_row(&file, &r, kind, scope)));
+    crate::store::snapshots::store_snapshot(conn, &file, spec, taken_at, now, rows)
+}
+
+/// Read `input` and store it as the newest account membership snapshot: (snapshot id, rows).
+pub fn load_membership(
+    conn: &mut rusqlite::Connection,
+    input: &Input,
+    taken_at: i64,
+) -> Result<(i64, u64), LoadError> {
+    let mut records = Records::open(input, MEMBERSHIP_COLUMNS)?;
+    let file = records.file().to_string();
+    let rows = std::iter::from_fn(|| records.next_record(MEMBERSHIP_COLUMNS))
+        .map(|record| record.and_then(|r| membership_row(&file, &r)));
+    crate::store::snapshots::store_membership(conn, &file, taken_at, rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,35 +753,4 @@ mod tests {
         assert_eq!(csv_value("[1,2]"), json!("[1,2]"));
         assert_eq!(csv_value("\"quoted\""), json!("\"quoted\""));
     }
-}
-
-/// Read `input` and store it as the newest snapshot of the computation `spec` describes: one
-/// transaction, nothing stored on any error.
-pub fn load_snapshot(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    spec: &crate::store::snapshots::ComputationSpec<'_>,
-    taken_at: i64,
-    now: i64,
-) -> Result<crate::store::snapshots::Stored, LoadError> {
-    let columns = snapshot_columns(spec.scope);
-    let mut records = Records::open(input, columns)?;
-    let file = records.file().to_string();
-    let (kind, scope) = (spec.kind, spec.scope);
-    let rows = std::iter::from_fn(|| records.next_record(columns))
-        .map(|record| record.and_then(|r| snapshot_row(&file, &r, kind, scope)));
-    crate::store::snapshots::store_snapshot(conn, &file, spec, taken_at, now, rows)
-}
-
-/// Read `input` and store it as the newest account membership snapshot: (snapshot id, rows).
-pub fn load_membership(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    taken_at: i64,
-) -> Result<(i64, u64), LoadError> {
-    let mut records = Records::open(input, MEMBERSHIP_COLUMNS)?;
-    let file = records.file().to_string();
-    let rows = std::iter::from_fn(|| records.next_record(MEMBERSHIP_COLUMNS))
-        .map(|record| record.and_then(|r| membership_row(&file, &r)));
-    crate::store::snapshots::store_membership(conn, &file, taken_at, rows)
 }

@@ -310,9 +310,10 @@ fn when_a_contact_may_be_created() {
             Some(json!({"role": "user", "external_id": "u1"})),
         ),
         (
-            "a group attach never creates the user",
-            json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"name": "Acme"}}),
-            None,
+            "a group attach creates a member Intercom does not know (joining is not an exit)",
+            json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"name": "Acme"},
+                   "context": {"traits": {"email": "u1@example.com"}}}),
+            Some(json!({"role": "user", "external_id": "u1", "email": "u1@example.com"})),
         ),
     ];
     for (what, message, expected) in cases {

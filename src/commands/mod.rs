@@ -11,7 +11,6 @@ mod status;
 mod sync;
 
 use crate::cli::{Cli, Command};
-use crate::error::CliError;
 use crate::settings::Settings;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -25,7 +24,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
         Command::Send(args) => send::send(&settings(&cli.config)?, args),
         Command::DeadLetters(args) => dead_letters::dead_letters(&settings(&cli.config)?, args),
-        Command::Demo => not_yet("demo"),
+        Command::Demo => {
+            crate::logging::init(&Settings::defaults()?.log);
+            crate::demo::run()
+        }
     }
 }
 
@@ -34,8 +36,4 @@ fn settings(path: &Option<std::path::PathBuf>) -> anyhow::Result<Settings> {
     let settings = Settings::load(path.as_deref())?;
     crate::logging::init(&settings.log);
     Ok(settings)
-}
-
-fn not_yet(command: &str) -> anyhow::Result<()> {
-    Err(CliError::runtime(format!("`{command}` is not yet available in this build")).into())
 }

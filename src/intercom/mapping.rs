@@ -546,7 +546,11 @@ pub fn map_group(
     let email = common.context_email();
     match contact_lookup(common.user_id.as_deref(), email.as_deref()) {
         Ok(lookup) => {
-            let (path, step) = resolve_contact(&mut plan, known, lookup, OnMissing::Skip);
+            // Joining an account is not an exit: a member Intercom does not know yet is created
+            // (as the classic integration's identify-with-companies did), or the membership
+            // would be confirmed without ever reaching Intercom.
+            let create = create_contact_request(common.user_id.as_deref(), email.as_deref());
+            let (path, step) = resolve_contact(&mut plan, known, lookup, OnMissing::Create(create));
             attach_company(&mut plan, known, &path, step, company);
         }
         Err(_) => {

@@ -78,11 +78,12 @@ pub enum ContactLookup {
 }
 
 /// What the resolve step does when the search finds no contact. This is where the plan says
-/// whether a contact may be created: only an identify that writes something other than exit
-/// values (`false` / `null`) or company detachments carries `Create`; exit-only identifies and
-/// every group attach carry `Skip`, so a user Intercom does not know never gets a contact from
-/// them (SPEC section 6, "An exit for a user that has no Intercom contact creates none"). Leads
-/// are never created: the create body always has `role: "user"`.
+/// whether a contact may be created: an identify that writes something other than exit values
+/// (`false` / `null`) or company detachments, and a group attach (joining an account is not an
+/// exit), carry `Create`; exit-only and detach-only identifies carry `Skip`, so a user Intercom
+/// does not know never gets a contact from them (SPEC section 6, "An exit for a user that has no
+/// Intercom contact creates none"). Leads are never created: the create body always has
+/// `role: "user"`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnMissing {
     /// `POST /contacts` with this request (identity only; the update step writes the values).

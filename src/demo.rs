@@ -1,0 +1,553 @@
+//! `audience-sync demo`: a complete local walk-through against the built-in Intercom sandbox —
+//! load example snapshots, initial sync, change them, incremental sync — printing each step and
+//! checking that Intercom ends up holding exactly what the snapshots say.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use intercom_sandbox::{Sandbox, SandboxConfig, Snapshot};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
+use crate::load::{self, Input, Kind, Scope};
+use crate::plan::{self, Output, Report, RunMode, RunOptions};
+use crate::settings::Settings;
+use crate::store::{self, snapshots::ComputationSpec};
+
+/// The example snapshots, compiled in so the demo runs from any directory.
+struct Example {
+    key: &'static str,
+    name: &'static str,
+    kind: Kind,
+    scope: Scope,
+    initial: &'static str,
+    changed: &'static str,
+}
+
+const EXAMPLES: &[Example] = &[
+    Example {
+        key: "high_value_customers",
+        name: "High Value Customers",
+        kind: Kind::Audience,
+        scope: Scope::User,
+        initial: include_str!("../examples/demo/initial/high_value_customers.ndjson"),
+        changed: include_str!("../examples/demo/changed/high_value_customers.ndjson"),
+    },
+    Example {
+        key: "trial_users",
+        name: "Trial Users",
+        kind: Kind::Audience,
+        scope: Scope::User,
+        initial: include_str!("../examples/demo/initial/trial_users.ndjson"),
+        changed: include_str!("../examples/demo/changed/trial_users.ndjson"),
+    },
+    Example {
+        key: "lifetime_value",
+        name: "Lifetime Value",
+        kind: Kind::Trait,
+        scope: Scope::User,
+        initial: include_str!("../examples/demo/initial/lifetime_value.ndjson"),
+        changed: include_str!("../examples/demo/changed/lifetime_value.ndjson"),
+    },
+    Example {
+        key: "enterprise_accounts",
+        name: "Enterprise Accounts",
+        kind: Kind::Audience,
+        scope: Scope::Account,
+        initial: include_str!("../examples/demo/initial/enterprise_accounts.ndjson"),
+        changed: include_str!("../examples/demo/changed/enterprise_accounts.ndjson"),
+    },
+];
+
+const MEMBERS_INITIAL: &str = include_str!("../examples/demo/initial/memberships.ndjson");
+const MEMBERS_CHANGED: &str = include_str!("../examples/demo/changed/memberships.ndjson");
+
+/// The demo's snapshot times: the initial snapshots, and the changed ones an hour later.
+const INITIAL_AT: i64 = 1_795_000_000;
+const CHANGED_AT: i64 = INITIAL_AT + 3600;
+
+pub fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = TempDir::new()?;
+    let result = runtime.block_on(demo(&dir.0));
+    drop(dir);
+    result
+}
+
+/// A directory under the system's temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<TempDir> {
+        let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+        let path =
+            std::env::temp_dir().join(format!("audience-sync-demo-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn demo(dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let token = "demo-token";
+    let sandbox = Sandbox::start(SandboxConfig::new(token))
+        .await
+        .context("cannot start the Intercom sandbox")?;
+    let mut settings = Settings::defaults()?;
+    settings.database.path = dir.join("demo.db");
+    settings.intercom.base_url = sandbox.base_url().parse().context("sandbox URL")?;
+    settings.intercom.access_token = crate::settings::Secret::new(token);
+    // Intercom's per-app budget, which the sandbox enforces, instead of the Personas
+    // destination's 83 per 10 s: the demo's initial sync then takes seconds, not minutes.
+    settings.intercom.rate_limit = intercom_sandbox::INTERCOM_RATE_LIMIT_PER_WINDOW;
+
+    println!("audience-sync demo");
+    println!("==================");
+    println!(
+        "Intercom sandbox: {} (strict like Intercom: attributes must exist, 409s, rate limits {} per {} s)",
+        sandbox.base_url(),
+        settings.intercom.rate_limit,
+        settings.intercom.rate_limit_window.as_secs()
+    );
+    println!(
+        "Database: {} (temporary)\n",
+        settings.database.path.display()
+    );
+
+    let mut conn = store::open(&settings.database.path)?;
+    println!(
+        "1. Load the initial snapshots (taken at {})",
+        store::snapshots::rfc3339(INITIAL_AT)
+    );
+    load_all(
+        &mut conn,
+        dir,
+        "initial",
+        INITIAL_AT,
+        |e| e.initial,
+        MEMBERS_INITIAL,
+    )?;
+
+    let engine = Engine::open(&settings.database.path, &settings.intercom)?;
+    println!("\n2. Initial sync: every member and value as one identify per user; no track events");
+    let (report, delivery) = sync(&mut conn, &settings, &engine).await?;
+    print_report(&report, &delivery);
+    print_examples(&conn, report.run_id, 2)?;
+    let after_initial = sandbox.snapshot();
+    print_intercom(&after_initial, None);
+
+    println!(
+        "\n3. Load changed snapshots (taken an hour later: some users enter, exit, change, move account)"
+    );
+    load_all(
+        &mut conn,
+        dir,
+        "changed",
+        CHANGED_AT,
+        |e| e.changed,
+        MEMBERS_CHANGED,
+    )?;
+
+    println!(
+        "\n4. Incremental sync: only the differences, with Audience Entered / Exited and Trait Computed events"
+    );
+    let (report, delivery) = sync(&mut conn, &settings, &engine).await?;
+    print_report(&report, &delivery);
+    print_examples(&conn, report.run_id, 4)?;
+    let after_changes = sandbox.snapshot();
+    print_intercom(&after_changes, Some(&after_initial));
+
+    println!("\n5. Check: does Intercom hold exactly what the snapshots say?");
+    let mismatches = check(&after_changes);
+    if mismatches.is_empty() {
+        println!("   Yes: every user's attributes, companies and events match the snapshots.");
+    } else {
+        for m in mismatches.iter().take(10) {
+            println!("   MISMATCH {m}");
+        }
+        anyhow::bail!(
+            "{} mismatches between Intercom and the snapshots",
+            mismatches.len()
+        );
+    }
+    println!(
+        "\nDone in {:.1} s. Run `audience-sync --help` to use it with your own data.",
+        started.elapsed().as_secs_f64()
+    );
+    sandbox.shutdown().await;
+    Ok(())
+}
+
+fn load_all(
+    conn: &mut rusqlite::Connection,
+    dir: &Path,
+    step: &str,
+    taken_at: i64,
+    pick: impl Fn(&Example) -> &'static str,
+    members: &str,
+) -> anyhow::Result<()> {
+    for example in EXAMPLES {
+        let path = dir.join(format!("{step}-{}.ndjson", example.key));
+        std::fs::write(&path, pick(example))?;
+        let spec = ComputationSpec {
+            key: example.key,
+            name: Some(example.name),
+            kind: example.kind,
+            scope: example.scope,
+        };
+        let stored =
+            load::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;
+        println!(
+            "   {:<22} {} {:<8} {:>4} rows",
+            example.key,
+            example.scope.as_str(),
+            example.kind.as_str(),
+            stored.rows
+        );
+    }
+    let path = dir.join(format!("{step}-memberships.ndjson"));
+    std::fs::write(&path, members)?;
+    let (_, rows) = load::load_membership(conn, &Input::File(path), taken_at)?;
+    println!("   {:<22} {rows:>18} rows", "account memberships");
+    Ok(())
+}
+
+async fn sync(
+    conn: &mut rusqlite::Connection,
+    settings: &Settings,
+    engine: &Engine,
+) -> anyhow::Result<(Report, DeliveryReport)> {
+    let options = RunOptions {
+        mode: RunMode::Incremental,
+        computation: None,
+        now: store::now_unix(),
+    };
+    let report = plan::run(conn, &settings.personas, &options, Output::Enqueue)?;
+    let delivery = engine.drain(&CancellationToken::new(), &Quiet).await?;
+    if let Some(reason) = &delivery.stopped {
+        anyhow::bail!("delivery stopped: {reason}");
+    }
+    Ok((report, delivery))
+}
+
+fn print_report(report: &Report, delivery: &DeliveryReport) {
+    for c in &report.computations {
+        println!(
+            "   {:<22} {:<11} entered {:>3}  exited {:>3}  changed {:>3}",
+            c.key,
+            c.mode.as_str(),
+            c.counts.entered,
+            c.counts.exited,
+            c.counts.changed
+        );
+    }
+    if let Some(m) = &report.membership {
+        println!(
+            "   {:<22} {:<11} attached {:>2}  detached {:>2}",
+            "account memberships", "", m.attached, m.detached
+        );
+    }
+    let m = &report.messages;
+    println!(
+        "   Messages: {} identify, {} track, {} group  →  {} Intercom requests, {} delivered, {} dead letters, {:.1} s",
+        m.identify,
+        m.track,
+        m.group(),
+        delivery.requests,
+        delivery.delivered,
+        delivery.dead,
+        delivery.elapsed_ms as f64 / 1000.0
+    );
+}
+
+/// A few of the run's messages, one of each type, as Personas shapes them.
+fn print_examples(
+    conn: &rusqlite::Connection,
+    run_id: Option<i64>,
+    step: usize,
+) -> anyhow::Result<()> {
+    let Some(run_id) = run_id else { return Ok(()) };
+    let mut stmt = conn.prepare(
+        "SELECT body FROM outbox WHERE run_id = ?1 AND seq = (SELECT min(seq) FROM outbox o \
+         WHERE o.run_id = ?1 AND o.type = outbox.type) ORDER BY seq",
+    )?;
+    let bodies: Vec<String> = stmt
+        .query_map([run_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    println!("   Example messages of step {step}:");
+    for body in bodies {
+        let mut value: Value = serde_json::from_str(&body)?;
+        // Keep the example short: the context is the same for every message.
+        if let Some(object) = value.as_object_mut() {
+            object.remove("integrations");
+            if let Some(context) = object.get_mut("context").and_then(Value::as_object_mut) {
+                context.remove("personas");
+            }
+        }
+        println!("     {value}");
+    }
+    Ok(())
+}
+
+fn print_intercom(state: &Snapshot, before: Option<&Snapshot>) {
+    let events: usize = state.contacts.iter().map(|c| c.events.len()).sum();
+    let mut text = String::new();
+    let _ = write!(
+        text,
+        "   Intercom now: {} contacts, {} companies, {} data attributes, {} events",
+        state.contacts.len(),
+        state.companies.len(),
+        state.data_attributes.len(),
+        events
+    );
+    if let Some(before) = before {
+        let delta = state.counters.total_requests - before.counters.total_requests;
+        let _ = write!(text, " ({delta} requests in this step)");
+    }
+    println!("{text}");
+    let c = &state.counters;
+    println!(
+        "   Sandbox counters: {} requests, {} rate-limited, {} conflicts (409), {} duplicate events dropped, most requests in one window {}",
+        c.total_requests,
+        c.rate_limited,
+        c.conflicts,
+        c.duplicate_events_dropped,
+        c.max_requests_in_window
+    );
+    if let Some(contact) = state
+        .contacts
+        .iter()
+        .find(|c| c.events.len() > 1)
+        .or_else(|| state.contacts.first())
+    {
+        println!(
+            "   For example {}: attributes {}, companies {:?}, events {:?}",
+            contact.external_id.as_deref().unwrap_or("?"),
+            Value::Object(contact.custom_attributes.clone()),
+            contact.companies,
+            contact
+                .events
+                .iter()
+                .map(|e| e.event_name.as_str())
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+/// What Intercom must hold after both steps, computed from the example files alone (not by the
+/// product's own diff), compared with the sandbox's state. Returns the mismatches.
+fn check(state: &Snapshot) -> Vec<String> {
+    let members = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| {
+                v.get("user_id")
+                    .or(v.get("group_id"))
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let values = |text: &str| -> BTreeMap<String, Value> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| {
+                Some((
+                    v.get("user_id")?.as_str()?.to_string(),
+                    v.get("value")?.clone(),
+                ))
+            })
+            .collect()
+    };
+    let accounts_of = |text: &str| -> BTreeMap<String, BTreeSet<String>> {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for v in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            if let (Some(g), Some(u)) = (v["group_id"].as_str(), v["user_id"].as_str()) {
+                map.entry(u.to_string()).or_default().insert(g.to_string());
+            }
+        }
+        map
+    };
+    let mut mismatches = Vec::new();
+    let users_before = accounts_of(MEMBERS_INITIAL);
+    let users_after = accounts_of(MEMBERS_CHANGED);
+    let ent_before = members(EXAMPLES[3].initial);
+    let ent_after = members(EXAMPLES[3].changed);
+
+    let mut expected: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for example in &EXAMPLES[..2] {
+        let (before, after) = (members(example.initial), members(example.changed));
+        for user in before.union(&after) {
+            let value = Value::Bool(after.contains(user));
+            expected
+                .entry(user.clone())
+                .or_default()
+                .insert(example.key.to_string(), value);
+        }
+    }
+    let (before, after) = (values(EXAMPLES[2].initial), values(EXAMPLES[2].changed));
+    for user in before.keys().chain(after.keys()) {
+        let value = after.get(user).cloned().unwrap_or(Value::Null);
+        expected
+            .entry(user.clone())
+            .or_default()
+            .insert(EXAMPLES[2].key.to_string(), value);
+    }
+    let derived = |accounts: Option<&BTreeSet<String>>, set: &BTreeSet<String>| {
+        accounts.is_some_and(|a| a.iter().any(|g| set.contains(g)))
+    };
+    for user in users_before.keys().chain(users_after.keys()) {
+        let was = derived(users_before.get(user), &ent_before);
+        let is = derived(users_after.get(user), &ent_after);
+        if was || is {
+            expected
+                .entry(user.clone())
+                .or_default()
+                .insert(EXAMPLES[3].key.to_string(), Value::Bool(is));
+        }
+    }
+
+    // Events of the incremental step (the initial sync sends none): (event name, computation key).
+    let mut events: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut event = |user: &str, name: &str, key: &str| {
+        events
+            .entry(user.to_string())
+            .or_default()
+            .push((name.to_string(), key.to_string()));
+    };
+    for example in &EXAMPLES[..2] {
+        let (before, after) = (members(example.initial), members(example.changed));
+        after
+            .difference(&before)
+            .for_each(|u| event(u, "Audience Entered", example.key));
+        before
+            .difference(&after)
+            .for_each(|u| event(u, "Audience Exited", example.key));
+    }
+    let (before, after) = (values(EXAMPLES[2].initial), values(EXAMPLES[2].changed));
+    for (user, value) in &after {
+        if before.get(user) != Some(value) {
+            event(user, "Trait Computed", EXAMPLES[2].key);
+        }
+    }
+    for user in users_before
+        .keys()
+        .chain(users_after.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        let was = derived(users_before.get(user), &ent_before);
+        let is = derived(users_after.get(user), &ent_after);
+        if !was && is {
+            event(user, "Audience Entered", EXAMPLES[3].key);
+        } else if was && !is {
+            event(user, "Audience Exited", EXAMPLES[3].key);
+        }
+    }
+    for contact in &state.contacts {
+        let user = contact.external_id.clone().unwrap_or_default();
+        let mut got: Vec<(String, String)> = contact
+            .events
+            .iter()
+            .map(|e| {
+                let key = e
+                    .metadata
+                    .get("audience_key")
+                    .or(e.metadata.get("trait_key"));
+                (
+                    e.event_name.clone(),
+                    key.and_then(Value::as_str).unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let mut want = events.remove(&user).unwrap_or_default();
+        want.sort();
+        if got != want {
+            mismatches.push(format!(
+                "{user}: events {got:?}, the snapshots say {want:?}"
+            ));
+        }
+    }
+    for (user, want) in events {
+        mismatches.push(format!(
+            "{user}: no contact, yet the snapshots say events {want:?}"
+        ));
+    }
+
+    for (user, attributes) in &expected {
+        let Some(contact) = state.contact_by_external_id(user) else {
+            if attributes
+                .values()
+                .any(|v| !v.is_null() && *v != Value::Bool(false))
+            {
+                mismatches.push(format!("{user}: no contact in Intercom"));
+            }
+            continue;
+        };
+        for (key, want) in attributes {
+            let got = contact
+                .custom_attributes
+                .get(key)
+                .cloned()
+                .unwrap_or(Value::Null);
+            let same = match (&got, want) {
+                (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+                _ => got == *want,
+            };
+            if !same {
+                mismatches.push(format!(
+                    "{user}.{key}: Intercom has {got}, the snapshots say {want}"
+                ));
+            }
+        }
+    }
+    for (user, accounts) in &users_after {
+        let Some(contact) = state.contact_by_external_id(user) else {
+            continue;
+        };
+        let got: BTreeSet<String> = contact.companies.iter().cloned().collect();
+        if &got != accounts {
+            mismatches.push(format!(
+                "{user}: companies {got:?}, the membership says {accounts:?}"
+            ));
+        }
+    }
+    for company in &ent_before
+        .union(&ent_after)
+        .cloned()
+        .collect::<BTreeSet<_>>()
+    {
+        let want = Value::Bool(ent_after.contains(company));
+        let got = state
+            .company_by_company_id(company)
+            .and_then(|c| {
+                c.custom_attributes
+                    .get("account_enterprise_accounts")
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        if got != want {
+            mismatches.push(format!(
+                "company {company}: account_enterprise_accounts is {got}, the snapshot says {want}"
+            ));
+        }
+    }
+    mismatches
+}
