@@ -34,7 +34,7 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         "audience_sync_intercom_requests_total",
         "counter",
-        "Intercom requests by endpoint and HTTP status (0 = no response).",
+        "Intercom requests by endpoint and HTTP status (status=\"none\": no response).",
     ),
     (
         "audience_sync_intercom_rate_limited_total",

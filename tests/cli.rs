@@ -1,6 +1,8 @@
 //! Command-line tests: the real binary against a real SQLite file in a fresh temporary directory.
 
 mod cli {
+    mod daemon;
+    mod demo;
     pub mod harness;
     mod load;
     mod sandbox;

@@ -12,7 +12,37 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{Method, Request};
 use super::ratelimit::{Announced, RateLimiter};
+use crate::metrics;
 use crate::settings::IntercomSettings;
+
+const REQUESTS: &str = "audience_sync_intercom_requests_total";
+
+/// The endpoint a request goes to, as Intercom's reference names it: `PUT /contacts/{id}`,
+/// `DELETE /contacts/{id}/companies/{company_id}` (ids replaced, the query left out). The
+/// metric label, so series do not grow with the number of contacts.
+pub fn endpoint(request: &Request) -> String {
+    const WORDS: [&str; 5] = [
+        "contacts",
+        "search",
+        "companies",
+        "data_attributes",
+        "events",
+    ];
+    let path = request.path.split('?').next().unwrap_or_default();
+    let mut ids = 0;
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            if segment.is_empty() || WORDS.contains(&segment) {
+                segment
+            } else {
+                ids += 1;
+                if ids == 1 { "{id}" } else { "{company_id}" }
+            }
+        })
+        .collect();
+    format!("{} {}", request.method.as_str(), segments.join("/"))
+}
 
 /// A response: its status and body (JSON, or `Value::Null` with the raw text kept).
 #[derive(Debug, Clone)]
@@ -111,16 +141,31 @@ impl Client {
         if let Some(body) = &request.body {
             builder = builder.json(body);
         }
+        let endpoint = endpoint(request);
         let response = match builder.send().await {
             Ok(response) => response,
             Err(error) => {
                 self.limiter.observe(ticket, None);
+                metrics::inc(REQUESTS, &[("endpoint", &endpoint), ("status", "none")]);
                 return Err(self.transport(&error));
             }
         };
         let status = response.status().as_u16();
         let announced = announced(response.headers());
         self.limiter.observe(ticket, Some((status, announced)));
+        metrics::inc(
+            REQUESTS,
+            &[("endpoint", &endpoint), ("status", &status.to_string())],
+        );
+        if status == 429 {
+            metrics::inc("audience_sync_intercom_rate_limited_total", &[]);
+        }
+        let budget = self.limiter.persisted();
+        metrics::set(
+            "audience_sync_rate_limit_remaining",
+            &[],
+            f64::from(budget.remaining),
+        );
         let text = match response.text().await {
             Ok(text) => text,
             Err(error) => return Err(self.transport(&error)),
@@ -176,5 +221,38 @@ mod tests {
                 reset: 1_700_000_010
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_name_routes_not_ids() {
+        let cases = [
+            (Method::Put, "/contacts/6762f0dd", "PUT /contacts/{id}"),
+            (Method::Post, "/contacts/search", "POST /contacts/search"),
+            (
+                Method::Post,
+                "/contacts/abc/companies",
+                "POST /contacts/{id}/companies",
+            ),
+            (
+                Method::Delete,
+                "/contacts/abc/companies/9",
+                "DELETE /contacts/{id}/companies/{company_id}",
+            ),
+            (Method::Get, "/companies?company_id=acme", "GET /companies"),
+            (
+                Method::Get,
+                "/data_attributes?model=contact",
+                "GET /data_attributes",
+            ),
+            (Method::Post, "/events", "POST /events"),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(endpoint(&Request::new(method, path, None)), expected);
+        }
     }
 }

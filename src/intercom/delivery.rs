@@ -29,6 +29,7 @@ use super::disposition::Disposition;
 use super::executor::{Executor, Outcome};
 use super::ratelimit::RateLimiter;
 use crate::error::CliError;
+use crate::metrics;
 use crate::settings::IntercomSettings;
 use crate::store::{self, delivery as queue, intercom as cache, outbox};
 
@@ -365,6 +366,10 @@ fn record(
     match disposition {
         Disposition::Delivered => {
             outbox::mark_delivered(&mut lock(db), seq)?;
+            metrics::inc(
+                "audience_sync_messages_delivered_total",
+                &[("type", &message.kind)],
+            );
             report.delivered += 1;
             Ok(Recorded {
                 done: true,
@@ -374,6 +379,10 @@ fn record(
         Disposition::DeadLetter { reason } => {
             error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
             outbox::mark_dead(&mut lock(db), seq, &reason)?;
+            metrics::inc(
+                "audience_sync_messages_dead_total",
+                &[("type", &message.kind)],
+            );
             report.dead += 1;
             Ok(Recorded {
                 done: true,
@@ -386,6 +395,10 @@ fn record(
                 let reason = format!("gave up after {attempts} attempts; the last: {reason}");
                 error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
                 outbox::mark_dead(&mut lock(db), seq, &reason)?;
+                metrics::inc(
+                    "audience_sync_messages_dead_total",
+                    &[("type", &message.kind)],
+                );
                 report.dead += 1;
                 return Ok(Recorded {
                     done: true,
@@ -395,6 +408,10 @@ fn record(
             warn!(seq, user = %message.lane, attempt = attempts, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
             let at = store::now_unix() + after.as_secs_f64().ceil() as i64;
             outbox::schedule_retry(&lock(db), seq, &reason, at)?;
+            metrics::inc(
+                "audience_sync_messages_retried_total",
+                &[("type", &message.kind)],
+            );
             report.retries += 1;
             entry.message.attempts = attempts;
             entry.due = Some(Instant::now() + after);

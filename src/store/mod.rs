@@ -115,6 +115,14 @@ impl RunLock {
     /// Take the lock beside the database file, or fail at once with a message naming the holder.
     pub fn try_acquire(database: &Path) -> anyhow::Result<RunLock> {
         let path = lock_path(database);
+        if let Some(parent) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+        {
+            std::fs::create_dir_all(parent).with_context(|| {
+                format!("cannot create the database directory {}", parent.display())
+            })?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

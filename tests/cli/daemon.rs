@@ -1,0 +1,351 @@
+//! `audience-sync run`: the daemon picks up new snapshots on its schedule, delivers them, serves
+//! Prometheus metrics that agree with the sandbox, and stops cleanly on SIGTERM.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use intercom_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+
+use super::harness::Env;
+
+const TOKEN: &str = "daemon-test-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Settings for a daemon against `sandbox`, syncing every 2 seconds.
+fn configure(env: &Env, sandbox: &SandboxHandle, metrics_port: u16, run_on_start: bool) {
+    env.write(
+        "daemon.toml",
+        format!(
+            "[database]\npath = \"state/test.db\"\n\
+             [schedule]\ncron = \"*/2 * * * * *\"\nrun_on_start = {run_on_start}\n\
+             [intercom]\nbase_url = \"{}\"\naccess_token = \"{TOKEN}\"\nrate_limit = 1000\nrequest_timeout_secs = 5\n\
+             [http]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            sandbox.base_url()
+        ),
+    );
+}
+
+fn start(env: &Env) -> Child {
+    env.command(&["--config", "daemon.toml", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn terminate(child: &mut Child) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), started.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop within 30 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn load(env: &Env, file: &str, contents: &str) {
+    env.write(file, contents);
+    env.run(&[
+        "--config",
+        "daemon.toml",
+        "load",
+        "--computation",
+        "vip",
+        "--kind",
+        "audience",
+        "--scope",
+        "user",
+        file,
+    ])
+    .success();
+}
+
+/// Parse Prometheus text exposition: every sample line is `name{labels} value` with a TYPE
+/// declared before it. Returns (name, labels) → value.
+fn parse_prometheus(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut typed = std::collections::BTreeSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(
+                ["counter", "gauge", "untyped"].contains(&kind),
+                "bad TYPE line {line:?}"
+            );
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let inner = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                let mut labels = BTreeMap::new();
+                for pair in inner.split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    labels.insert(k.to_string(), v.trim_end_matches('"').to_string());
+                }
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad metric name {name:?}"
+        );
+        assert!(
+            typed.contains(&name),
+            "{name} has no TYPE line before its samples"
+        );
+        samples.insert((name, labels), value);
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_syncs_on_schedule_and_its_metrics_match_the_sandbox() {
+    let sandbox = Sandbox::start(SandboxConfig::new(TOKEN)).await.unwrap();
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, true);
+    let mut daemon = start(&env);
+    let client = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+
+    // Ready: /healthz answers once the database is open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon's /healthz never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A snapshot loaded while the daemon runs is picked up by the next tick and delivered.
+    load(
+        &env,
+        "vip.ndjson",
+        "{\"user_id\": \"u1\"}\n{\"user_id\": \"u2\", \"email\": \"u2@example.com\"}\n",
+    );
+    wait_for(
+        "the first snapshot in Intercom",
+        Duration::from_secs(30),
+        || {
+            let state = sandbox.snapshot();
+            ["u1", "u2"].iter().all(|u| {
+                state.contact_by_external_id(u).is_some_and(|c| {
+                    c.custom_attributes.get("vip") == Some(&serde_json::json!(true))
+                })
+            })
+        },
+    )
+    .await;
+    load(
+        &env,
+        "vip2.ndjson",
+        "{\"user_id\": \"u2\"}\n{\"user_id\": \"u3\"}\n",
+    );
+    wait_for(
+        "the second snapshot in Intercom",
+        Duration::from_secs(30),
+        || {
+            let state = sandbox.snapshot();
+            let vip = |u: &str| {
+                state
+                    .contact_by_external_id(u)
+                    .and_then(|c| c.custom_attributes.get("vip").cloned())
+            };
+            vip("u1") == Some(serde_json::json!(false))
+                && vip("u3") == Some(serde_json::json!(true))
+                && state
+                    .contact_by_external_id("u3")
+                    .is_some_and(|c| c.events.len() == 1)
+        },
+    )
+    .await;
+    // Let delivery record its last confirmation, then compare counters.
+    wait_for("the outbox to drain", Duration::from_secs(10), || {
+        let rows = env.query("SELECT count(*) FROM outbox WHERE status = 'pending'");
+        rows[0][0] == "0"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = client
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let parsed = parse_prometheus(&text);
+        let sent: f64 = parsed
+            .iter()
+            .filter(|((name, _), _)| name == "audience_sync_intercom_requests_total")
+            .map(|(_, v)| *v)
+            .sum();
+        if sent as u64 == sandbox.snapshot().counters.total_requests || Instant::now() > deadline {
+            break parsed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let state = sandbox.snapshot();
+    let mut ours: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ((name, labels), value) in &metrics {
+        if name == "audience_sync_intercom_requests_total" {
+            ours.entry(labels["endpoint"].clone())
+                .or_default()
+                .insert(labels["status"].clone(), *value as u64);
+        }
+    }
+    assert_eq!(
+        ours, state.counters.requests,
+        "requests by endpoint and status, ours vs the sandbox's"
+    );
+    let delivered: f64 = metrics
+        .iter()
+        .filter(|((name, _), _)| name == "audience_sync_messages_delivered_total")
+        .map(|(_, v)| *v)
+        .sum();
+    let confirmed = env.query("SELECT count(*) FROM outbox WHERE status = 'delivered'");
+    assert_eq!(delivered as u64, confirmed[0][0].parse::<u64>().unwrap());
+    let pending = &metrics[&(
+        "audience_sync_outbox_messages".to_string(),
+        BTreeMap::from([("status".to_string(), "pending".to_string())]),
+    )];
+    assert_eq!(*pending, 0.0);
+    assert_eq!(
+        metrics[&(
+            "audience_sync_computation_rows".to_string(),
+            BTreeMap::from([("computation".to_string(), "vip".to_string())])
+        )],
+        2.0
+    );
+    assert_eq!(
+        metrics
+            .get(&(
+                "audience_sync_intercom_rate_limited_total".to_string(),
+                BTreeMap::new()
+            ))
+            .copied()
+            .unwrap_or(0.0) as u64,
+        state.counters.rate_limited
+    );
+
+    let (code, took) = terminate(&mut daemon);
+    assert_eq!(code, Some(0), "SIGTERM exits 0");
+    assert!(took < Duration::from_secs(10), "stopped in {took:?}");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_delivery_exits_0_and_a_restart_finishes_the_work() {
+    let mut config = SandboxConfig::new(TOKEN);
+    // Slow Intercom: every request takes 150 ms, so 120 users take a while to deliver.
+    config.latency = Duration::from_millis(150);
+    let sandbox = Sandbox::start(config).await.unwrap();
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, true);
+    let members: String = (0..120)
+        .map(|i| format!("{{\"user_id\": \"user{i:03}\"}}\n"))
+        .collect();
+    load(&env, "vip.ndjson", &members);
+
+    let mut daemon = start(&env);
+    wait_for("delivery to start", Duration::from_secs(30), || {
+        env.query("SELECT count(*) FROM outbox WHERE status = 'delivered'")[0][0] != "0"
+    })
+    .await;
+    let (code, took) = terminate(&mut daemon);
+    assert_eq!(code, Some(0), "SIGTERM during delivery exits 0");
+    assert!(
+        took < Duration::from_secs(8),
+        "stopped in {took:?}: only the requests in flight finish"
+    );
+    let left: u64 = env.query("SELECT count(*) FROM outbox WHERE status = 'pending'")[0][0]
+        .parse()
+        .unwrap();
+    assert!(left > 0, "the rest of the outbox stays queued");
+    let attempts =
+        env.query("SELECT count(*) FROM outbox WHERE status = 'pending' AND attempts > 0");
+    assert_eq!(attempts[0][0], "0", "a stop counts no failed attempt");
+
+    let mut daemon = start(&env);
+    wait_for(
+        "the restarted daemon to finish",
+        Duration::from_secs(60),
+        || env.query("SELECT count(*) FROM outbox WHERE status = 'pending'")[0][0] == "0",
+    )
+    .await;
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
+    let state = sandbox.snapshot();
+    for i in 0..120 {
+        let user = format!("user{i:03}");
+        let contact = state
+            .contact_by_external_id(&user)
+            .unwrap_or_else(|| panic!("{user} missing"));
+        assert_eq!(
+            contact.custom_attributes.get("vip"),
+            Some(&serde_json::json!(true)),
+            "{user}"
+        );
+    }
+    assert_eq!(state.contacts.len(), 120, "no duplicate contacts");
+    assert_eq!(
+        env.query("SELECT count(*) FROM outbox WHERE status = 'dead'")[0][0],
+        "0"
+    );
+    sandbox.shutdown().await;
+}
