@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::notify::{notify, watchdog_interval};
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::Settings;
-use crate::store::{self, RunLock};
+use crate::store::{self, Lock, RunLock};
 
 /// How long a stop waits for requests in flight (and a run being planned) before it exits anyway.
 /// Exiting mid-plan is safe: the run's transaction is rolled back as a whole.
@@ -48,7 +48,9 @@ pub fn run(config: Option<PathBuf>, settings: Settings) -> anyhow::Result<()> {
 
 async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Result<()> {
     let database = settings.database.path.clone();
-    let _lock = RunLock::try_acquire(&database)?;
+    // The daemon delivers for its whole life; it plans under the plan lock one run at a time,
+    // so a manual `sync --no-deliver` may plan beside it.
+    let _delivering = RunLock::try_acquire(&database, Lock::Deliver)?;
     health_check(&database)?;
     let engine = Arc::new(Engine::open(&database, &settings.intercom)?);
     let (engine_tx, engine_rx) = watch::channel(engine);
@@ -100,8 +102,25 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                     warn!("Scheduled run skipped: the previous run is still planning.");
                     continue;
                 }
+                let lock = match RunLock::acquire_if_free(&database, Lock::Plan) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => {
+                        warn!("Scheduled run skipped: another process (a manual sync) is planning.");
+                        continue;
+                    }
+                    Err(e) => {
+                        error!(error = %format!("{e:#}"), "Scheduled run skipped: cannot take the plan lock.");
+                        continue;
+                    }
+                };
                 let run_settings = settings.clone();
-                planning = Some((tokio::task::spawn_blocking(move || plan_once(&run_settings)), Instant::now()));
+                planning = Some((
+                    tokio::task::spawn_blocking(move || {
+                        let _planning = lock;
+                        plan_once(&run_settings)
+                    }),
+                    Instant::now(),
+                ));
                 let _ = notify("STATUS=Planning a run");
             }
             joined = async { (&mut planning.as_mut().expect("guarded").0).await }, if planning.is_some() => {

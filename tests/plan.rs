@@ -200,7 +200,9 @@ fn sync_one_computation_and_unknown_keys() {
 fn runs_never_overlap() {
     let env = Env::new();
     seed(&env.conn(), 2);
-    let _held = audience_sync::store::RunLock::try_acquire(&env.db).unwrap();
+    let _held =
+        audience_sync::store::RunLock::try_acquire(&env.db, audience_sync::store::Lock::Plan)
+            .unwrap();
     let out = env.run(&["sync", "--no-deliver"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -6,7 +6,7 @@ use crate::cli::{DeadLetterAction, DeadLettersArgs};
 use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::delivery::{self as queue, Acted, DeadLetter, Selection};
-use crate::store::{self, RunLock};
+use crate::store::{self, Lock, RunLock};
 
 pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Result<()> {
     let action = args
@@ -24,8 +24,9 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
             Ok(())
         }
         DeadLetterAction::Retry { ids, all } => {
-            // Changing the queue while a run delivers it would race the drain.
-            let _lock = RunLock::try_acquire(&settings.database.path)?;
+            // It moves planned state forward again: not while a run plans. A delivering daemon
+            // picks the messages up on its next drain.
+            let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
             let acted = queue::retry_dead(&mut conn, selection(&ids, all, "retry")?)?;
             print!(
@@ -38,7 +39,7 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
             Ok(())
         }
         DeadLetterAction::Discard { ids, all } => {
-            let _lock = RunLock::try_acquire(&settings.database.path)?;
+            let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
             let acted = queue::discard_dead(&mut conn, selection(&ids, all, "discard")?)?;
             print!("{}", report(&acted, "discarded"));

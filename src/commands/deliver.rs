@@ -12,10 +12,21 @@ use tracing::info;
 use crate::error::CliError;
 use crate::intercom::delivery::{self, DeliveryReport, Progress};
 use crate::settings::Settings;
+use crate::store::{Lock, RunLock};
 
-/// Drain the outbox now, until it is empty or the user stops it. The caller holds the run lock.
-/// Exit 1 when Intercom refuses the token or the drain was interrupted.
-pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<DeliveryReport> {
+/// Drain the outbox now, until it is empty or the user stops it. Exit 1 when Intercom refuses
+/// the token or the drain was interrupted. When another process (the daemon) is delivering this
+/// outbox already, it delivers what was just queued: say so and return `None`.
+pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryReport>> {
+    let Some(_delivering) = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)?
+    else {
+        println!(
+            "Another audience-sync process (the daemon?) is delivering from {}: it delivers \
+             these messages; `audience-sync status` shows the outbox.",
+            settings.database.path.display()
+        );
+        return Ok(None);
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -53,7 +64,7 @@ pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<DeliveryReport> {
         ))
         .into());
     }
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// One line for standard output.

@@ -22,8 +22,8 @@ use crate::intercom::executor::contact_key;
 use crate::intercom::mapping::{KnownIds, MapOptions, map_message};
 use crate::segment::Message;
 use crate::settings::Settings;
+use crate::store;
 use crate::store::outbox::{self, NewMessage};
-use crate::store::{self, RunLock};
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
@@ -33,7 +33,6 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
             .map_err(|e| CliError::usage(format!("cannot open {}: {e}", args.file.display())))?;
         Box::new(BufReader::new(file))
     };
-    let _lock = RunLock::try_acquire(&settings.database.path)?;
     let mut conn = store::open(&settings.database.path)?;
     let options = MapOptions::from_settings(&settings.intercom, chrono::Utc::now().timestamp());
     let now = store::now_unix();

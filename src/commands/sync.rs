@@ -7,7 +7,7 @@ use tracing::info;
 use crate::cli::SyncArgs;
 use crate::plan::{self, Output, RunMode, RunOptions};
 use crate::settings::Settings;
-use crate::store::{self, RunLock};
+use crate::store::{self, Lock, RunLock};
 
 pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
     let options = RunOptions {
@@ -33,9 +33,10 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         out.flush()?;
         return Ok(());
     }
-    let _lock = RunLock::try_acquire(&settings.database.path)?;
+    let planning = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
     let mut conn = store::open(&settings.database.path)?;
     let report = plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)?;
+    drop(planning);
     info!(
         run = report.run_id.unwrap_or_default(),
         identify = report.messages.identify,

@@ -103,8 +103,34 @@ pub fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// An exclusive lock that keeps two runs (or a run and the daemon) from overlapping on one
-/// database. Held for as long as the value lives; the OS releases it if the process dies.
+/// Which of the two locks beside a database. Planning (a run's diff and enqueue, dead-letter
+/// changes) and delivering (draining the outbox) each happen in one process at a time, but one
+/// process may plan while another delivers: the daemon delivers for its whole life, and a manual
+/// `sync --no-deliver` beside it plans a run the daemon then delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    Plan,
+    Deliver,
+}
+
+impl Lock {
+    fn suffix(self) -> &'static str {
+        match self {
+            Lock::Plan => "plan.lock",
+            Lock::Deliver => "deliver.lock",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Lock::Plan => "planning a run on",
+            Lock::Deliver => "delivering the outbox of",
+        }
+    }
+}
+
+/// An exclusive lock beside the database file. Held for as long as the value lives; the OS
+/// releases it if the process dies.
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
@@ -112,9 +138,24 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Take the lock beside the database file, or fail at once with a message naming the holder.
-    pub fn try_acquire(database: &Path) -> anyhow::Result<RunLock> {
-        let path = lock_path(database);
+    /// Take the lock, or fail at once with a message naming the database and the lock file.
+    pub fn try_acquire(database: &Path, lock: Lock) -> anyhow::Result<RunLock> {
+        match RunLock::acquire_if_free(database, lock)? {
+            Some(held) => Ok(held),
+            None => Err(crate::error::CliError::runtime(format!(
+                "another audience-sync process is {} {} (lock {} is held); runs never overlap, \
+                 try again when it has finished",
+                lock.what(),
+                database.display(),
+                lock_path(database, lock).display()
+            ))
+            .into()),
+        }
+    }
+
+    /// Take the lock if no other process holds it; `None` when one does.
+    pub fn acquire_if_free(database: &Path, lock: Lock) -> anyhow::Result<Option<RunLock>> {
+        let path = lock_path(database, lock);
         if let Some(parent) = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty() && !p.exists())
@@ -129,18 +170,10 @@ impl RunLock {
             .read(true)
             .write(true)
             .open(&path)
-            .with_context(|| format!("cannot open the run lock {}", path.display()))?;
+            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file, path }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(crate::error::CliError::runtime(format!(
-                    "another audience-sync run or daemon is using {} (lock {} is held); \
-                 runs never overlap, try again when it has finished",
-                    database.display(),
-                    path.display()
-                ))
-                .into())
-            }
+            Ok(()) => Ok(Some(RunLock { _file: file, path })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
             }
@@ -152,12 +185,13 @@ impl RunLock {
     }
 }
 
-fn lock_path(database: &Path) -> PathBuf {
+fn lock_path(database: &Path, lock: Lock) -> PathBuf {
     let mut name = database
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    name.push(".lock");
+    name.push(".");
+    name.push(lock.suffix());
     database.with_file_name(name)
 }
 
@@ -224,16 +258,23 @@ mod tests {
     }
 
     #[test]
-    fn run_lock_is_exclusive() {
+    fn locks_are_exclusive_per_kind() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("t.db");
-        let first = RunLock::try_acquire(&db).unwrap();
-        let err = RunLock::try_acquire(&db).unwrap_err();
+        let plan = RunLock::try_acquire(&db, Lock::Plan).unwrap();
+        let err = RunLock::try_acquire(&db, Lock::Plan).unwrap_err();
+        assert!(format!("{err:#}").contains("planning a run on"), "{err:#}");
+        let deliver = RunLock::acquire_if_free(&db, Lock::Deliver).unwrap();
         assert!(
-            format!("{err:#}").contains("another audience-sync run"),
-            "{err:#}"
+            deliver.is_some(),
+            "planning and delivering are separate locks"
         );
-        drop(first);
-        RunLock::try_acquire(&db).unwrap();
+        assert!(
+            RunLock::acquire_if_free(&db, Lock::Deliver)
+                .unwrap()
+                .is_none()
+        );
+        drop(plan);
+        RunLock::try_acquire(&db, Lock::Plan).unwrap();
     }
 }

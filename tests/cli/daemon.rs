@@ -188,6 +188,18 @@ async fn the_daemon_syncs_on_schedule_and_its_metrics_match_the_sandbox() {
         },
     )
     .await;
+    // Beside the daemon: a second daemon is refused; a manual `sync` plans and leaves delivery
+    // to the daemon.
+    let second = env.run(&["--config", "daemon.toml", "run"]);
+    assert_eq!(second.code, 1, "{}", second.stderr);
+    assert!(
+        second.stderr.contains("delivering the outbox of"),
+        "{}",
+        second.stderr
+    );
+    let manual = env.run(&["--config", "daemon.toml", "sync"]).success();
+    assert!(manual.stdout.contains("is delivering from"), "{}", manual.stdout);
+
     load(
         &env,
         "vip2.ndjson",
