@@ -198,7 +198,11 @@ async fn the_daemon_syncs_on_schedule_and_its_metrics_match_the_sandbox() {
         second.stderr
     );
     let manual = env.run(&["--config", "daemon.toml", "sync"]).success();
-    assert!(manual.stdout.contains("is delivering from"), "{}", manual.stdout);
+    assert!(
+        manual.stdout.contains("is delivering from"),
+        "{}",
+        manual.stdout
+    );
 
     load(
         &env,
@@ -359,5 +363,39 @@ async fn sigterm_during_delivery_exits_0_and_a_restart_finishes_the_work() {
         env.query("SELECT count(*) FROM outbox WHERE status = 'dead'")[0][0],
         "0"
     );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_schedule() {
+    let sandbox = Sandbox::start(SandboxConfig::new(TOKEN)).await.unwrap();
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, false);
+    // Start with a schedule that would not fire during the test.
+    let text = std::fs::read_to_string(env.path("daemon.toml")).unwrap();
+    env.write("daemon.toml", text.replace("*/2 * * * * *", "0 0 0 1 1 *"));
+    load(&env, "vip.ndjson", "{\"user_id\": \"u1\"}\n");
+    let mut daemon = start(&env);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        sandbox.snapshot().contacts.is_empty(),
+        "nothing runs before the reload"
+    );
+
+    env.write("daemon.toml", text);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for(
+        "a run on the reloaded schedule",
+        Duration::from_secs(20),
+        || sandbox.snapshot().contact_by_external_id("u1").is_some(),
+    )
+    .await;
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
     sandbox.shutdown().await;
 }
