@@ -399,3 +399,69 @@ async fn sighup_reloads_the_schedule() {
     assert_eq!(code, Some(0));
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_appears_in_output_or_logs() {
+    let secret = "tok-SECRET-5f3a9c";
+    let sandbox = Sandbox::start(SandboxConfig::new(secret)).await.unwrap();
+    let env = Env::new();
+    configure(&env, &sandbox, free_port(), false);
+    let text = std::fs::read_to_string(env.path("daemon.toml")).unwrap();
+    env.write("daemon.toml", text.replace(TOKEN, secret));
+    load(&env, "vip.ndjson", "{\"user_id\": \"u1\"}\n");
+    for level in ["trace", "debug"] {
+        for format in ["text", "json"] {
+            let out = env
+                .command(&["--config", "daemon.toml", "sync", "--full"])
+                .env("RUST_LOG", level)
+                .env("AUDIENCE_SYNC__LOG__FORMAT", format)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !all.contains(secret),
+                "the token leaked at {level}/{format}"
+            );
+            assert!(!all.is_empty());
+        }
+    }
+    // A refused token is reported without being shown.
+    env.write("daemon.toml", text.replace(TOKEN, "tok-WRONG-77d1"));
+    env.write("vip2.ndjson", "{\"user_id\": \"u2\"}\n");
+    env.run(&[
+        "--config",
+        "daemon.toml",
+        "load",
+        "--computation",
+        "vip",
+        "--kind",
+        "audience",
+        "--scope",
+        "user",
+        "vip2.ndjson",
+    ])
+    .success();
+    let out = env
+        .command(&["--config", "daemon.toml", "sync"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("token"), "{all}");
+    assert!(!all.contains("tok-WRONG-77d1"), "the refused token leaked");
+    sandbox.shutdown().await;
+}
