@@ -465,3 +465,50 @@ async fn the_token_never_appears_in_output_or_logs() {
     assert!(!all.contains("tok-WRONG-77d1"), "the refused token leaked");
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog() {
+    let sandbox = Sandbox::start(SandboxConfig::new(TOKEN)).await.unwrap();
+    let env = Env::new();
+    configure(&env, &sandbox, free_port(), false);
+    let socket_path = env.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = env
+        .command(&["--config", "daemon.toml", "run"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen.iter().any(|m: &String| m.contains("READY=1"))
+        && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
+    {
+        let n = socket.recv(&mut buf).expect("a notification within 20 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let ready = seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(
+        seen[..ready].iter().all(|m| !m.contains("WATCHDOG")),
+        "READY=1 comes first: {seen:?}"
+    );
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
+    let mut rest = Vec::new();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        rest.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 on SIGTERM: {rest:?}"
+    );
+    sandbox.shutdown().await;
+}
