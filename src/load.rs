@@ -10,6 +10,203 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+/// The longest input line (NDJSON) or CSV record accepted: a longer one is refused rather than
+/// held in memory, since no row of a snapshot comes near it.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// The UTF-8 byte order mark some exporters (Excel, PowerShell) put at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// JSON parsing that refuses what `serde_json` would otherwise let through silently: the same
+/// key twice in one object (`{"user_id": "a", "user_id": "b"}` would keep the last one).
+/// Everything else (nesting depth limit, lone surrogate escapes, numbers out of range) is
+/// `serde_json`'s own checking.
+pub mod strict_json {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    /// Why a text is not acceptable JSON.
+    #[derive(Debug)]
+    pub enum Error {
+        /// Malformed JSON (with `serde_json`'s line and column).
+        Syntax(serde_json::Error),
+        /// An object holds the key twice.
+        DuplicateKey {
+            key: String,
+            error: serde_json::Error,
+        },
+    }
+
+    impl fmt::Display for Error {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self {
+                Error::Syntax(e) => write!(f, "{e}"),
+                Error::DuplicateKey { error, .. } => write!(f, "{error}"),
+            }
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    /// Parse one JSON text, refusing duplicate keys at any depth.
+    pub fn from_str(text: &str) -> Result<Value, Error> {
+        let duplicate = RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let result = Seed(&duplicate)
+            .deserialize(&mut de)
+            .and_then(|value| de.end().map(|()| value));
+        result.map_err(|error| match duplicate.into_inner() {
+            Some(key) => Error::DuplicateKey { key, error },
+            None => Error::Syntax(error),
+        })
+    }
+
+    #[derive(Clone, Copy)]
+    struct Seed<'a>(&'a RefCell<Option<String>>);
+
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Value;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element_seed(self)? {
+                items.push(item);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if object.contains_key(&key) {
+                    let message = format!("the key `{key}` appears twice in one object");
+                    *self.0.borrow_mut() = Some(key);
+                    return Err(de::Error::custom(message));
+                }
+                let value = map.next_value_seed(self)?;
+                object.insert(key, value);
+            }
+            Ok(Value::Object(object))
+        }
+    }
+}
+
+/// A reader that drops a leading UTF-8 byte order mark.
+fn skip_bom(mut reader: Box<dyn Read>) -> io::Result<Box<dyn Read>> {
+    let mut head = [0u8; 3];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if &head[..filled] == BOM {
+        Ok(reader)
+    } else {
+        Ok(Box::new(
+            io::Cursor::new(head[..filled].to_vec()).chain(reader),
+        ))
+    }
+}
+
+/// A reader that turns every CRLF into LF (a lone CR is kept).
+struct CrlfToLf {
+    inner: Box<dyn Read>,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    eof: bool,
+}
+
+impl CrlfToLf {
+    fn new(inner: Box<dyn Read>) -> CrlfToLf {
+        CrlfToLf {
+            inner,
+            buf: vec![0; 1 << 16].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            eof: false,
+        }
+    }
+}
+
+impl Read for CrlfToLf {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // Keep at least two bytes buffered (unless at the end), so a CR always sees what follows.
+        while self.len - self.pos < 2 && !self.eof {
+            self.buf.copy_within(self.pos..self.len, 0);
+            self.len -= self.pos;
+            self.pos = 0;
+            match self.inner.read(&mut self.buf[self.len..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut written = 0;
+        while written < out.len() && self.pos < self.len {
+            let byte = self.buf[self.pos];
+            if byte == b'\r' {
+                if self.pos + 1 < self.len {
+                    if self.buf[self.pos + 1] == b'\n' {
+                        self.pos += 1;
+                        continue;
+                    }
+                } else if !self.eof {
+                    break;
+                }
+            }
+            out[written] = byte;
+            written += 1;
+            self.pos += 1;
+        }
+        Ok(written)
+    }
+}
+
 /// Which snapshot rows describe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -211,16 +408,35 @@ enum RecordsInner {
 impl Records {
     /// Open `input` and, for CSV, read and check its header against `columns`.
     pub fn open(input: &Input, columns: &[&str]) -> Result<Records, LoadError> {
-        let file = input.display_name();
         let format = input.format()?;
         let reader = input.open()?;
+        Records::from_reader(input.display_name(), format, reader, columns)
+    }
+
+    /// Read records of `format` from any reader; `file` names it in errors. A leading UTF-8
+    /// byte order mark is skipped; CRLF line endings are accepted.
+    pub fn from_reader(
+        file: String,
+        format: Format,
+        reader: Box<dyn Read>,
+        columns: &[&str],
+    ) -> Result<Records, LoadError> {
         let inner = match format {
             Format::Ndjson => RecordsInner::Ndjson {
-                reader: BufReader::with_capacity(1 << 16, reader),
+                reader: BufReader::with_capacity(
+                    1 << 16,
+                    skip_bom(reader).map_err(|e| LoadError::Input {
+                        file: file.clone(),
+                        reason: e.to_string(),
+                    })?,
+                ),
                 line: 0,
                 buf: Vec::new(),
             },
             Format::Csv => {
+                // The csv crate skips a leading byte order mark itself; CRLF line endings are
+                // turned into LF first, as the crate counts a record after a CRLF one line early.
+                let reader: Box<dyn Read> = Box::new(CrlfToLf::new(reader));
                 let mut reader = csv::ReaderBuilder::new()
                     .has_headers(true)
                     .from_reader(reader);
@@ -277,7 +493,8 @@ impl Records {
         match &mut self.inner {
             RecordsInner::Ndjson { reader, line, buf } => loop {
                 buf.clear();
-                match reader.read_until(b'\n', buf) {
+                let limit = MAX_LINE_BYTES as u64 + 1;
+                match (&mut *reader).take(limit).read_until(b'\n', buf) {
                     Ok(0) => return None,
                     Ok(_) => {}
                     Err(e) => {
@@ -288,6 +505,11 @@ impl Records {
                     }
                 }
                 *line += 1;
+                if buf.strip_suffix(b"\n").unwrap_or(buf).len() > MAX_LINE_BYTES {
+                    // Skip the rest of the line so that a caller going on counts lines right.
+                    let _ = reader.skip_until(b'\n');
+                    return Some(Err(too_long(file, *line)));
+                }
                 let Ok(text) = std::str::from_utf8(buf) else {
                     return Some(Err(LoadError::row(file, *line, None, "invalid UTF-8")));
                 };
@@ -305,6 +527,9 @@ impl Records {
                 Ok(false) => None,
                 Ok(true) => {
                     let line = record.position().map(|p| p.line()).unwrap_or(0);
+                    if record.as_slice().len() > MAX_LINE_BYTES {
+                        return Some(Err(too_long(file, line)));
+                    }
                     let mut fields = Map::new();
                     for (name, cell) in headers.iter().zip(record.iter()) {
                         let Ok(cell) = std::str::from_utf8(cell) else {
@@ -317,6 +542,15 @@ impl Records {
                         };
                         if cell.trim().is_empty() {
                             continue;
+                        }
+                        if cell.contains(['\n', '\r']) {
+                            return Some(Err(LoadError::row(
+                                file,
+                                line,
+                                Some(name),
+                                "a line break inside a quoted cell (is a closing quote \
+                                 missing?); cells may not span lines",
+                            )));
                         }
                         let value = if name == "value" {
                             csv_value(cell)
@@ -331,6 +565,15 @@ impl Records {
             },
         }
     }
+}
+
+fn too_long(file: &str, line: u64) -> LoadError {
+    LoadError::row(
+        file,
+        line,
+        None,
+        format!("the line is longer than {MAX_LINE_BYTES} bytes; no snapshot row is that long"),
+    )
 }
 
 fn csv_error(file: &str, error: csv::Error) -> LoadError {
@@ -369,8 +612,20 @@ fn parse_ndjson_line(
     text: &str,
     columns: &[&str],
 ) -> Result<Record, LoadError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| LoadError::row(file, line, None, format!("malformed JSON: {e}")))?;
+    let value = strict_json::from_str(text).map_err(|e| match e {
+        strict_json::Error::Syntax(e) => LoadError::row(
+            file,
+            line,
+            None,
+            format!("malformed JSON: {}", json_reason(&e)),
+        ),
+        strict_json::Error::DuplicateKey { key, error } => LoadError::row(
+            file,
+            line,
+            Some(&key),
+            format!("malformed JSON: {}", json_reason(&error)),
+        ),
+    })?;
     let Value::Object(fields) = value else {
         return Err(LoadError::row(
             file,
@@ -388,6 +643,17 @@ fn parse_ndjson_line(
         ));
     }
     Ok(Record { line, fields })
+}
+
+/// A `serde_json` error as text, its position given as the column (the line is the input's).
+pub fn json_reason(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&position) {
+        Some(message) if error.column() > 0 => format!("{message} (column {})", error.column()),
+        Some(message) => message.to_string(),
+        None => text,
+    }
 }
 
 /// The columns a snapshot of this scope may have.
@@ -421,6 +687,14 @@ fn identifier(file: &str, record: &Record, field: &str) -> Result<Option<String>
             record.line,
             Some(field),
             "empty identifier",
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(LoadError::row(
+            file,
+            record.line,
+            Some(field),
+            format!("an identifier may not hold control characters (found {c:?})"),
         ));
     }
     Ok(Some(text))
@@ -578,7 +852,8 @@ pub fn check_key(key: &str) -> Result<(), String> {
 }
 
 /// Read `input` and store it as the newest snapshot of the computation `spec` describes: one
-/// transaction, nothing stored on any error.
+/// transaction, nothing stored on any error. An input without rows is refused (see
+/// [`load_snapshot_with`]).
 pub fn load_snapshot(
     conn: &mut rusqlite::Connection,
     input: &Input,
@@ -586,13 +861,27 @@ pub fn load_snapshot(
     taken_at: i64,
     now: i64,
 ) -> Result<crate::store::snapshots::Stored, LoadError> {
+    load_snapshot_with(conn, input, spec, taken_at, now, false)
+}
+
+/// [`load_snapshot`], storing an input without rows as an empty snapshot when `allow_empty`
+/// (every member exits, every value goes): without it, an empty input is refused, since an
+/// export that failed half-way often leaves an empty file.
+pub fn load_snapshot_with(
+    conn: &mut rusqlite::Connection,
+    input: &Input,
+    spec: &crate::store::snapshots::ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+    allow_empty: bool,
+) -> Result<crate::store::snapshots::Stored, LoadError> {
     let columns = snapshot_columns(spec.scope);
     let mut records = Records::open(input, columns)?;
     let file = records.file().to_string();
     let (kind, scope) = (spec.kind, spec.scope);
     let rows = std::iter::from_fn(|| records.next_record(columns))
         .map(|record| record.and_then(|r| snapshot_row(&file, &r, kind, scope)));
-    crate::store::snapshots::store_snapshot(conn, &file, spec, taken_at, now, rows)
+    crate::store::snapshots::store_snapshot(conn, &file, spec, taken_at, now, allow_empty, rows)
 }
 
 /// Read `input` and store it as the newest account membership snapshot: (snapshot id, rows).
@@ -601,11 +890,22 @@ pub fn load_membership(
     input: &Input,
     taken_at: i64,
 ) -> Result<(i64, u64), LoadError> {
+    load_membership_with(conn, input, taken_at, false)
+}
+
+/// [`load_membership`], storing an input without rows when `allow_empty` (every user leaves
+/// every account).
+pub fn load_membership_with(
+    conn: &mut rusqlite::Connection,
+    input: &Input,
+    taken_at: i64,
+    allow_empty: bool,
+) -> Result<(i64, u64), LoadError> {
     let mut records = Records::open(input, MEMBERSHIP_COLUMNS)?;
     let file = records.file().to_string();
     let rows = std::iter::from_fn(|| records.next_record(MEMBERSHIP_COLUMNS))
         .map(|record| record.and_then(|r| membership_row(&file, &r)));
-    crate::store::snapshots::store_membership(conn, &file, taken_at, rows)
+    crate::store::snapshots::store_membership(conn, &file, taken_at, allow_empty, rows)
 }
 
 #[cfg(test)]

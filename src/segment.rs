@@ -5,6 +5,8 @@
 //! `integrations`) keep the key order of the input (`serde_json` is built with
 //! `preserve_order`), which matters for Intercom's first-10-metadata-keys rule.
 
+use std::io::{self, BufRead};
+
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
@@ -35,6 +37,63 @@ pub enum ParseError {
     MissingGroupId,
     #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
     BadTimestamp(String),
+    #[error("invalid UTF-8")]
+    InvalidUtf8,
+}
+
+/// Parse one line of NDJSON strictly: malformed JSON and an object holding the same key twice
+/// (`{"userId": "a", "userId": "b"}`, which would otherwise keep the last) are refused.
+pub fn parse_json_line(line: &str) -> Result<Value, ParseError> {
+    crate::load::strict_json::from_str(line).map_err(|e| {
+        let error = match &e {
+            crate::load::strict_json::Error::Syntax(error) => error,
+            crate::load::strict_json::Error::DuplicateKey { error, .. } => error,
+        };
+        ParseError::Json(crate::load::json_reason(error))
+    })
+}
+
+/// The lines of an NDJSON input of Segment messages, numbered from 1, as text: a line that is
+/// not valid UTF-8 is [`ParseError::InvalidUtf8`] (the others are still read). A leading UTF-8
+/// byte order mark and the CR of CRLF line endings are dropped. An I/O error ends the input.
+pub struct NdjsonLines<R> {
+    reader: R,
+    number: usize,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> NdjsonLines<R> {
+    pub fn new(reader: R) -> NdjsonLines<R> {
+        NdjsonLines {
+            reader,
+            number: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for NdjsonLines<R> {
+    type Item = io::Result<(usize, Result<String, ParseError>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.buf.clear();
+        match self.reader.read_until(b'\n', &mut self.buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        self.number += 1;
+        let mut bytes = self.buf.as_slice();
+        if self.number == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let text = std::str::from_utf8(bytes)
+            .map(str::to_string)
+            .map_err(|_| ParseError::InvalidUtf8);
+        Some(Ok((self.number, text)))
+    }
 }
 
 /// The fields every message type shares.
@@ -80,9 +139,7 @@ pub enum Message {
 impl Message {
     /// Parse one NDJSON line.
     pub fn from_json_str(line: &str) -> Result<Message, ParseError> {
-        let value: Value =
-            serde_json::from_str(line).map_err(|e| ParseError::Json(e.to_string()))?;
-        Message::from_value(&value)
+        Message::from_value(&parse_json_line(line)?)
     }
 
     /// Parse a message from a JSON value.
@@ -288,5 +345,25 @@ mod tests {
             Message::from_json_str("{"),
             Err(ParseError::Json(_))
         ));
+        let Err(ParseError::Json(reason)) =
+            Message::from_json_str(r#"{"type":"identify","userId":"a","userId":"b"}"#)
+        else {
+            panic!("a duplicate key was accepted")
+        };
+        assert!(reason.contains("`userId` appears twice"), "{reason}");
+    }
+
+    #[test]
+    fn ndjson_lines_drop_a_bom_and_crs_and_name_invalid_utf8() {
+        let input = b"\xEF\xBB\xBF{}\r\n\xFF\n\xEF\xBB\xBF{}\n".as_slice();
+        let lines: Vec<_> = NdjsonLines::new(input).map(Result::unwrap).collect();
+        assert_eq!(
+            lines,
+            vec![
+                (1, Ok("{}".to_string())),
+                (2, Err(ParseError::InvalidUtf8)),
+                (3, Ok("\u{feff}{}".to_string())),
+            ]
+        );
     }
 }

@@ -35,8 +35,15 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         kind,
         scope,
     };
-    let stored = load::load_snapshot(&mut conn, &input, &spec, taken_at, store::now_unix())
-        .map_err(refusal)?;
+    let stored = load::load_snapshot_with(
+        &mut conn,
+        &input,
+        &spec,
+        taken_at,
+        store::now_unix(),
+        args.allow_empty,
+    )
+    .map_err(refusal)?;
     let elapsed = started.elapsed();
     println!(
         "Loaded {} rows into {} {} computation {:?} ({}{}), snapshot {} taken at {}, in {:.2}s.",
@@ -59,7 +66,8 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
     input.format().map_err(refusal)?;
     let mut conn = store::open(&settings.database.path)?;
     let (snapshot_id, count) =
-        load::load_membership(&mut conn, &input, taken_at).map_err(refusal)?;
+        load::load_membership_with(&mut conn, &input, taken_at, args.allow_empty)
+            .map_err(refusal)?;
     println!(
         "Loaded {count} account memberships, membership snapshot {snapshot_id} taken at {}.",
         snapshots::rfc3339(taken_at)

@@ -19,7 +19,7 @@ use crate::cli::SendArgs;
 use crate::error::CliError;
 use crate::intercom::mapping::{EventNames, KnownIds, MapOptions, map_message};
 use crate::intercom::plan::AttributeNeed;
-use crate::segment::{Message, Track};
+use crate::segment::{Message, NdjsonLines, Track};
 use crate::settings::Settings;
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
@@ -67,14 +67,14 @@ fn dry_run(
         messages: 0,
         refused: 0,
     };
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("cannot read line {number}"))?;
-        if line.trim().is_empty() {
+    for read in NdjsonLines::new(input) {
+        let (number, line) = read.context("cannot read the input")?;
+        if line.as_deref().is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
         summary.messages += 1;
-        let planned = Message::from_json_str(&line)
+        let planned = line
+            .and_then(|line| Message::from_json_str(&line))
             .map_err(|e| e.to_string())
             .and_then(|message| {
                 if let Message::Track(Track { event, .. }) = &message {

@@ -20,12 +20,20 @@ use crate::cli::SendArgs;
 use crate::error::CliError;
 use crate::intercom::executor::contact_key;
 use crate::intercom::mapping::{KnownIds, MapOptions, map_message};
-use crate::segment::Message;
+use crate::segment::{Message, NdjsonLines, parse_json_line};
 use crate::settings::Settings;
 use crate::store;
 use crate::store::outbox::{self, NewMessage};
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
+    // Checked before anything is queued: without a token nothing could be delivered.
+    if settings.intercom.access_token.is_empty() {
+        return Err(CliError::usage(
+            "intercom.access_token is empty: set it in the settings file, in \
+             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
+        )
+        .into());
+    }
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -38,19 +46,21 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     let now = store::now_unix();
     let tx = conn.transaction()?;
     let (mut messages, mut queued, mut refused) = (0usize, 0usize, 0usize);
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("cannot read line {number}"))?;
-        if line.trim().is_empty() {
+    for read in NdjsonLines::new(input) {
+        let (number, line) = read.context("cannot read the input")?;
+        if line.as_deref().is_ok_and(|l| l.trim().is_empty()) {
             continue;
         }
         messages += 1;
-        match queueable(&line, &options) {
+        match line
+            .map_err(|e| e.to_string())
+            .and_then(|line| queueable(&line, &options).map(|queued| (line, queued)))
+        {
             Err(reason) => {
                 refused += 1;
                 eprintln!("line {number}: {reason}");
             }
-            Ok((message, body)) => {
+            Ok((line, (message, body))) => {
                 let lane = lane(&message);
                 let message_id = message
                     .common()
@@ -75,9 +85,14 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         }
     }
     tx.commit()?;
+    let pending = crate::store::delivery::pending_count(&conn)?;
     drop(conn);
     println!("Queued {queued} of {messages} messages.");
-    super::deliver::deliver_outbox(settings)?;
+    // Nothing to deliver (every line refused, and nothing queued before): Intercom is not
+    // called and the database is left as it was.
+    if pending > 0 {
+        super::deliver::deliver_outbox(settings)?;
+    }
     if refused > 0 {
         return Err(CliError::usage(format!(
             "{refused} of {messages} messages cannot be delivered to Intercom (see the lines above)"
@@ -89,8 +104,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
 
 /// The message and its JSON text, or why Intercom cannot take it.
 fn queueable(line: &str, options: &MapOptions) -> Result<(Message, String), String> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let value = parse_json_line(line).map_err(|e| e.to_string())?;
     let message = Message::from_value(&value).map_err(|e| e.to_string())?;
     map_message(&message, options, &KnownIds::nothing()).map_err(|e| e.to_string())?;
     Ok((message, value.to_string()))

@@ -174,6 +174,7 @@ pub fn store_snapshot(
     spec: &ComputationSpec<'_>,
     taken_at: i64,
     now: i64,
+    allow_empty: bool,
     rows: impl Iterator<Item = Result<SnapshotRow, LoadError>>,
 ) -> Result<Stored, LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -225,6 +226,12 @@ pub fn store_snapshot(
             }
         }
     }
+    if count == 0 && !allow_empty {
+        return Err(empty(
+            file,
+            "an empty snapshot would make every member exit (or every value go)",
+        ));
+    }
     tx.execute(
         "UPDATE snapshots SET complete = 1, row_count = ?1 WHERE id = ?2",
         params![count as i64, snapshot_id],
@@ -243,6 +250,7 @@ pub fn store_membership(
     conn: &mut Connection,
     file: &str,
     taken_at: i64,
+    allow_empty: bool,
     rows: impl Iterator<Item = Result<MembershipRow, LoadError>>,
 ) -> Result<(i64, u64), LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -288,6 +296,12 @@ pub fn store_membership(
             }
         }
     }
+    if count == 0 && !allow_empty {
+        return Err(empty(
+            file,
+            "an empty membership snapshot would detach every user from every account",
+        ));
+    }
     tx.execute(
         "UPDATE membership_snapshots SET complete = 1 WHERE id = ?1",
         [snapshot_id],
@@ -296,30 +310,46 @@ pub fn store_membership(
     Ok((snapshot_id, count))
 }
 
-/// The newest complete snapshot of a computation: (id, taken_at, row_count).
+/// An input without rows, refused unless `--allow-empty` says it is meant.
+fn empty(file: &str, consequence: &str) -> LoadError {
+    LoadError::Input {
+        file: file.to_string(),
+        reason: format!(
+            "the file holds no rows; {consequence}. If that is what you mean, pass --allow-empty"
+        ),
+    }
+}
+
+/// The newest complete snapshot of a computation: (id, taken_at, row_count). Which snapshot is
+/// newest is decided in one place, `state::newest_snapshot` (the one a run diffs).
 pub fn newest_snapshot(
     conn: &Connection,
     computation_id: &str,
 ) -> rusqlite::Result<Option<(i64, i64, i64)>> {
-    conn.query_row(
-        "SELECT id, taken_at, coalesce(row_count, (SELECT count(*) FROM snapshot_rows WHERE snapshot_id = s.id)) \
-         FROM snapshots s WHERE computation_id = ?1 AND complete = 1 \
-         ORDER BY taken_at DESC, id DESC LIMIT 1",
-        [computation_id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .optional()
+    let Some(s) = super::state::newest_snapshot(conn, computation_id)? else {
+        return Ok(None);
+    };
+    let rows = conn.query_row(
+        "SELECT coalesce(row_count, (SELECT count(*) FROM snapshot_rows WHERE snapshot_id = s.id)) \
+         FROM snapshots s WHERE id = ?1",
+        [s.id],
+        |r| r.get(0),
+    )?;
+    Ok(Some((s.id, s.taken_at, rows)))
 }
 
-/// The newest complete membership snapshot: (id, taken_at, rows).
+/// The newest complete membership snapshot: (id, taken_at, rows). Which one is newest is
+/// decided by `state::newest_membership` (the one a run diffs).
 pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<(i64, i64, i64)>> {
-    conn.query_row(
-        "SELECT id, taken_at, (SELECT count(*) FROM membership_rows WHERE snapshot_id = m.id) \
-         FROM membership_snapshots m WHERE complete = 1 ORDER BY taken_at DESC, id DESC LIMIT 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .optional()
+    let Some(m) = super::state::newest_membership(conn)? else {
+        return Ok(None);
+    };
+    let rows = conn.query_row(
+        "SELECT count(*) FROM membership_rows WHERE snapshot_id = ?1",
+        [m.id],
+        |r| r.get(0),
+    )?;
+    Ok(Some((m.id, m.taken_at, rows)))
 }
 
 pub fn rfc3339(unix: i64) -> String {
