@@ -287,3 +287,204 @@ fn a_sigkill_mid_run_leaves_a_consistent_database() {
         }
     }
 }
+
+/// Start `sync --no-deliver` held (by the test hook) after its diff, inside its read
+/// transaction; returns the child and the path that releases it.
+fn held_sync(env: &Env) -> (std::process::Child, PathBuf) {
+    let release = env.db.with_file_name("release");
+    let _ = std::fs::remove_file(&release);
+    let reading = env.db.with_file_name("release.reading");
+    let _ = std::fs::remove_file(&reading);
+    let child = env
+        .cmd(&["sync", "--no-deliver"])
+        .env(audience_sync::plan::HOLD_HOOK, &release)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reading.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the run never reached the hold"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    (child, release)
+}
+
+fn finish(child: std::process::Child, release: &Path) {
+    std::fs::write(release, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
+    // The run diffs inside a read transaction and writes in one short transaction at the end,
+    // so an upstream writer is not kept waiting while it reads, and the run sees the snapshot
+    // that was complete when it started, never a half-loaded one.
+    let env = Env::new();
+    let users = 5_000;
+    seed(&env.conn(), users);
+    env.ok(&["sync", "--no-deliver"]);
+    let first = count(&env.conn(), "SELECT count(*) FROM outbox");
+    // An upstream writer starts a new tra_1 snapshot (every value + 1) before the run: rows
+    // committed, not complete yet.
+    let upstream = Connection::open(&env.db).unwrap();
+    upstream
+        .busy_timeout(std::time::Duration::from_secs(1))
+        .unwrap();
+    upstream
+        .execute(
+            "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES ('tra_1', 1700003600, 0)",
+            [],
+        )
+        .unwrap();
+    let new_snapshot = upstream.last_insert_rowid();
+    let insert = |from: usize, to: usize| {
+        let tx = upstream.unchecked_transaction().unwrap();
+        for i in from..to {
+            tx.execute(
+                "INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value) VALUES (?1, ?2, ?3, ?4)",
+                params![new_snapshot, format!("u{i:04}"), format!("u{i}@example.com"), (i + 1).to_string()],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    insert(0, users / 2);
+    // A change the run must see: aud_1 gains everyone (a complete snapshot before the run).
+    snapshot(&env.conn(), "aud_1", 1_700_003_600, users, |_| {
+        Some("true".into())
+    });
+
+    let (child, release) = held_sync(&env);
+    // While the run holds its read transaction: the upstream writer finishes its snapshot with
+    // a 1 s busy timeout: it would fail if the run held the write lock.
+    insert(users / 2, users);
+    upstream
+        .execute(
+            "UPDATE snapshots SET complete = 1 WHERE id = ?1",
+            [new_snapshot],
+        )
+        .unwrap();
+    finish(child, &release);
+
+    let conn = env.conn();
+    // The run saw aud_1's new snapshot and tra_1's old one: 2,500 enters, no tra_1 change.
+    let tra_snapshot: i64 = conn
+        .query_row(
+            "SELECT snapshot_id FROM run_computations WHERE computation_id = 'tra_1' ORDER BY run_id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_ne!(
+        tra_snapshot, new_snapshot,
+        "tra_1 was unchanged for the run"
+    );
+    let aud_runs = count(
+        &conn,
+        "SELECT count(*) FROM run_computations WHERE computation_id = 'aud_1'",
+    );
+    assert_eq!(aud_runs, 2);
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM outbox") - first,
+        (users / 2 * 2) as i64,
+        "one identify and one track per entered user"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM plan_cursors WHERE subject = 'tra_1' AND snapshot_id = (SELECT min(id) FROM snapshots WHERE computation_id = 'tra_1')"
+        ),
+        1,
+        "tra_1's cursor is still its first snapshot"
+    );
+    drop(conn);
+
+    // The next run sees the upstream snapshot whole: every tra_1 value changed.
+    let before = count(&env.conn(), "SELECT count(*) FROM outbox");
+    env.ok(&["sync", "--no-deliver"]);
+    let conn = env.conn();
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM outbox") - before,
+        (users * 2) as i64
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM entity_state WHERE computation_id = 'tra_1' \
+             AND planned = CAST(CAST(substr(entity_id, 2) AS INTEGER) + 1 AS TEXT)"
+        ),
+        users as i64
+    );
+    integrity(&env.db);
+}
+
+#[test]
+fn a_dead_letter_while_a_run_reads_makes_the_next_run_diff_again() {
+    // u0001's value is planned (pending); a run reads tra_1 (u0002 changed, u0001 not); while it
+    // reads, u0001's message dies, which moves planned back to delivered (none). The run must
+    // not record tra_1 as planned from the new snapshot, or u0001 would never be sent again.
+    let env = Env::new();
+    seed(&env.conn(), 4);
+    env.ok(&["sync", "--no-deliver"]);
+    snapshot(&env.conn(), "tra_1", 1_700_003_600, 4, |i| {
+        Some(if i == 2 { "20".into() } else { i.to_string() })
+    });
+    let seq: i64 = env
+        .conn()
+        .query_row(
+            "SELECT seq FROM outbox WHERE lane = 'u0001' AND type = 'identify'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+
+    let (child, release) = held_sync(&env);
+    let mut conn = env.conn();
+    let marked = audience_sync::store::outbox::mark_dead(&mut conn, seq, "test").unwrap();
+    assert_eq!(marked, audience_sync::store::outbox::Marked::Done);
+    finish(child, &release);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM plan_cursors WHERE subject = 'tra_1'"
+        ),
+        0,
+        "the run did not advance tra_1's cursor"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM outbox WHERE lane = 'u0002' AND type = 'track'"
+        ),
+        1,
+        "the run still sent the change it saw"
+    );
+
+    let before: i64 = count(&conn, "SELECT max(seq) FROM outbox");
+    env.ok(&["sync", "--no-deliver"]);
+    let body: String = conn
+        .query_row(
+            "SELECT body FROM outbox WHERE seq > ?1 AND lane = 'u0001' AND type = 'identify'",
+            [before],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["traits"]["ltv"], 1, "{body}");
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM plan_cursors WHERE subject = 'tra_1'"
+        ),
+        1
+    );
+}

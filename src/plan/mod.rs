@@ -1,12 +1,13 @@
 //! The diff engine and Personas emitter: newest snapshots against planned state, to messages in the outbox.
 //!
-//! A run has two phases inside one transaction. Phase one walks, per computation, the newest
-//! snapshot and the planned state as two sorted cursors (`store::state::merge_with_state`) and
-//! writes every change into a temp table. Phase two reads that table back ordered by entity and
-//! turns each entity's changes into its messages (one identify carrying every changed value,
-//! then its group calls, then one track per change), writing the outbox rows and the planned
-//! state they imply. Enqueue commits; `plan` and `sync --dry-run` roll back. Memory holds one
-//! entity's changes at a time, never a snapshot.
+//! A run reads in one read transaction: per computation, the newest snapshot and the planned
+//! state are walked as two sorted cursors (`store::state::Merge`), and the per-computation change
+//! streams, all in entity order, are merged k-way (`merge_streams`), so each entity's changes
+//! arrive together without any sort: one identify carrying every changed value, then its group
+//! calls, then one track per change. Enqueue stages the outbox rows and the planned state they
+//! imply in temp tables while it reads, then writes them, with the run record, in ONE short
+//! write transaction (see `run` for why that is correct). `plan` and `sync --dry-run` write
+//! nothing. Memory holds one entity's changes at a time, never a snapshot.
 
 pub mod diff;
 pub mod message;
@@ -25,13 +26,18 @@ use crate::load::{Kind, Scope};
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect, NewMessage};
 use crate::store::snapshots;
-use crate::store::state::{self, ChangeRow, Counts, SnapshotRef, Source};
+use crate::store::state::{self, ChangeRow, Counts, MergeStatements, SnapshotRef, Source};
 use diff::Change;
 use message::{ComputationRef, User};
 
 /// Test hook: `AUDIENCE_SYNC_TEST_ABORT=before_commit|after_commit` aborts the process at that
 /// point of an enqueueing run, so the crash tests can prove the outbox transaction atomic.
 pub const ABORT_HOOK: &str = "AUDIENCE_SYNC_TEST_ABORT";
+
+/// Test hook: `AUDIENCE_SYNC_TEST_HOLD=PATH` makes an enqueueing run, once its diff is done and
+/// while its read transaction is still open, create `PATH.reading` and wait (up to 60 s) until
+/// `PATH` exists, so tests can write to the database while a run reads.
+pub const HOLD_HOOK: &str = "AUDIENCE_SYNC_TEST_HOLD";
 
 /// Incremental (diff against planned state) or full (`--full`: re-send current values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -171,11 +177,9 @@ pub fn run(
     mut output: Output<'_>,
 ) -> anyhow::Result<Report> {
     let enqueue = matches!(output, Output::Enqueue);
-    let tx = conn.transaction_with_behavior(if enqueue {
-        TransactionBehavior::Immediate
-    } else {
-        TransactionBehavior::Deferred
-    })?;
+    // The read transaction: every SELECT of the diff sees one snapshot of the database, and
+    // nothing here takes the write lock (staging writes only the connection's temp database).
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     let full = options.mode == RunMode::Full;
 
     let mut selected = Vec::new();
@@ -244,162 +248,207 @@ pub fn run(
         });
     }
 
-    // ── Phase one: every change, into the temp change table ──
-    let started = std::time::Instant::now();
-    state::create_changes(&tx)?;
-    for (index, comp) in comps.iter().enumerate() {
-        if reports[index].skipped.is_some() {
-            continue;
-        }
-        let snapshot = comp.snapshot.expect("skipped without a snapshot");
-        let counts = &mut reports[index].counts;
-        let source = Source::Snapshot {
-            snapshot_id: snapshot.id,
-            audience: comp.audience,
-        };
-        let subject = if comp.account { "account" } else { "user" };
-        let lane_kind = if comp.account { 0 } else { 1 };
-        state::merge_with_state(&tx, source, &comp.id, subject, |pair| {
-            if let Some((change, value)) =
-                diff::classify(comp.kind(), pair.old, pair.new, comp.resync)
-            {
-                count(counts, change);
-                state::insert_change(
-                    &tx,
-                    &ChangeRow {
-                        lane_kind,
-                        entity_id: pair.entity_id.to_string(),
-                        computation: Some(index as i64),
-                        group_id: None,
-                        email: pair.email.map(str::to_string),
-                        change: change.code(),
-                        value: value.map(str::to_string),
-                        track: comp.track && change.tracks(),
-                    },
-                )?;
-            }
-            Ok(())
-        })
-        .with_context(|| format!("cannot diff computation {:?}", comp.key))?;
-        if comp.account {
-            let source = match membership {
-                Some(m) => Source::Derived {
-                    snapshot_id: snapshot.id,
-                    membership_snapshot_id: m.id,
-                    audience: comp.audience,
-                },
-                None => Source::Empty,
-            };
-            state::merge_with_state(&tx, source, &comp.id, "user", |pair| {
-                if let Some((change, value)) =
-                    diff::classify(comp.kind(), pair.old, pair.new, comp.resync)
-                {
-                    counts.users += 1;
-                    state::insert_change(
-                        &tx,
-                        &ChangeRow {
-                            lane_kind: 1,
-                            entity_id: pair.entity_id.to_string(),
-                            computation: Some(index as i64),
-                            group_id: None,
-                            email: pair.email.map(str::to_string),
-                            change: change.code(),
-                            value: value.map(str::to_string),
-                            track: comp.track && change.tracks(),
-                        },
-                    )?;
-                }
-                Ok(())
-            })
-            .with_context(|| format!("cannot derive the user values of {:?}", comp.key))?;
-        }
-    }
-
-    let mut membership_report = None;
-    if options.computation.is_none() {
-        let mut report = MembershipReport {
-            snapshot_id: membership.map(|m| m.id),
-            skipped: None,
-            attached: 0,
-            detached: 0,
-        };
-        if !full && state::cursor(&tx, "membership")? == Some((membership.map(|m| m.id), None)) {
-            report.skipped = Some("unchanged");
-        } else {
-            state::merge_membership(&tx, membership.map(|m| m.id), |pair| {
-                let change = match (pair.attached, pair.in_snapshot) {
-                    (false, true) => Change::Attach,
-                    (true, false) => Change::Detach,
-                    (true, true) if full => Change::Attach,
-                    _ => return Ok(()),
-                };
-                if change == Change::Attach {
-                    report.attached += 1;
-                } else {
-                    report.detached += 1;
-                }
-                state::insert_change(
-                    &tx,
-                    &ChangeRow {
-                        lane_kind: 1,
-                        entity_id: pair.user_id.to_string(),
-                        computation: None,
-                        group_id: Some(pair.group_id.to_string()),
-                        email: pair.email.map(str::to_string),
-                        change: change.code(),
-                        value: None,
-                        track: false,
-                    },
-                )?;
-                Ok(())
-            })
-            .context("cannot diff the account membership")?;
-        }
-        membership_report = Some(report);
-    }
-
-    debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "Diff done."
-    );
-
-    // ── Phase two: per entity, its messages and planned state ──
-    let run_id = if enqueue {
-        Some(state::insert_run(&tx, options.mode.as_str(), options.now)?)
+    // What the write transaction will check: a dead letter committed after this point may
+    // have moved planned state back under the diff.
+    let dead_letters = if enqueue {
+        state::dead_letter_generation(&tx)?
     } else {
-        None
+        0
     };
+    if enqueue {
+        state::create_staging(&tx)?;
+    }
+
+    let started = std::time::Instant::now();
+    let mut membership_report = None;
     let mut emitter = Emitter {
         conn: &tx,
         personas,
         comps: &comps,
         membership,
-        run_id,
-        now: options.now,
+        stage: enqueue,
         counts: MessageCounts::default(),
         output: &mut output,
     };
-    state::for_each_entity(&tx, |rows| emitter.entity(rows))?;
-    let messages = emitter.counts;
-    state::drop_changes(&tx)?;
-    debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "Messages built."
-    );
 
-    if let Some(run_id) = run_id {
-        for (comp, report) in comps.iter().zip(&reports) {
-            if report.skipped.is_some() {
+    // ── Accounts' own values: one group call per account, merged over account computations ──
+    {
+        let mut statements = Vec::new();
+        for (index, comp) in comps.iter().enumerate() {
+            if comp.account && reports[index].skipped.is_none() {
+                let snapshot = comp.snapshot.expect("skipped without a snapshot");
+                let source = Source::Snapshot {
+                    snapshot_id: snapshot.id,
+                    audience: comp.audience,
+                };
+                statements.push((
+                    index,
+                    MergeStatements::values(&tx, source, &comp.id, "account")?,
+                ));
+            }
+        }
+        let mut streams = Vec::with_capacity(statements.len());
+        for (index, st) in &mut statements {
+            streams.push(Stream::Values {
+                index: *index,
+                lane_kind: 0,
+                derived: false,
+                merge: st.open()?,
+            });
+        }
+        merge_streams(&mut streams, &comps, &mut reports, &mut None, |rows| {
+            emitter.entity(rows)
+        })?;
+    }
+
+    // ── Users: every user computation, the derived user values of account computations and
+    // the membership, merged by user ──
+    {
+        let mut statements = Vec::new();
+        for (index, comp) in comps.iter().enumerate() {
+            if reports[index].skipped.is_some() {
                 continue;
             }
-            state::insert_run_computation(
-                &tx,
-                run_id,
-                &comp.id,
-                report.snapshot_id,
-                report.mode.as_str(),
-                &report.counts,
-            )?;
+            let snapshot = comp.snapshot.expect("skipped without a snapshot");
+            let source = match (comp.account, membership) {
+                (false, _) => Source::Snapshot {
+                    snapshot_id: snapshot.id,
+                    audience: comp.audience,
+                },
+                (true, Some(m)) => Source::Derived {
+                    snapshot_id: snapshot.id,
+                    membership_snapshot_id: m.id,
+                    audience: comp.audience,
+                },
+                (true, None) => Source::Empty,
+            };
+            statements.push((
+                Some(index),
+                MergeStatements::values(&tx, source, &comp.id, "user")?,
+            ));
+        }
+        if options.computation.is_none() {
+            let mut report = MembershipReport {
+                snapshot_id: membership.map(|m| m.id),
+                skipped: None,
+                attached: 0,
+                detached: 0,
+            };
+            if !full && state::cursor(&tx, "membership")? == Some((membership.map(|m| m.id), None))
+            {
+                report.skipped = Some("unchanged");
+            } else {
+                statements.push((
+                    None,
+                    MergeStatements::membership(&tx, membership.map(|m| m.id))?,
+                ));
+            }
+            membership_report = Some(report);
+        }
+        let mut streams = Vec::with_capacity(statements.len());
+        for (index, st) in &mut statements {
+            streams.push(match index {
+                Some(index) => Stream::Values {
+                    index: *index,
+                    lane_kind: 1,
+                    derived: comps[*index].account,
+                    merge: st.open()?,
+                },
+                None => Stream::Membership {
+                    merge: st.open()?,
+                    full,
+                },
+            });
+        }
+        merge_streams(
+            &mut streams,
+            &comps,
+            &mut reports,
+            &mut membership_report,
+            |rows| emitter.entity(rows),
+        )?;
+    }
+    let messages = emitter.counts;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "Diff done, messages built."
+    );
+
+    if !enqueue {
+        // Plan and dry run: dropping the read transaction changes nothing.
+        drop(tx);
+        return Ok(Report {
+            run_id: None,
+            mode: options.mode,
+            computations: reports,
+            membership: membership_report,
+            messages,
+        });
+    }
+
+    // End the read transaction (it wrote only the temp staging tables) and write everything in
+    // ONE write transaction: the outbox, the planned state, the cursors and the run record.
+    //
+    // Why reading and writing in two transactions is correct: everything the diff read is
+    // unchanged at the write, or its change is harmless or detected.
+    // - Snapshots: a complete snapshot never changes; a snapshot that completes meanwhile is
+    //   not the one this run diffed, and the cursors record the ids it did diff, so the next
+    //   run diffs the newer one against the planned state written here.
+    // - Planned state, attachments, event times, cursors, run records: only runs write them,
+    //   and runs never overlap (the run lock), except delivery: `mark_delivered` writes only
+    //   `delivered` (and deletes rows that are NULL on both sides, which reads as "no value"
+    //   either way; the upsert below recreates a row the run plans); `mark_dead` moves planned
+    //   state back and deletes the cursor of what it touched. If a message died between the two
+    //   transactions (the dead-letter generation moved), this run's view of planned state may
+    //   be stale for entities it did not change, so it does not advance the cursors of what it
+    //   diffed: the next run diffs them again against the restored planned state. Values this
+    //   run did change are planned and sent as the newest snapshot says, which is right
+    //   whatever the old value was.
+    // So the write lock is held only for copying the staged rows, not for the whole diff, and
+    // an upstream writer (or delivery) is never kept waiting past its busy timeout by a run.
+    hold_hook();
+    tx.commit()
+        .context("cannot end the run's read transaction")?;
+    let write_started = std::time::Instant::now();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let stale = state::dead_letter_generation(&tx)? != dead_letters;
+    let run_id = state::insert_run(&tx, options.mode.as_str(), options.now)?;
+    let (identify, track, group_user, group_account) = outbox::enqueue_staged(
+        &tx,
+        run_id,
+        options.now,
+        (
+            messages.identify,
+            messages.track,
+            messages.group_user,
+            messages.group_account,
+        ),
+    )
+    .context("cannot enqueue the run's messages")?;
+    let messages = MessageCounts {
+        identify,
+        track,
+        group_user,
+        group_account,
+    };
+    state::commit_staged_state(&tx).context("cannot write the run's planned state")?;
+    state::drop_staging(&tx)?;
+    if stale {
+        debug!("A message was dead-lettered while the run read: its cursors are not advanced.");
+    }
+    for (comp, report) in comps.iter().zip(&reports) {
+        if report.skipped.is_some() {
+            continue;
+        }
+        state::insert_run_computation(
+            &tx,
+            run_id,
+            &comp.id,
+            report.snapshot_id,
+            report.mode.as_str(),
+            &report.counts,
+        )?;
+        if !stale {
             let membership_input = if comp.account {
                 membership.map(|m| m.id)
             } else {
@@ -407,39 +456,184 @@ pub fn run(
             };
             state::set_cursor(&tx, &comp.id, report.snapshot_id, membership_input)?;
         }
-        if let Some(report) = membership_report.as_ref().filter(|r| r.skipped.is_none()) {
-            state::set_cursor(&tx, "membership", report.snapshot_id, None)?;
-        }
-        let (attached, detached) = membership_report
-            .as_ref()
-            .map_or((0, 0), |m| (m.attached, m.detached));
-        state::finish_run_plan(
-            &tx,
-            run_id,
-            options.now,
-            membership.map(|m| m.id),
-            attached,
-            detached,
-            messages.identify,
-            messages.track,
-            messages.group(),
-        )?;
-        abort_hook("before_commit");
-        tx.commit().context("cannot commit the run's outbox")?;
-        abort_hook("after_commit");
-        debug!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Run committed."
-        );
     }
-    // Plan and dry run: dropping the transaction rolls back (there was nothing to write).
-    Ok(Report {
+    if let Some(report) = membership_report.as_ref().filter(|r| r.skipped.is_none())
+        && !stale
+    {
+        state::set_cursor(&tx, "membership", report.snapshot_id, None)?;
+    }
+    let (attached, detached) = membership_report
+        .as_ref()
+        .map_or((0, 0), |m| (m.attached, m.detached));
+    state::finish_run_plan(
+        &tx,
         run_id,
+        options.now,
+        membership.map(|m| m.id),
+        attached,
+        detached,
+        messages.identify,
+        messages.track,
+        messages.group(),
+    )?;
+    abort_hook("before_commit");
+    tx.commit().context("cannot commit the run's outbox")?;
+    abort_hook("after_commit");
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        write_ms = write_started.elapsed().as_millis() as u64,
+        "Run committed."
+    );
+    Ok(Report {
+        run_id: Some(run_id),
         mode: options.mode,
         computations: reports,
         membership: membership_report,
         messages,
     })
+}
+
+/// One sorted stream of changes: a computation's values (or derived user values) against its
+/// planned state, or the membership against the planned attachments.
+enum Stream<'s> {
+    Values {
+        index: usize,
+        lane_kind: i64,
+        /// Derived user values of an account computation (counted as `users`).
+        derived: bool,
+        merge: state::Merge<'s>,
+    },
+    Membership {
+        merge: state::Merge<'s>,
+        full: bool,
+    },
+}
+
+impl Stream<'_> {
+    /// The next change, in entity order, counting it in its report.
+    fn next_change(
+        &mut self,
+        comps: &[Comp],
+        reports: &mut [ComputationReport],
+        membership: &mut Option<MembershipReport>,
+    ) -> anyhow::Result<Option<ChangeRow>> {
+        loop {
+            let step = match self {
+                Stream::Values {
+                    index,
+                    lane_kind,
+                    derived,
+                    merge,
+                } => {
+                    let comp = &comps[*index];
+                    let counts = &mut reports[*index].counts;
+                    merge
+                        .next_pair(|pair| {
+                            let (change, value) =
+                                diff::classify(comp.kind(), pair.old, pair.new, comp.resync)?;
+                            if *derived {
+                                counts.users += 1;
+                            } else {
+                                count(counts, change);
+                            }
+                            Some(ChangeRow {
+                                lane_kind: *lane_kind,
+                                entity_id: pair.entity_id.to_string(),
+                                computation: Some(*index as i64),
+                                group_id: None,
+                                email: pair.email.map(str::to_string),
+                                change: change.code(),
+                                value: value.map(str::to_string),
+                                track: comp.track && change.tracks(),
+                            })
+                        })
+                        .with_context(|| format!("cannot diff computation {:?}", comp.key))?
+                }
+                Stream::Membership { merge, full } => {
+                    let report = membership
+                        .as_mut()
+                        .expect("a membership stream has a report");
+                    let full = *full;
+                    merge
+                        .next_member(|pair| {
+                            let change = match (pair.attached, pair.in_snapshot) {
+                                (false, true) => Change::Attach,
+                                (true, false) => Change::Detach,
+                                (true, true) if full => Change::Attach,
+                                _ => return None,
+                            };
+                            if change == Change::Attach {
+                                report.attached += 1;
+                            } else {
+                                report.detached += 1;
+                            }
+                            Some(ChangeRow {
+                                lane_kind: 1,
+                                entity_id: pair.user_id.to_string(),
+                                computation: None,
+                                group_id: Some(pair.group_id.to_string()),
+                                email: pair.email.map(str::to_string),
+                                change: change.code(),
+                                value: None,
+                                track: false,
+                            })
+                        })
+                        .context("cannot diff the account membership")?
+                }
+            };
+            match step {
+                None => return Ok(None),
+                Some(Some(row)) => return Ok(Some(row)),
+                Some(None) => {}
+            }
+        }
+    }
+}
+
+/// Merge sorted change streams k-way by entity: `f` gets each entity's changes together, in
+/// stream order (computations in run order, the membership last), then the next entity. No
+/// sort and no temp table: each stream is already in entity order, and a stream that has no
+/// change for a while costs nothing but its cursor.
+fn merge_streams(
+    streams: &mut [Stream<'_>],
+    comps: &[Comp],
+    reports: &mut [ComputationReport],
+    membership: &mut Option<MembershipReport>,
+    mut f: impl FnMut(&[ChangeRow]) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut heads = Vec::with_capacity(streams.len());
+    for stream in streams.iter_mut() {
+        heads.push(stream.next_change(comps, reports, membership)?);
+    }
+    let mut batch: Vec<ChangeRow> = Vec::new();
+    let mut entity = String::new();
+    loop {
+        // SQLite's BINARY collation orders like Rust's byte-wise str order.
+        let Some(min) = heads.iter().flatten().map(|h| h.entity_id.as_str()).min() else {
+            return Ok(());
+        };
+        entity.clear();
+        entity.push_str(min);
+        batch.clear();
+        for (head, stream) in heads.iter_mut().zip(streams.iter_mut()) {
+            while head.as_ref().is_some_and(|h| h.entity_id == entity) {
+                batch.push(head.take().expect("checked"));
+                *head = stream.next_change(comps, reports, membership)?;
+            }
+        }
+        f(&batch)?;
+    }
+}
+
+fn hold_hook() {
+    let Ok(path) = std::env::var(HOLD_HOOK) else {
+        return;
+    };
+    let _ = std::fs::write(format!("{path}.reading"), b"");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::path::Path::new(&path).exists() && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn abort_hook(point: &str) {
@@ -473,8 +667,8 @@ struct Emitter<'a, 'o> {
     personas: &'a PersonasSettings,
     comps: &'a [Comp],
     membership: Option<SnapshotRef>,
-    run_id: Option<i64>,
-    now: i64,
+    /// Enqueue: stage messages and planned state (`store::state::create_staging`).
+    stage: bool,
     counts: MessageCounts,
     output: &'a mut Output<'o>,
 }
@@ -527,8 +721,8 @@ impl Emitter<'_, '_> {
             });
             parts.extend(self.change_parts(row, false));
             timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
-            if self.run_id.is_some() {
-                state::plan_value(
+            if self.stage {
+                state::stage_value(
                     self.conn,
                     &comp.id,
                     "account",
@@ -641,22 +835,22 @@ impl Emitter<'_, '_> {
             let value = json_value(row.value.as_deref())?;
             let body = message::track(space, user, comp.reference(), event, value, at, &id);
             self.emit(entity_id, &id, "track", &body, &[], false)?;
-            if self.run_id.is_some() {
-                state::set_event_time(self.conn, entity_id, event, at)?;
+            if self.stage {
+                state::stage_event_time(self.conn, entity_id, event, at)?;
             }
         }
 
-        if self.run_id.is_some() {
+        if self.stage {
             for row in rows {
                 match Change::from_code(row.change) {
-                    Some(Change::Attach) | Some(Change::Detach) => state::plan_membership(
+                    Some(Change::Attach) | Some(Change::Detach) => state::stage_membership(
                         self.conn,
                         entity_id,
                         row.group_id.as_deref().unwrap_or_default(),
                         row.email.as_deref(),
                         row.change == Change::Attach.code(),
                     )?,
-                    _ => state::plan_value(
+                    _ => state::stage_value(
                         self.conn,
                         &self.comp(row).id,
                         "user",
@@ -686,18 +880,20 @@ impl Emitter<'_, '_> {
                 out.write_all(b"\n")?;
                 true
             }
-            Output::Enqueue => outbox::enqueue(
-                self.conn,
-                self.run_id,
-                &NewMessage {
-                    lane,
-                    message_id,
-                    kind,
-                    body: &body.to_string(),
-                    effects: &serde_json::to_string(effects)?,
-                },
-                self.now,
-            )?,
+            Output::Enqueue => {
+                outbox::stage(
+                    self.conn,
+                    &NewMessage {
+                        lane,
+                        message_id,
+                        kind,
+                        body: &body.to_string(),
+                        effects: &serde_json::to_string(effects)?,
+                    },
+                    with_user,
+                )?;
+                true
+            }
         };
         if counted {
             match kind {

@@ -82,6 +82,67 @@ pub fn enqueue(
     Ok(n == 1)
 }
 
+/// Stage one message of a run (see `state::create_staging`); `enqueue_staged` enqueues them.
+/// `with_user`: a `group` call carrying a userId (an attach).
+pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO temp.run_outbox (lane, message_id, type, body, effects, with_user) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    stmt.execute(params![
+        message.lane,
+        message.message_id,
+        message.kind,
+        message.body,
+        message.effects,
+        with_user
+    ])?;
+    Ok(())
+}
+
+/// Messages enqueued by type: (identify, track, group with a userId, group without).
+pub type EnqueuedCounts = (u64, u64, u64, u64);
+
+/// Enqueue the staged messages in staging order, for `run_id` (inside the run's write
+/// transaction). A message whose id is already pending is skipped, as [`enqueue`] does.
+/// `staged` is what was staged, by type; the result is what was enqueued.
+pub fn enqueue_staged(
+    tx: &Connection,
+    run_id: i64,
+    now: i64,
+    staged: EnqueuedCounts,
+) -> rusqlite::Result<EnqueuedCounts> {
+    let before: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO outbox (run_id, lane, message_id, type, body, effects, enqueued_at) \
+         SELECT ?1, lane, message_id, type, body, effects, ?2 FROM temp.run_outbox ORDER BY rowid",
+        params![run_id, now],
+    )? as u64;
+    if inserted == staged.0 + staged.1 + staged.2 + staged.3 {
+        return Ok(staged);
+    }
+    // Some were already pending (re-planned with the same id): count what went in.
+    let mut counts = (0, 0, 0, 0);
+    let mut stmt = tx.prepare(
+        "SELECT s.type, s.with_user, count(*) FROM temp.run_outbox s \
+         WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message_id AND o.seq > ?1) \
+         GROUP BY s.type, s.with_user",
+    )?;
+    let mut rows = stmt.query([before])?;
+    while let Some(r) = rows.next()? {
+        let kind: String = r.get(0)?;
+        let with_user: bool = r.get(1)?;
+        let n = r.get::<_, i64>(2)? as u64;
+        match (kind.as_str(), with_user) {
+            ("identify", _) => counts.0 += n,
+            ("track", _) => counts.1 += n,
+            (_, true) => counts.2 += n,
+            (_, false) => counts.3 += n,
+        }
+    }
+    Ok(counts)
+}
+
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
 /// by never starting a lane's message while an earlier one of the same lane is unfinished.
 pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxMessage>> {
@@ -206,6 +267,7 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
                     "DELETE FROM plan_cursors WHERE subject = ?1",
                     [computation_id],
                 )?;
+                super::state::bump_dead_letter_generation(tx)?;
             } else {
                 let value = super::state::json_text(value);
                 tx.execute(
@@ -227,6 +289,7 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
                     params![membership.user_id, membership.group_id],
                 )?;
                 tx.execute("DELETE FROM plan_cursors WHERE subject = 'membership'", [])?;
+                super::state::bump_dead_letter_generation(tx)?;
             } else {
                 tx.execute(
                     "UPDATE membership_state SET delivered = ?3 WHERE user_id = ?1 AND group_id = ?2",

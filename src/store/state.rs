@@ -1,6 +1,8 @@
 //! Planned / delivered state, plan cursors, event times and runs: the SQL the diff engine reads
-//! and writes. The diff walks two sorted cursors side by side (`merge_with_state`), so memory
-//! never grows with snapshot size.
+//! and writes. The diff walks two sorted cursors side by side (`Merge`), so memory never grows
+//! with snapshot size. A run stages what it will write in temp tables while it reads
+//! (`create_staging`, `stage_*`) and copies them into the main tables in one short write
+//! transaction at the end (`commit_staging`).
 
 use std::cmp::Ordering;
 
@@ -235,38 +237,161 @@ impl<'s> Cursor<'s> {
     }
 }
 
-/// Walk two cursors sorted by key, calling `f(new, old)` once per key present in either.
-fn merge(
-    a: &mut Cursor<'_>,
-    b: &mut Cursor<'_>,
-    mut f: impl FnMut(Option<&Cursor<'_>>, Option<&Cursor<'_>>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    loop {
-        match (a.done, b.done) {
-            (true, true) => return Ok(()),
-            (false, true) => {
-                f(Some(a), None)?;
-                a.advance()?;
-            }
-            (true, false) => {
-                f(None, Some(b))?;
-                b.advance()?;
-            }
-            (false, false) => match a.cmp_key(b) {
-                Ordering::Less => {
-                    f(Some(a), None)?;
-                    a.advance()?;
-                }
-                Ordering::Greater => {
-                    f(None, Some(b))?;
-                    b.advance()?;
-                }
-                Ordering::Equal => {
-                    f(Some(a), Some(b))?;
-                    a.advance()?;
-                    b.advance()?;
-                }
+/// A full outer join of two cursors sorted by key, pulled one key at a time: the new side
+/// (snapshot or membership rows) and the old side (planned state).
+pub struct Merge<'s> {
+    new: Cursor<'s>,
+    old: Cursor<'s>,
+}
+
+impl Merge<'_> {
+    /// The next key present in either side: `f(new, old)` sees its row on each side that has
+    /// it; `None` at the end.
+    fn next_with<R>(
+        &mut self,
+        f: impl FnOnce(Option<&Cursor<'_>>, Option<&Cursor<'_>>) -> R,
+    ) -> rusqlite::Result<Option<R>> {
+        let (new, old) = match (self.new.done, self.old.done) {
+            (true, true) => return Ok(None),
+            (false, true) => (true, false),
+            (true, false) => (false, true),
+            (false, false) => match self.new.cmp_key(&self.old) {
+                Ordering::Less => (true, false),
+                Ordering::Greater => (false, true),
+                Ordering::Equal => (true, true),
             },
+        };
+        let r = f(new.then_some(&self.new), old.then_some(&self.old));
+        if new {
+            self.new.advance()?;
+        }
+        if old {
+            self.old.advance()?;
+        }
+        Ok(Some(r))
+    }
+
+    /// The next entity of a value merge (`MergeStatements::values`).
+    pub fn next_pair<R>(&mut self, f: impl FnOnce(Pair<'_>) -> R) -> rusqlite::Result<Option<R>> {
+        self.next_with(|new, old| {
+            let any = new.or(old).expect("a merge step has at least one side");
+            f(Pair {
+                entity_id: &any.key,
+                email: new
+                    .and_then(|n| n.email.as_deref())
+                    .or_else(|| old.and_then(|o| o.email.as_deref())),
+                new: new.and_then(|n| n.value.as_deref()),
+                old: old.and_then(|o| o.value.as_deref()),
+            })
+        })
+    }
+
+    /// The next (user, account) of a membership merge (`MergeStatements::membership`).
+    pub fn next_member<R>(
+        &mut self,
+        f: impl FnOnce(MemberPair<'_>) -> R,
+    ) -> rusqlite::Result<Option<R>> {
+        self.next_with(|new, old| {
+            let any = new.or(old).expect("a merge step has at least one side");
+            f(MemberPair {
+                user_id: &any.key,
+                group_id: &any.key2,
+                email: new
+                    .and_then(|n| n.email.as_deref())
+                    .or_else(|| old.and_then(|o| o.email.as_deref())),
+                in_snapshot: new.is_some(),
+                attached: old.is_some(),
+            })
+        })
+    }
+}
+
+/// The two prepared statements of one merge; `open` runs them. Kept apart from `Merge` because
+/// the row cursors borrow their statements: a run prepares every merge it walks side by side
+/// first, then opens them all.
+pub struct MergeStatements<'c> {
+    new: Statement<'c>,
+    old: Statement<'c>,
+    kind: MergeKind,
+}
+
+enum MergeKind {
+    Values {
+        source: Source,
+        computation_id: String,
+        subject: String,
+    },
+    Membership {
+        membership_snapshot_id: Option<i64>,
+    },
+}
+
+impl<'c> MergeStatements<'c> {
+    /// `source` against the planned state of (computation, subject), in entity order.
+    pub fn values(
+        conn: &'c Connection,
+        source: Source,
+        computation_id: &str,
+        subject: &str,
+    ) -> rusqlite::Result<Self> {
+        Ok(MergeStatements {
+            new: conn.prepare(&source_sql(source))?,
+            old: conn.prepare(
+                "SELECT entity_id, email, planned FROM entity_state \
+                 WHERE computation_id = ?1 AND subject = ?2 ORDER BY entity_id",
+            )?,
+            kind: MergeKind::Values {
+                source,
+                computation_id: computation_id.to_string(),
+                subject: subject.to_string(),
+            },
+        })
+    }
+
+    /// A membership snapshot (or none) against the planned attachments, in (user, account)
+    /// order.
+    pub fn membership(
+        conn: &'c Connection,
+        membership_snapshot_id: Option<i64>,
+    ) -> rusqlite::Result<Self> {
+        Ok(MergeStatements {
+            new: conn.prepare(
+                "SELECT user_id, group_id, email, '1' FROM membership_rows WHERE snapshot_id = ?1 \
+                 ORDER BY user_id, group_id",
+            )?,
+            old: conn.prepare(
+                "SELECT user_id, group_id, email, '1' FROM membership_state WHERE planned = 1 \
+                 ORDER BY user_id, group_id",
+            )?,
+            kind: MergeKind::Membership {
+                membership_snapshot_id,
+            },
+        })
+    }
+
+    pub fn open(&mut self) -> rusqlite::Result<Merge<'_>> {
+        match &self.kind {
+            MergeKind::Values {
+                source,
+                computation_id,
+                subject,
+            } => Ok(Merge {
+                new: Cursor::new(query(&mut self.new, *source)?, (0, None, 1, 2))?,
+                old: Cursor::new(
+                    self.old.query(params![computation_id, subject])?,
+                    (0, None, 1, 2),
+                )?,
+            }),
+            // -1 is never a snapshot id: no membership snapshot means no memberships.
+            MergeKind::Membership {
+                membership_snapshot_id,
+            } => Ok(Merge {
+                new: Cursor::new(
+                    self.new.query([membership_snapshot_id.unwrap_or(-1)])?,
+                    (0, Some(1), 2, 3),
+                )?,
+                old: Cursor::new(self.old.query([])?, (0, Some(1), 2, 3))?,
+            }),
         }
     }
 }
@@ -292,27 +417,12 @@ pub fn merge_with_state(
     subject: &str,
     mut f: impl FnMut(Pair<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut new_stmt = conn.prepare(&source_sql(source))?;
-    let mut old_stmt = conn.prepare(
-        "SELECT entity_id, email, planned FROM entity_state \
-         WHERE computation_id = ?1 AND subject = ?2 ORDER BY entity_id",
-    )?;
-    let mut a = Cursor::new(query(&mut new_stmt, source)?, (0, None, 1, 2))?;
-    let mut b = Cursor::new(
-        old_stmt.query(params![computation_id, subject])?,
-        (0, None, 1, 2),
-    )?;
-    merge(&mut a, &mut b, |new, old| {
-        let any = new.or(old).expect("merge yields at least one side");
-        f(Pair {
-            entity_id: &any.key,
-            email: new
-                .and_then(|n| n.email.as_deref())
-                .or_else(|| old.and_then(|o| o.email.as_deref())),
-            new: new.and_then(|n| n.value.as_deref()),
-            old: old.and_then(|o| o.value.as_deref()),
-        })
-    })
+    let mut statements = MergeStatements::values(conn, source, computation_id, subject)?;
+    let mut merge = statements.open()?;
+    while let Some(r) = merge.next_pair(&mut f)? {
+        r?;
+    }
+    Ok(())
 }
 
 /// One (user, account) membership of a merge: in the new membership snapshot, attached in
@@ -332,35 +442,16 @@ pub fn merge_membership(
     membership_snapshot_id: Option<i64>,
     mut f: impl FnMut(MemberPair<'_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let mut new_stmt = conn.prepare(
-        "SELECT user_id, group_id, email, '1' FROM membership_rows WHERE snapshot_id = ?1 \
-         ORDER BY user_id, group_id",
-    )?;
-    let mut old_stmt = conn.prepare(
-        "SELECT user_id, group_id, email, '1' FROM membership_state WHERE planned = 1 \
-         ORDER BY user_id, group_id",
-    )?;
-    // -1 is never a snapshot id: no membership snapshot means no memberships.
-    let mut a = Cursor::new(
-        new_stmt.query([membership_snapshot_id.unwrap_or(-1)])?,
-        (0, Some(1), 2, 3),
-    )?;
-    let mut b = Cursor::new(old_stmt.query([])?, (0, Some(1), 2, 3))?;
-    merge(&mut a, &mut b, |new, old| {
-        let any = new.or(old).expect("merge yields at least one side");
-        f(MemberPair {
-            user_id: &any.key,
-            group_id: &any.key2,
-            email: new
-                .and_then(|n| n.email.as_deref())
-                .or_else(|| old.and_then(|o| o.email.as_deref())),
-            in_snapshot: new.is_some(),
-            attached: old.is_some(),
-        })
-    })
+    let mut statements = MergeStatements::membership(conn, membership_snapshot_id)?;
+    let mut merge = statements.open()?;
+    while let Some(r) = merge.next_member(&mut f)? {
+        r?;
+    }
+    Ok(())
 }
 
-/// Set the planned value of (computation, subject, entity), creating the row if needed.
+/// Set the planned value of (computation, subject, entity), creating the row if needed: the
+/// same write a run's staged state makes, one row at a time (for tests of delivery).
 pub fn plan_value(
     conn: &Connection,
     computation_id: &str,
@@ -379,23 +470,6 @@ pub fn plan_value(
     Ok(())
 }
 
-/// Set whether (user, account) is planned attached, creating the row if needed.
-pub fn plan_membership(
-    conn: &Connection,
-    user_id: &str,
-    group_id: &str,
-    email: Option<&str>,
-    attached: bool,
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO membership_state (user_id, group_id, email, planned) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (user_id, group_id) DO UPDATE SET planned = excluded.planned, \
-           email = coalesce(excluded.email, membership_state.email)",
-    )?;
-    stmt.execute(params![user_id, group_id, email, attached as i64])?;
-    Ok(())
-}
-
 /// The last event time used for (user, event name), if any.
 pub fn last_event_time(
     conn: &Connection,
@@ -409,23 +483,9 @@ pub fn last_event_time(
         .optional()
 }
 
-pub fn set_event_time(
-    conn: &Connection,
-    entity_id: &str,
-    event_name: &str,
-    at: i64,
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO event_times (entity_id, event_name, last_at) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (entity_id, event_name) DO UPDATE SET last_at = max(last_at, excluded.last_at)",
-    )?;
-    stmt.execute(params![entity_id, event_name, at])?;
-    Ok(())
-}
+// ─── One planned change, as the merges yield it ───────────────────────────────────────────────
 
-// ─── The run's change list: a temp table, read back ordered by entity ─────────────────────────
-
-/// One planned change, as phase one of a run records it and phase two reads it back.
+/// One planned change of one entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeRow {
     /// 0: an account's own group call; 1: a user.
@@ -440,83 +500,153 @@ pub struct ChangeRow {
     pub track: bool,
 }
 
-/// Create (or empty) the connection's temp change table.
-pub fn create_changes(conn: &Connection) -> rusqlite::Result<()> {
+// ─── A run's writes, staged in temp tables, then copied in one short write transaction ───────
+//
+// The diff reads inside a read transaction, which never takes SQLite's write lock, so an
+// upstream writer can load snapshots (and delivery can confirm messages) for as long as a big
+// run takes. What the run will write goes to these temp tables meanwhile: temp tables live in
+// the connection's own temp database, and writing them does not lock the main database.
+
+/// Create (or empty) the connection's staging tables. Call inside the run's read transaction.
+pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "DROP TABLE IF EXISTS temp.plan_changes;
-         CREATE TEMP TABLE plan_changes (
-             lane_kind INTEGER NOT NULL,
+        "DROP TABLE IF EXISTS temp.run_outbox;
+         DROP TABLE IF EXISTS temp.run_state;
+         DROP TABLE IF EXISTS temp.run_membership;
+         DROP TABLE IF EXISTS temp.run_event_times;
+         CREATE TEMP TABLE run_outbox (
+             lane TEXT NOT NULL,
+             message_id TEXT NOT NULL,
+             type TEXT NOT NULL,
+             body TEXT NOT NULL,
+             effects TEXT NOT NULL,
+             with_user INTEGER NOT NULL
+         );
+         CREATE TEMP TABLE run_state (
+             computation_id TEXT NOT NULL,
+             subject TEXT NOT NULL,
              entity_id TEXT NOT NULL,
-             computation INTEGER,
-             group_id TEXT,
              email TEXT,
-             change INTEGER NOT NULL,
-             value TEXT,
-             track INTEGER NOT NULL
-         );",
+             planned TEXT,
+             PRIMARY KEY (computation_id, subject, entity_id)
+         ) WITHOUT ROWID;
+         CREATE TEMP TABLE run_membership (
+             user_id TEXT NOT NULL,
+             group_id TEXT NOT NULL,
+             email TEXT,
+             planned INTEGER NOT NULL,
+             PRIMARY KEY (user_id, group_id)
+         ) WITHOUT ROWID;
+         CREATE TEMP TABLE run_event_times (
+             entity_id TEXT NOT NULL,
+             event_name TEXT NOT NULL,
+             last_at INTEGER NOT NULL,
+             PRIMARY KEY (entity_id, event_name)
+         ) WITHOUT ROWID;",
     )
 }
 
-pub fn insert_change(conn: &Connection, row: &ChangeRow) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO temp.plan_changes (lane_kind, entity_id, computation, group_id, email, change, value, track) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    stmt.execute(params![
-        row.lane_kind,
-        row.entity_id,
-        row.computation,
-        row.group_id,
-        row.email,
-        row.change,
-        row.value,
-        row.track
-    ])?;
-    Ok(())
-}
-
-/// Read the change list back ordered by (lane kind, entity, insertion), calling `f` once per
-/// entity with all of its changes: one entity's changes in memory at a time, never all users.
-pub fn for_each_entity(
-    conn: &Connection,
-    mut f: impl FnMut(&[ChangeRow]) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
-        "CREATE INDEX temp.plan_changes_order ON plan_changes (lane_kind, entity_id)",
+        "DROP TABLE IF EXISTS temp.run_outbox;
+         DROP TABLE IF EXISTS temp.run_state;
+         DROP TABLE IF EXISTS temp.run_membership;
+         DROP TABLE IF EXISTS temp.run_event_times;",
+    )
+}
+
+/// Stage the planned value of (computation, subject, entity).
+pub fn stage_value(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+    email: Option<&str>,
+    planned: Option<&str>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO temp.run_state (computation_id, subject, entity_id, email, planned) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
-    let mut stmt = conn.prepare(
-        "SELECT lane_kind, entity_id, computation, group_id, email, change, value, track \
-         FROM temp.plan_changes ORDER BY lane_kind, entity_id, rowid",
-    )?;
-    let mut rows = stmt.query([])?;
-    let mut batch: Vec<ChangeRow> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let row = ChangeRow {
-            lane_kind: r.get(0)?,
-            entity_id: r.get(1)?,
-            computation: r.get(2)?,
-            group_id: r.get(3)?,
-            email: r.get(4)?,
-            change: r.get(5)?,
-            value: r.get(6)?,
-            track: r.get(7)?,
-        };
-        if let Some(first) = batch.first()
-            && (first.lane_kind != row.lane_kind || first.entity_id != row.entity_id)
-        {
-            f(&batch)?;
-            batch.clear();
-        }
-        batch.push(row);
-    }
-    if !batch.is_empty() {
-        f(&batch)?;
-    }
+    stmt.execute(params![computation_id, subject, entity_id, email, planned])?;
     Ok(())
 }
 
-pub fn drop_changes(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("DROP TABLE IF EXISTS temp.plan_changes")
+/// Stage whether (user, account) is planned attached.
+pub fn stage_membership(
+    conn: &Connection,
+    user_id: &str,
+    group_id: &str,
+    email: Option<&str>,
+    attached: bool,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR REPLACE INTO temp.run_membership (user_id, group_id, email, planned) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    stmt.execute(params![user_id, group_id, email, attached as i64])?;
+    Ok(())
+}
+
+/// Stage the last event time used for (user, event name).
+pub fn stage_event_time(
+    conn: &Connection,
+    entity_id: &str,
+    event_name: &str,
+    at: i64,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO temp.run_event_times (entity_id, event_name, last_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (entity_id, event_name) DO UPDATE SET last_at = max(last_at, excluded.last_at)",
+    )?;
+    stmt.execute(params![entity_id, event_name, at])?;
+    Ok(())
+}
+
+/// Copy the staged planned state, attachments and event times into the main tables (inside the
+/// run's write transaction). The staging tables are keyed like their targets, so each copy
+/// walks its target's B-tree in order.
+pub fn commit_staged_state(conn: &Connection) -> rusqlite::Result<()> {
+    // `WHERE true`: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.
+    conn.execute_batch(
+        "INSERT INTO entity_state (computation_id, subject, entity_id, email, planned)
+           SELECT computation_id, subject, entity_id, email, planned FROM temp.run_state WHERE true
+           ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET
+             planned = excluded.planned, email = coalesce(excluded.email, entity_state.email);
+         INSERT INTO membership_state (user_id, group_id, email, planned)
+           SELECT user_id, group_id, email, planned FROM temp.run_membership WHERE true
+           ON CONFLICT (user_id, group_id) DO UPDATE SET planned = excluded.planned,
+             email = coalesce(excluded.email, membership_state.email);
+         INSERT INTO event_times (entity_id, event_name, last_at)
+           SELECT entity_id, event_name, last_at FROM temp.run_event_times WHERE true
+           ON CONFLICT (entity_id, event_name) DO UPDATE SET
+             last_at = max(event_times.last_at, excluded.last_at);",
+    )
+}
+
+// ─── Dead letters while a run reads ──────────────────────────────────────────────────────────
+
+/// The plan_cursors row that counts dead letters (`mark_dead` adds one in its transaction). A
+/// run compares it between its read and its write transaction: if a message died in between,
+/// planned state may have moved back under the diff, so the run leaves the cursors of what it
+/// diffed alone and the next run diffs those computations again.
+pub const DEAD_LETTERS: &str = "dead_letters";
+
+pub fn dead_letter_generation(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT coalesce((SELECT snapshot_id FROM plan_cursors WHERE subject = ?1), 0)",
+        [DEAD_LETTERS],
+        |r| r.get(0),
+    )
+}
+
+pub fn bump_dead_letter_generation(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO plan_cursors (subject, snapshot_id) VALUES (?1, 1) \
+         ON CONFLICT (subject) DO UPDATE SET snapshot_id = coalesce(snapshot_id, 0) + 1",
+        [DEAD_LETTERS],
+    )?;
+    Ok(())
 }
 
 // ─── Runs ───────────────────────────────────────────────────────────────────────────────────
