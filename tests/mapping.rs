@@ -80,7 +80,7 @@ fn identify_rules() {
             vec![
                 search("external_id", "su3r73"),
                 put(
-                    json!({"email": "avenger@example.com", "name": "Iñigo Montoya",
+                    json!({"external_id": "su3r73", "email": "avenger@example.com", "name": "Iñigo Montoya",
                            "signed_up_at": 1_522_086_291}),
                 ),
                 upsert_company(
@@ -98,7 +98,7 @@ fn identify_rules() {
             vec![
                 search("external_id", "019mr8mf4r"),
                 put(
-                    json!({"email": "mbolton@example.com", "name": "Michael Bolton",
+                    json!({"external_id": "019mr8mf4r", "email": "mbolton@example.com", "name": "Michael Bolton",
                            "signed_up_at": 1_458_841_605,
                            "custom_attributes": {"plan": "Enterprise"}}),
                 ),
@@ -115,9 +115,11 @@ fn identify_rules() {
                 "timestamp": "2024-05-01T00:00:00Z"}),
             vec![
                 search("external_id", "some_user_id"),
-                put(json!({"email": "ben@intercom.io", "name": "Ben McRedmond",
+                put(
+                    json!({"external_id": "some_user_id", "email": "ben@intercom.io", "name": "Ben McRedmond",
                            "signed_up_at": 1_363_902_294,
-                           "custom_attributes": {"plan": "Premium"}})),
+                           "custom_attributes": {"plan": "Premium"}}),
+                ),
             ],
         ),
         (
@@ -129,7 +131,7 @@ fn identify_rules() {
             vec![
                 search("external_id", "4832094283057439285723523452345"),
                 put(
-                    json!({"email": "jingleheimer@schmidt.com", "name": "John Jacob",
+                    json!({"external_id": "4832094283057439285723523452345", "email": "jingleheimer@schmidt.com", "name": "John Jacob",
                            "unsubscribed_from_emails": true}),
                 ),
             ],
@@ -140,7 +142,7 @@ fn identify_rules() {
                 "integrations": {"All": false, "Intercom": {"unsubscribedFromEmails": false}}}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"unsubscribed_from_emails": false})),
+                put(json!({"external_id": "u1", "unsubscribed_from_emails": false})),
             ],
         ),
         (
@@ -149,7 +151,7 @@ fn identify_rules() {
                    "timestamp": "2024-05-01T00:00:00Z"}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"last_seen_at": 1_714_521_600})),
+                put(json!({"external_id": "u1", "last_seen_at": 1_714_521_600})),
             ],
         ),
         (
@@ -159,7 +161,7 @@ fn identify_rules() {
                    "timestamp": "2024-05-01T00:00:00Z"}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"last_seen_at": 1_714_435_200})),
+                put(json!({"external_id": "u1", "last_seen_at": 1_714_435_200})),
             ],
         ),
         (
@@ -167,7 +169,7 @@ fn identify_rules() {
             json!({"type": "identify", "userId": "u1", "context": {"active": true}}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"last_seen_at": NOW})),
+                put(json!({"external_id": "u1", "last_seen_at": NOW})),
             ],
         ),
         (
@@ -177,7 +179,7 @@ fn identify_rules() {
             vec![
                 search("external_id", "u1"),
                 put(
-                    json!({"name": null, "phone": "+353871234567", "avatar": "https://example.com/a.png"}),
+                    json!({"external_id": "u1", "name": null, "phone": "+353871234567", "avatar": "https://example.com/a.png"}),
                 ),
             ],
         ),
@@ -234,7 +236,7 @@ fn identify_rules() {
             vec![
                 search("external_id", "u1"),
                 put(
-                    json!({"custom_attributes": {"tags": "a, b, 3", "renewal": 1_714_521_600,
+                    json!({"external_id": "u1", "custom_attributes": {"tags": "a, b, 3", "renewal": 1_714_521_600,
                                                   "ltv": 12.5, "vip": true}}),
                 ),
             ],
@@ -244,7 +246,7 @@ fn identify_rules() {
             json!({"type": "identify", "userId": "u1", "traits": {"bio": "ü".repeat(256)}}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"custom_attributes": {"bio": "ü".repeat(255)}})),
+                put(json!({"external_id": "u1", "custom_attributes": {"bio": "ü".repeat(255)}})),
             ],
         ),
         (
@@ -255,7 +257,7 @@ fn identify_rules() {
                    "context": {"personas": {"computation_class": "audience", "computation_key": "high_value"}}}),
             vec![
                 search("external_id", "u1"),
-                put(json!({"email": "a@example.com",
+                put(json!({"external_id": "u1", "email": "a@example.com",
                             "custom_attributes": {"high_value": false, "ltv_bucket": null}})),
             ],
         ),
@@ -388,7 +390,7 @@ fn known_ids_skip_the_lookups() {
     assert_eq!(
         requests(&identify),
         vec![
-            json!({"method": "PUT", "path": "/contacts/65f0c0ffee", "body": {"custom_attributes": {"vip": true}}}),
+            json!({"method": "PUT", "path": "/contacts/65f0c0ffee", "body": {"external_id": "u1", "custom_attributes": {"vip": true}}}),
             json!({"method": "DELETE", "path": "/contacts/65f0c0ffee/companies/6600aa", "body": null}),
             upsert_company(json!({"company_id": "acme2", "name": "Acme 2"})),
             json!({"method": "POST", "path": "/contacts/65f0c0ffee/companies", "body": {"id": "{company_id}"}}),

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::cli::PlanArgs;
+use crate::intercom::ratelimit::Persisted;
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::Settings;
 use crate::store;
@@ -21,38 +22,101 @@ pub fn plan(settings: &Settings, args: PlanArgs) -> anyhow::Result<()> {
         now: store::now_unix(),
     };
     let report = plan::run(&mut conn, &settings.personas, &options, Output::Plan)?;
+    let budget = EtaBudget::current(settings, store::intercom::rate_limit(&conn)?);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report_json(settings, &report))?
+            serde_json::to_string_pretty(&report_json_with(settings, &report, &budget))?
         );
     } else {
-        print!("{}", report_text(settings, &report));
+        print!("{}", report_text_with(settings, &report, &budget));
     }
     Ok(())
 }
 
-/// Seconds the requests take at the configured rate limit.
-pub fn delivery_secs(settings: &Settings, requests: u64) -> f64 {
-    let window = settings.intercom.rate_limit_window.as_secs_f64();
-    requests as f64 * window / settings.intercom.rate_limit as f64
+/// The budget the Intercom time estimate assumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtaBudget {
+    /// Requests per window.
+    pub requests: u32,
+    pub window_secs: u64,
+    /// Where `requests` comes from.
+    pub source: BudgetSource,
 }
 
-pub fn report_json(settings: &Settings, report: &Report) -> serde_json::Value {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetSource {
+    /// `intercom.rate_limit`.
+    Settings,
+    /// The budget Intercom announced last (`intercom_rate_limit`), lower than the settings.
+    Announced,
+}
+
+impl BudgetSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetSource::Settings => "settings",
+            BudgetSource::Announced => "announced",
+        }
+    }
+}
+
+impl EtaBudget {
+    /// The settings' budget.
+    pub fn settings(settings: &Settings) -> EtaBudget {
+        EtaBudget {
+            requests: settings.intercom.rate_limit.max(1),
+            window_secs: settings.intercom.rate_limit_window.as_secs().max(1),
+            source: BudgetSource::Settings,
+        }
+    }
+
+    /// The last budget Intercom announced (persisted by delivery) when it is lower than the
+    /// settings, else the settings.
+    pub fn current(settings: &Settings, persisted: Option<Persisted>) -> EtaBudget {
+        let configured = EtaBudget::settings(settings);
+        match persisted {
+            Some(p) if p.limit > 0 && p.limit < configured.requests => EtaBudget {
+                requests: p.limit,
+                source: BudgetSource::Announced,
+                ..configured
+            },
+            _ => configured,
+        }
+    }
+
+    /// Seconds `requests` take at this budget.
+    pub fn secs(&self, requests: u64) -> f64 {
+        requests as f64 * self.window_secs as f64 / f64::from(self.requests)
+    }
+}
+
+pub fn report_json_with(
+    settings: &Settings,
+    report: &Report,
+    budget: &EtaBudget,
+) -> serde_json::Value {
     let requests = report.messages.requests();
     let mut value = serde_json::to_value(report).expect("a report serialises");
     value["messages"]["group"] = json!(report.messages.group());
     value["messages"]["total"] = json!(report.messages.total());
     value["intercom"] = json!({
         "requests": requests,
-        "rate_limit": settings.intercom.rate_limit,
-        "rate_limit_window_secs": settings.intercom.rate_limit_window.as_secs(),
-        "seconds": delivery_secs(settings, requests).ceil() as u64,
+        "rate_limit": budget.requests,
+        "rate_limit_window_secs": budget.window_secs,
+        "rate_limit_source": budget.source.as_str(),
+        "settings_rate_limit": settings.intercom.rate_limit,
+        "seconds": budget.secs(requests).ceil() as u64,
     });
     value
 }
 
+/// The report with the time estimate at the settings' budget (see [`report_text_with`]).
 pub fn report_text(settings: &Settings, report: &Report) -> String {
+    report_text_with(settings, report, &EtaBudget::settings(settings))
+}
+
+pub fn report_text_with(settings: &Settings, report: &Report, budget: &EtaBudget) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{} run", capitalised(report.mode.as_str()));
     if report.computations.is_empty() {
@@ -125,12 +189,19 @@ pub fn report_text(settings: &Settings, report: &Report) -> String {
         n.total()
     );
     let requests = n.requests();
+    let source = match budget.source {
+        BudgetSource::Settings => "the settings' budget".to_string(),
+        BudgetSource::Announced => format!(
+            "the budget Intercom announced last, below the settings' {}",
+            settings.intercom.rate_limit
+        ),
+    };
     let _ = writeln!(
         out,
-        "Intercom: about {requests} requests, {} at {} requests per {} s",
-        duration(delivery_secs(settings, requests)),
-        settings.intercom.rate_limit,
-        settings.intercom.rate_limit_window.as_secs()
+        "Intercom: about {requests} requests, {} at {} requests per {} s ({source})",
+        duration(budget.secs(requests)),
+        budget.requests,
+        budget.window_secs,
     );
     out
 }
@@ -149,5 +220,43 @@ fn duration(secs: f64) -> String {
         0..60 => format!("{secs} s"),
         60..3600 => format!("{} min {} s", secs / 60, secs % 60),
         _ => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn persisted(limit: u32) -> Option<Persisted> {
+        Some(Persisted {
+            limit,
+            remaining: 0,
+            reset_at: 0,
+        })
+    }
+
+    #[test]
+    fn the_estimate_uses_a_lower_announced_budget() {
+        let settings = Settings::defaults().unwrap();
+        let configured = settings.intercom.rate_limit;
+        let window = settings.intercom.rate_limit_window.as_secs();
+        assert_eq!(
+            EtaBudget::current(&settings, None),
+            EtaBudget {
+                requests: configured,
+                window_secs: window,
+                source: BudgetSource::Settings
+            }
+        );
+        // A larger announced budget (Intercom's per-app 1,666) does not raise the settings'.
+        assert_eq!(
+            EtaBudget::current(&settings, persisted(configured + 100)).source,
+            BudgetSource::Settings
+        );
+        let lower = EtaBudget::current(&settings, persisted(40));
+        assert_eq!(lower.requests, 40);
+        assert_eq!(lower.window_secs, window);
+        assert_eq!(lower.source, BudgetSource::Announced);
+        assert_eq!(lower.secs(80), 2.0 * window as f64);
     }
 }

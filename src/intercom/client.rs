@@ -17,6 +17,10 @@ use crate::settings::IntercomSettings;
 
 const REQUESTS: &str = "audience_sync_intercom_requests_total";
 
+/// How many 429s in a row one request waits out in place before its message is handed back to
+/// the drain (which queues it again without counting an attempt, see `Disposition::Throttled`).
+pub const MAX_THROTTLED_IN_PLACE: u32 = 8;
+
 /// The endpoint a request goes to, as Intercom's reference names it: `PUT /contacts/{id}`,
 /// `DELETE /contacts/{id}/companies/{company_id}` (ids replaced, the query left out). The
 /// metric label, so series do not grow with the number of contacts.
@@ -120,7 +124,31 @@ impl Client {
 
     /// Send one request within the rate limit. Waiting for the budget ends early when `cancel`
     /// fires (nothing is sent then); a request once sent is always waited for.
+    ///
+    /// A 429 means Intercom did not run the request: it is sent again once the window resets
+    /// (the limiter holds every request until then), up to [`MAX_THROTTLED_IN_PLACE`] times;
+    /// after that the 429 is returned.
     pub async fn send(
+        &self,
+        request: &Request,
+        cancel: &CancellationToken,
+    ) -> Result<Answer, Transport> {
+        let mut throttled = 0;
+        loop {
+            let answer = self.send_once(request, cancel).await?;
+            if answer.status != 429 || throttled + 1 >= MAX_THROTTLED_IN_PLACE {
+                return Ok(answer);
+            }
+            throttled += 1;
+            tracing::debug!(
+                endpoint = %endpoint(request),
+                throttled,
+                "Rate limited (429); sending again after the reset."
+            );
+        }
+    }
+
+    async fn send_once(
         &self,
         request: &Request,
         cancel: &CancellationToken,

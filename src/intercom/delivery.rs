@@ -6,6 +6,9 @@
 //! result: `mark_delivered` after Intercom confirmed every request, `schedule_retry` (one more
 //! attempt, the error, when to try again) for a retryable failure, `mark_dead` for a failure for good
 //! or after `intercom.max_attempts`. A lane whose message waits for a retry blocks only itself.
+//! A message Intercom kept answering 429 is throttled, not failed: it is started again (the rate
+//! limiter holds it until the window resets) with no attempt counted, so throttling never
+//! dead-letters a message, however long the budget is shared.
 //!
 //! Crash safety: nothing is marked delivered before Intercom answered; a message in flight when
 //! the process dies is simply pending, and is sent again by the next drain (safe, see
@@ -420,6 +423,20 @@ fn record(
                 stop: None,
             })
         }
+        Disposition::Throttled { reason } => {
+            // Not an attempt: nothing is written, the message runs again when the limiter
+            // lets its requests through.
+            warn!(seq, user = %message.lane, %reason, "Rate limited; will send again after the reset (no attempt counted).");
+            metrics::inc(
+                "audience_sync_messages_throttled_total",
+                &[("type", &message.kind)],
+            );
+            entry.due = None;
+            Ok(Recorded {
+                done: false,
+                stop: None,
+            })
+        }
         Disposition::Stop { reason } => {
             error!(seq, %reason, "Delivery stopped.");
             Ok(Recorded {
@@ -427,5 +444,85 @@ fn record(
                 stop: Some(reason),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intercom::disposition::{self, ApiError};
+    use crate::store::outbox::NewMessage;
+    use serde_json::json;
+
+    fn queued(db: &Mutex<Connection>) -> Held {
+        let conn = lock(db);
+        let body = json!({"type": "identify", "userId": "u1", "traits": {"vip": true}});
+        outbox::enqueue(
+            &conn,
+            None,
+            &NewMessage {
+                lane: "u1",
+                message_id: "m1",
+                kind: "identify",
+                body: &body.to_string(),
+                effects: "[]",
+            },
+            store::now_unix(),
+        )
+        .unwrap();
+        let message = outbox::pending(&conn, 10).unwrap().remove(0);
+        Held {
+            message,
+            due: None,
+            running: false,
+        }
+    }
+
+    fn attempts(db: &Mutex<Connection>) -> (i64, String) {
+        lock(db)
+            .query_row("SELECT attempts, status FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_429_does_not_consume_an_attempt() {
+        let db = Mutex::new(store::open_in_memory().unwrap());
+        let mut entry = queued(&db);
+        let mut report = DeliveryReport::default();
+        let error = ApiError {
+            status: 429,
+            code: Some("rate_limit_exceeded".into()),
+            message: "Exceeded rate limit of 50 in 2_seconds".into(),
+        };
+        // With max_attempts = 1, any counted attempt would dead-letter the message.
+        for _ in 0..20 {
+            let disposition = disposition::for_error(
+                "POST /contacts/search",
+                &error,
+                entry.message.attempts as u32 + 1,
+                0.5,
+            );
+            let recorded = record(&db, &mut entry, disposition, 1, &mut report).unwrap();
+            assert!(!recorded.done);
+            assert!(recorded.stop.is_none());
+        }
+        assert_eq!(attempts(&db), (0, "pending".to_string()));
+        assert_eq!(entry.message.attempts, 0);
+        assert_eq!((report.dead, report.retries), (0, 0));
+        assert!(
+            entry.due.is_none(),
+            "the limiter, not the lane, waits for the reset"
+        );
+
+        // A real failure still counts.
+        let failed = Disposition::Retry {
+            after: Duration::from_millis(10),
+            reason: "POST /contacts/search: 503".into(),
+        };
+        record(&db, &mut entry, failed, 3, &mut report).unwrap();
+        assert_eq!(attempts(&db), (1, "pending".to_string()));
+        assert_eq!(report.retries, 1);
     }
 }

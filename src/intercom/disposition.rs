@@ -1,7 +1,10 @@
 //! What becomes of a message after an Intercom answer: one [`Disposition`] for every response.
 //!
-//! Retryable (429, 408, 5xx, timeouts, connection errors) → [`Disposition::Retry`] with capped
-//! exponential back-off and jitter; 401 / 403 → [`Disposition::Stop`] (no message can get through
+//! Retryable (408, 5xx, timeouts, connection errors) → [`Disposition::Retry`] with capped
+//! exponential back-off and jitter, counted toward `intercom.max_attempts`; 429 →
+//! [`Disposition::Throttled`]: throttling says nothing about the message, so it never counts
+//! as an attempt nor dead-letters anything (the rate limiter holds every request until the
+//! window resets, and the client already sent the request again a few times); 401 / 403 → [`Disposition::Stop`] (no message can get through
 //! with that token); any other 4xx → [`Disposition::DeadLetter`] with Intercom's error text.
 //! 404 and 409 are first given to the executor, which knows when they mean "resolve again" or
 //! "already done" (see `executor.rs`).
@@ -16,8 +19,11 @@ use serde_json::Value;
 pub enum Disposition {
     /// Intercom confirmed every request of the message.
     Delivered,
-    /// Try the whole message again after this long (every step is idempotent).
+    /// Try the whole message again after this long (every step is idempotent); one attempt.
     Retry { after: Duration, reason: String },
+    /// Intercom kept answering 429: try the message again when the budget allows, without
+    /// counting an attempt (the rate limiter decides when).
+    Throttled { reason: String },
     /// The message can never be delivered as it is: it becomes a dead letter.
     DeadLetter { reason: String },
     /// Nothing can be delivered (the token is wrong or lacks permission): stop the drain.
@@ -138,9 +144,8 @@ pub fn for_error(what: &str, error: &ApiError, attempt: u32, jitter: f64) -> Dis
                  data attributes"
             ),
         },
-        // The rate limiter holds everyone until the reset: no extra sleep here.
-        429 => Disposition::Retry {
-            after: Duration::ZERO,
+        // Not a failure of the message: the rate limiter holds everyone until the reset.
+        429 => Disposition::Throttled {
             reason: format!("{what}: {error}"),
         },
         408 | 500..=599 => Disposition::Retry {
@@ -188,7 +193,7 @@ mod tests {
         let cases: [(u16, &str); 10] = [
             (401, "stop"),
             (403, "stop"),
-            (429, "retry"),
+            (429, "throttled"),
             (408, "retry"),
             (500, "retry"),
             (502, "retry"),
@@ -202,6 +207,7 @@ mod tests {
             let got = match d {
                 Disposition::Stop { .. } => "stop",
                 Disposition::Retry { .. } => "retry",
+                Disposition::Throttled { .. } => "throttled",
                 Disposition::DeadLetter { .. } => "dead",
                 Disposition::Delivered => "delivered",
             };

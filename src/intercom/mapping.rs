@@ -137,6 +137,11 @@ pub fn map_identify(
     // Whether the message sets anything other than an exit value: only then may it create.
     let mut enters = false;
 
+    // The userId goes into every write: a contact found through a 409 on its email (created
+    // earlier by email only) gets it that way.
+    if let Some(user_id) = &common.user_id {
+        body.insert("external_id".into(), json!(user_id));
+    }
     if let Some(email) = &email {
         body.insert("email".into(), json!(email));
     }
@@ -217,7 +222,8 @@ pub fn map_identify(
     }
 
     // An identify that carries only its identity (a plain "this user exists") may create too.
-    let only_identity = body.keys().all(|k| k == "email") && companies.is_empty();
+    let only_identity =
+        body.keys().all(|k| k == "email" || k == "external_id") && companies.is_empty();
     let on_missing = if enters || only_identity {
         OnMissing::Create(create_contact_request(
             common.user_id.as_deref(),
@@ -228,8 +234,13 @@ pub fn map_identify(
     };
 
     let (contact_path, mut contact_step) = resolve_contact(&mut plan, known, lookup, on_missing);
-    // Writing the email a contact was just found by would change nothing.
-    let writes_nothing = body.is_empty() || (found_by_email && body.len() == 1);
+    // Writing only the identifier a contact was just found by would change nothing.
+    let found_by = if found_by_email {
+        "email"
+    } else {
+        "external_id"
+    };
+    let writes_nothing = body.keys().all(|k| k == found_by);
     if !writes_nothing {
         let id = plan.push(
             Op::UpdateContact,

@@ -1,5 +1,6 @@
 //! The rate limiter every Intercom request goes through: a budget per fixed window, corrected
-//! from `X-RateLimit-*` headers, so delivery slows down before a 429 instead of after.
+//! from `X-RateLimit-*` headers and paced across the window, so delivery slows down before a 429
+//! instead of after, even when other clients of the same Intercom app spend the same budget.
 //!
 //! Intercom counts requests in fixed windows (10 s, aligned to the epoch) and announces on every
 //! response the window's limit, what is left of it and when it resets. [`Budget`] is the pure
@@ -9,15 +10,24 @@
 //! - Budget per window: `min(intercom.rate_limit, X-RateLimit-Limit)`. Each request takes one
 //!   unit when it is sent; a response lowers what is left to what Intercom says is left, less
 //!   the requests sent after it that may not have arrived yet.
+//! - Pacing: within an announced window, requests are admitted at `remaining / time left`, so
+//!   what is left is spread over the window instead of spent in a burst. Intercom's limit is per
+//!   app: other integrations (or a second audience-sync) spend the same budget, and every
+//!   response's `X-RateLimit-Remaining` shows it. Clients that each pace at what is left over
+//!   the time left share a window without exhausting it before its end (with n clients what is
+//!   left decays like `(time left / window)^n`). While the budget looks unshared a small burst is
+//!   allowed on top of the pace; once other clients' use shows (the window emptied faster than
+//!   our own requests explain, or a 429), requests are strictly paced and the last few units of
+//!   each window are left alone, so that racing clients meet at that reserve, not at a 429.
 //! - A window is *confirmed* by a response naming its reset time. An unconfirmed window (a new
 //!   process, or the first moments after a reset) lets one request through and waits for its
 //!   headers, so a new process never overspends a window its predecessor used, and a clock that
 //!   runs ahead of Intercom's never bursts into the old window.
-//! - A 429 empties the window: everybody waits until its reset (plus a small margin), nobody
-//!   sleeps longer.
+//! - A 429 empties the window: everybody waits until its reset plus a small margin, jittered per
+//!   window so competing clients do not all fire at the boundary, and nobody sleeps longer.
 //! - When Intercom does not announce the budget, windows are assumed aligned to the epoch with
-//!   the configured length; the first 429 teaches the real budget (the requests the window took
-//!   before it), and later windows stay within it.
+//!   the configured length and spent as a burst; the first 429 teaches the real budget (the
+//!   requests the window took before it), and later windows stay within it.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -88,15 +98,37 @@ pub struct Budget {
     remaining: u32,
     /// Whether a response has named the current window's reset (see the module docs).
     confirmed: bool,
+    /// The latest reset a response named (or the predecessor's, persisted).
+    confirmed_end: Duration,
     mode: Mode,
     /// Tickets of requests sent and not answered yet.
     in_flight: BTreeSet<u64>,
     next_ticket: u64,
     /// The first ticket of the current window (to learn an unannounced budget from a 429).
     window_first_ticket: u64,
-    /// Wait this long past a reset before sending into the new window.
+    /// Wait at least this long past a reset before sending into the new window.
     margin: Duration,
+    /// This window's extra wait past `margin` (drawn in `[0, margin)` for every window), so
+    /// clients sharing the budget do not all fire at the boundary.
+    jitter: Duration,
+    /// When the last request of the current window was sent (pacing).
+    last_sent: Option<Duration>,
+    /// Requests sent in the current window.
+    sent_in_window: u32,
+    /// Units of the current window that responses showed spent by someone else.
+    foreign: u32,
+    /// How many clients like us the others amount to, from the last window we sent much in.
+    others: u32,
+    /// Other clients were seen spending the budget: pace strictly and keep a reserve until then.
+    contended_until: Duration,
+    /// xorshift state for the jitter.
+    rng: u64,
     stats: LimiterStats,
+}
+
+/// How long past a reset to wait before sending into the new window (clocks differ a little).
+fn default_margin(window: Duration) -> Duration {
+    (window / 40).clamp(Duration::from_millis(25), Duration::from_millis(250))
 }
 
 impl Budget {
@@ -104,7 +136,7 @@ impl Budget {
     /// process saw last.
     pub fn new(cap: u32, window: Duration, persisted: Option<Persisted>, now: Duration) -> Budget {
         let cap = cap.max(1);
-        let margin = (window / 40).clamp(Duration::from_millis(25), Duration::from_millis(250));
+        let margin = default_margin(window);
         let mut budget = Budget {
             cap,
             window,
@@ -112,19 +144,29 @@ impl Budget {
             window_end: Duration::ZERO,
             remaining: cap,
             confirmed: false,
+            confirmed_end: Duration::ZERO,
             mode: Mode::Announced,
             in_flight: BTreeSet::new(),
             next_ticket: 0,
             window_first_ticket: 0,
             margin,
+            jitter: Duration::ZERO,
+            last_sent: None,
+            sent_in_window: 0,
+            foreign: 0,
+            others: 1,
+            contended_until: Duration::ZERO,
+            rng: (now.as_nanos() as u64) ^ 0x9e37_79b9_7f4a_7c15 | 1,
             stats: LimiterStats::default(),
         };
+        budget.draw_jitter();
         if let Some(p) = persisted {
             let reset = Duration::from_secs(p.reset_at.max(0) as u64);
             if reset > now {
                 // The predecessor's window is still running: spend only what it left.
                 budget.limit = p.limit.clamp(1, cap);
                 budget.window_end = reset;
+                budget.confirmed_end = reset;
                 budget.remaining = p.remaining.min(budget.limit);
             }
         }
@@ -133,6 +175,56 @@ impl Budget {
 
     pub fn stats(&self) -> LimiterStats {
         self.stats
+    }
+
+    /// When requests may go into the window after the current one.
+    pub fn opens_at(&self) -> Duration {
+        self.window_end + self.margin + self.jitter
+    }
+
+    /// Whether other clients were seen spending this budget lately.
+    pub fn contended(&self, now: Duration) -> bool {
+        now < self.contended_until
+    }
+
+    /// A new extra wait for the next window, in `[0, margin)`.
+    fn draw_jitter(&mut self) {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        self.jitter = self.margin.mul_f64(unit);
+    }
+
+    /// Units of each window left alone while the budget is shared: racing clients meet there
+    /// rather than at a 429.
+    fn reserve(&self) -> u32 {
+        // One unit for every other client that may send its last one at the same moment.
+        let others = if self.sent_in_window >= 5 {
+            self.others_now()
+        } else {
+            self.others
+        };
+        others
+            .max(self.limit / 50)
+            .clamp(1, (self.limit / 10).max(1))
+    }
+
+    /// Others' use of this window in multiples of ours.
+    fn others_now(&self) -> u32 {
+        self.foreign.div_ceil(self.sent_in_window.max(1))
+    }
+
+    /// Requests sent ahead of the pace that an unshared budget allows (a small burst).
+    fn burst(&self) -> u32 {
+        (self.limit / 10).max(1)
+    }
+
+    /// Other clients spend the budget: strict pacing and the reserve for a while.
+    fn mark_contended(&mut self) {
+        self.contended_until = self.window_end + self.window * 3;
     }
 
     /// What to persist for the next process.
@@ -160,15 +252,14 @@ impl Budget {
 
     /// May a request go now?
     pub fn admit(&mut self, now: Duration) -> Admit {
-        if now >= self.window_end + self.margin {
+        if now >= self.opens_at() {
             // The window is over: a new one starts with the full budget, unconfirmed.
             self.window_end = self.next_window_end(now);
-            self.remaining = self.limit;
+            self.start_window(self.limit, self.next_ticket);
             self.confirmed = false;
-            self.window_first_ticket = self.next_ticket;
         }
         if self.remaining == 0 {
-            return Admit::Wait(self.window_end + self.margin - now);
+            return Admit::Wait(self.opens_at().saturating_sub(now));
         }
         if self.mode == Mode::Announced
             && !self.confirmed
@@ -182,12 +273,66 @@ impl Budget {
             // previous window still in flight do not count).
             return Admit::Wait(Duration::from_millis(50));
         }
+        if self.mode == Mode::Announced
+            && let Some(wait) = self.pace(now)
+        {
+            return Admit::Wait(wait);
+        }
+        self.last_sent = Some(now);
+        self.sent_in_window += 1;
         self.remaining -= 1;
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.in_flight.insert(ticket);
         self.stats.sent += 1;
         Admit::Go(Ticket(ticket))
+    }
+
+    /// Two resets `between` apart: Intercom's windows are at most that long (epoch-aligned
+    /// windows are a whole number of windows apart), so a configured window longer than the real
+    /// one is corrected after two windows.
+    fn learn_window(&mut self, between: Duration) {
+        if between >= Duration::from_secs(1) && between < self.window {
+            self.window = between;
+            self.margin = self.margin.min(default_margin(between));
+            self.jitter = self.jitter.min(self.margin);
+        }
+    }
+
+    /// A new window with `remaining` units, whose first request is `first_ticket`.
+    fn start_window(&mut self, remaining: u32, first_ticket: u64) {
+        if self.sent_in_window >= 5 {
+            self.others = self.others_now().max(1);
+        }
+        self.remaining = remaining;
+        self.window_first_ticket = first_ticket;
+        self.last_sent = None;
+        self.sent_in_window = 0;
+        self.foreign = 0;
+        self.draw_jitter();
+    }
+
+    /// How long to wait before the next request to keep the pace, if at all: what is left
+    /// (less the reserve while the budget is shared) spread evenly over the time left since the
+    /// last request; while the budget is not shared, the first few requests of a window go at
+    /// once.
+    fn pace(&self, now: Duration) -> Option<Duration> {
+        let contended = self.contended(now);
+        let reserve = if contended { self.reserve() } else { 0 };
+        let spendable = self.remaining.saturating_sub(reserve);
+        if spendable == 0 {
+            return Some(
+                self.opens_at()
+                    .saturating_sub(now)
+                    .max(Duration::from_millis(1)),
+            );
+        }
+        if !contended && self.sent_in_window < self.burst() {
+            return None;
+        }
+        let last = self.last_sent?;
+        let slot = last + self.window_end.saturating_sub(last) / (spendable + 1);
+        (now < slot).then(|| slot - now)
     }
 
     /// The request of `ticket` is over: `answer` is its status and headers, `None` when it got
@@ -221,13 +366,30 @@ impl Budget {
                     .remaining
                     .min(limit.saturating_sub(used))
                     .saturating_sub(later);
-                if reset > self.window_end {
-                    // Intercom is in a newer window than we thought.
+                // A reset later than any named before is a window Intercom has just started.
+                let newest = reset > self.confirmed_end;
+                if newest {
+                    if self.confirmed_end > Duration::ZERO {
+                        self.learn_window(reset - self.confirmed_end);
+                    }
+                    self.confirmed_end = reset;
+                }
+                if reset > self.window_end || (newest && reset < self.window_end) {
+                    // Intercom is in a newer window than we thought (or its windows are shorter
+                    // than `intercom.rate_limit_window_secs`, and we ran ahead of it).
                     self.window_end = reset;
-                    self.remaining = left;
+                    self.start_window(left, ticket.0);
                     self.confirmed = true;
-                    self.window_first_ticket = ticket.0;
                 } else if reset == self.window_end {
+                    if left < self.remaining && self.confirmed {
+                        // The window emptied faster than our own requests explain: someone else
+                        // spends this budget (or our requests overtook each other, by a unit
+                        // or two).
+                        self.foreign += self.remaining - left;
+                        if self.foreign >= (limit / 20).max(3) {
+                            self.mark_contended();
+                        }
+                    }
                     self.remaining = self.remaining.min(left);
                     self.confirmed = true;
                 }
@@ -236,6 +398,7 @@ impl Budget {
                         self.window_end = reset;
                         self.remaining = 0;
                     }
+                    self.mark_contended();
                     if reset + self.margin <= now {
                         // Our clock runs ahead of Intercom's: keep further from the boundary.
                         self.margin = (self.margin * 2).min(Duration::from_secs(1));
@@ -341,6 +504,16 @@ mod tests {
         }
     }
 
+    /// The first admission at or after `now`, and when it came.
+    fn go_soon(budget: &mut Budget, mut now: Duration) -> (Ticket, Duration) {
+        loop {
+            match budget.admit(now) {
+                Admit::Go(t) => return (t, now),
+                Admit::Wait(w) => now += w,
+            }
+        }
+    }
+
     fn headers(limit: u32, remaining: u32, reset: u64) -> Option<(u16, Option<Announced>)> {
         Some((
             200,
@@ -362,15 +535,47 @@ mod tests {
         for _ in 0..3 {
             go(&mut b, at(1.1));
         }
-        assert_eq!(b.admit(at(1.2)), Admit::Wait(at(10.0) + b.margin - at(1.2)));
+        assert_eq!(b.admit(at(1.2)), Admit::Wait(b.opens_at() - at(1.2)));
+        assert!(b.opens_at() >= at(10.0) + b.margin && b.opens_at() < at(10.0) + b.margin * 2);
         // The next window starts with the full budget, one request first.
-        let t = go(&mut b, at(10.3));
-        assert!(matches!(b.admit(at(10.3)), Admit::Wait(_)));
-        b.observe(t, headers(83, 82, T0 + 20), at(10.35));
+        let open = b.opens_at();
+        let t = go(&mut b, open);
+        assert!(matches!(b.admit(open), Admit::Wait(_)));
+        b.observe(t, headers(83, 82, T0 + 20), open);
+        // A small burst, then the rest paced over the window; all of it before the reset.
+        let mut now = open;
+        let mut times = Vec::new();
         for _ in 0..82 {
-            go(&mut b, at(10.4));
+            let (_, when) = go_soon(&mut b, now);
+            times.push(when);
+            now = when;
         }
-        assert!(matches!(b.admit(at(10.5)), Admit::Wait(_)));
+        assert!(times[..7].iter().all(|t| *t == open), "{times:?}");
+        assert!(times[7] > open);
+        assert!(*times.last().unwrap() < at(20.0), "{times:?}");
+        assert!(*times.last().unwrap() > at(19.0), "{times:?}");
+        assert!(matches!(b.admit(now), Admit::Wait(_)));
+    }
+
+    #[test]
+    fn pacing_spreads_what_is_left_over_the_time_left() {
+        let mut b = Budget::new(100, Duration::from_secs(10), None, at(0.0));
+        let t = go(&mut b, at(0.0));
+        b.observe(t, headers(100, 99, T0 + 10), at(0.0));
+        for _ in 0..b.burst() - 1 {
+            go(&mut b, at(0.0));
+        }
+        // 90 left over 10 s: one every 10 / 91 s.
+        let Admit::Wait(wait) = b.admit(at(0.0)) else {
+            panic!("paced")
+        };
+        assert_eq!(wait, Duration::from_secs(10) / 91);
+        // Someone else took 40 meanwhile: the pace slows down.
+        b.observe(Ticket(1), headers(100, 50, T0 + 10), at(0.0));
+        let Admit::Wait(slower) = b.admit(at(0.0)) else {
+            panic!("paced")
+        };
+        assert!(slower > wait, "{slower:?} {wait:?}");
     }
 
     #[test]
@@ -378,15 +583,34 @@ mod tests {
         let mut b = Budget::new(100, Duration::from_secs(10), None, at(0.5));
         let t = go(&mut b, at(0.5));
         b.observe(t, headers(100, 99, T0 + 10), at(0.6));
-        let tickets: Vec<_> = (0..10).map(|_| go(&mut b, at(0.6))).collect();
+        let mut now = at(0.6);
+        let tickets: Vec<_> = (0..10)
+            .map(|_| {
+                let (t, when) = go_soon(&mut b, now);
+                now = when;
+                t
+            })
+            .collect();
+        assert!(!b.contended(now));
         // Another client took 50 meanwhile: the 1st of our 10 answers says 48 left, and
         // 9 more of ours were sent after it.
-        b.observe(tickets[0], headers(100, 48, T0 + 10), at(0.7));
+        b.observe(tickets[0], headers(100, 48, T0 + 10), now);
         assert_eq!(b.remaining, 39);
         for (i, t) in tickets.iter().enumerate().skip(1) {
-            b.observe(*t, headers(100, 48 - i as u32, T0 + 10), at(0.7));
+            b.observe(*t, headers(100, 48 - i as u32, T0 + 10), now);
         }
         assert_eq!(b.remaining, 39);
+        // The budget is shared: strict pacing and a reserve from now on.
+        assert!(b.contended(now));
+        assert!(b.contended(at(25.0)));
+        let mut sent = 0;
+        while now < at(10.0) {
+            match b.admit(now) {
+                Admit::Go(_) => sent += 1,
+                Admit::Wait(w) => now += w,
+            }
+        }
+        assert_eq!(sent, 39 - b.reserve());
     }
 
     #[test]
@@ -396,6 +620,26 @@ mod tests {
         b.observe(t, headers(1666, 1665, T0 + 10), at(0.6));
         assert_eq!(b.limit, 83);
         assert_eq!(b.remaining, 82);
+    }
+
+    #[test]
+    fn a_shorter_window_than_the_settings_is_learned() {
+        // Settings: 10 s windows; Intercom (or its sandbox): 2 s.
+        let mut b = Budget::new(83, Duration::from_secs(10), None, at(0.5));
+        let t = go(&mut b, at(0.5));
+        b.observe(t, headers(50, 49, T0 + 2), at(0.5));
+        assert_eq!(b.window_end, at(2.0));
+        let mut now = at(0.5);
+        for _ in 0..49 {
+            now = go_soon(&mut b, now).1;
+        }
+        assert!(now < at(2.0));
+        let (t, now) = go_soon(&mut b, now);
+        assert!(now >= at(2.0) && now < at(2.6), "{now:?}");
+        b.observe(t, headers(50, 49, T0 + 4), now);
+        assert_eq!(b.window, Duration::from_secs(2));
+        assert_eq!(b.window_end, at(4.0));
+        assert_eq!(b.next_window_end(at(4.1)), at(6.0));
     }
 
     #[test]
@@ -416,8 +660,12 @@ mod tests {
             )),
             at(0.7),
         );
-        assert_eq!(b.admit(at(2.0)), Admit::Wait(at(10.0) + b.margin - at(2.0)));
-        let later = at(10.0) + b.margin;
+        assert_eq!(b.admit(at(2.0)), Admit::Wait(b.opens_at() - at(2.0)));
+        // Past the reset by the margin and this window's jitter (below the margin), no more.
+        assert!(b.opens_at() >= at(10.0) + b.margin);
+        assert!(b.opens_at() < at(10.0) + b.margin * 2);
+        assert!(b.contended(at(2.0)));
+        let later = b.opens_at();
         go(&mut b, later);
         assert_eq!(b.stats().rate_limited, 1);
     }
@@ -438,9 +686,9 @@ mod tests {
         }
         b.observe(tickets[40], Some((429, None)), at(0.8));
         assert_eq!(b.limit, 40);
-        assert_eq!(b.admit(at(1.0)), Admit::Wait(at(10.0) + b.margin - at(1.0)));
+        assert_eq!(b.admit(at(1.0)), Admit::Wait(b.opens_at() - at(1.0)));
+        let later = b.opens_at();
         for _ in 0..40 {
-            let later = at(10.0) + b.margin;
             go(&mut b, later);
         }
         assert!(matches!(b.admit(at(11.0)), Admit::Wait(_)));
@@ -455,7 +703,126 @@ mod tests {
         };
         let mut b = Budget::new(83, Duration::from_secs(10), Some(persisted), at(3.0));
         assert!(matches!(b.admit(at(3.0)), Admit::Wait(_)));
-        let later = at(10.0) + b.margin;
+        let later = b.opens_at();
         go(&mut b, later);
+    }
+
+    /// A simulated request: client, ticket, when it reaches Intercom, when it is answered, and
+    /// the answer (once it reached Intercom).
+    type InFlight = (
+        usize,
+        Ticket,
+        Duration,
+        Duration,
+        Option<(u16, Option<Announced>)>,
+    );
+
+    /// What a simulated Intercom counted: requests accepted per window and 429s.
+    struct Simulated {
+        accepted: Vec<u64>,
+        rejected: u64,
+        /// When the 429s arrived (seconds into the simulation), for failure messages.
+        rejected_at: Vec<f64>,
+    }
+
+    /// `clients` processes, each with `lanes` requests always wanting to go, share one budget of
+    /// `limit` per `window_secs` for `windows` windows; a request reaches Intercom `latency` / 2
+    /// after it is sent and is answered `latency` after.
+    fn simulate(
+        clients: usize,
+        lanes: usize,
+        limit: u32,
+        window_secs: u64,
+        windows: u64,
+    ) -> Simulated {
+        let latency = Duration::from_millis(20);
+        let step = Duration::from_millis(1);
+        let start = at(0.0);
+        let end = start + Duration::from_secs(window_secs * windows);
+        let mut budgets: Vec<Budget> = (0..clients)
+            .map(|c| Budget::new(83, Duration::from_secs(10), None, start + step * c as u32))
+            .collect();
+        // In flight: (client, ticket, arrives, answered, answer)
+        let mut flight: Vec<InFlight> = Vec::new();
+        let mut accepted = vec![0u64; windows as usize + 1];
+        let mut rejected = 0;
+        let mut rejected_at = Vec::new();
+        let mut now = start;
+        while now < end {
+            // Arrivals, in order.
+            for f in flight.iter_mut().filter(|f| f.2 <= now && f.4.is_none()) {
+                let index = f.2.as_secs() / window_secs;
+                let slot = &mut accepted[((index * window_secs - T0) / window_secs) as usize];
+                let reset = (index + 1) * window_secs;
+                f.4 = if *slot < u64::from(limit) {
+                    *slot += 1;
+                    headers(limit, limit - *slot as u32, reset)
+                } else {
+                    rejected += 1;
+                    rejected_at.push(f.2.as_secs_f64() - T0 as f64);
+                    Some((
+                        429,
+                        Some(Announced {
+                            limit,
+                            remaining: 0,
+                            reset,
+                        }),
+                    ))
+                };
+            }
+            flight.retain(|f| {
+                if f.3 <= now {
+                    budgets[f.0].observe(f.1, f.4, now);
+                    false
+                } else {
+                    true
+                }
+            });
+            for (c, budget) in budgets.iter_mut().enumerate() {
+                let busy = flight.iter().filter(|f| f.0 == c).count();
+                for _ in busy..lanes {
+                    match budget.admit(now) {
+                        Admit::Go(t) => flight.push((c, t, now + latency / 2, now + latency, None)),
+                        Admit::Wait(_) => break,
+                    }
+                }
+            }
+            now += step;
+        }
+        accepted.pop();
+        Simulated {
+            accepted,
+            rejected,
+            rejected_at,
+        }
+    }
+
+    #[test]
+    fn one_client_uses_the_whole_budget_without_a_429() {
+        let s = simulate(1, 8, 50, 2, 10);
+        assert_eq!(s.rejected, 0);
+        // The first window is where the process started (it opens with one request).
+        let used: u64 = s.accepted[1..].iter().sum();
+        assert!(used * 100 >= 50 * 9 * 97, "{:?}", s.accepted);
+    }
+
+    #[test]
+    fn clients_sharing_a_budget_converge_without_a_storm_of_429s() {
+        for clients in [2, 3, 4] {
+            let s = simulate(clients, 8, 50, 2, 15);
+            let used: u64 = s.accepted[1..].iter().sum();
+            let requests: u64 = s.accepted.iter().sum::<u64>() + s.rejected;
+            assert!(
+                s.rejected * 100 <= requests,
+                "{clients} clients: {} 429s of {requests}, at {:?}",
+                s.rejected,
+                s.rejected_at
+            );
+            assert!(
+                used * 100 >= 50 * 14 * 90,
+                "{clients} clients: {:?}",
+                s.accepted
+            );
+        }
     }
 }
