@@ -695,11 +695,39 @@ impl Emitter<'_, '_> {
     }
 
     fn entity(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        if matches!(self.output, Output::Plan) {
+            return self.count_only(rows);
+        }
         if rows[0].lane_kind == 0 {
             self.account(rows)
         } else {
             self.user(rows)
         }
+    }
+
+    /// `plan`: count the messages `account` / `user` would build, without building them (an
+    /// initial sync of a million users would otherwise build a million bodies to count them).
+    fn count_only(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        for row in rows {
+            if Change::from_code(row.change).is_none() {
+                anyhow::bail!("unknown change code {}", row.change);
+            }
+            if let Some(t) = row.value.as_deref() {
+                serde_json::from_str::<serde::de::IgnoredAny>(t)
+                    .with_context(|| format!("snapshot value {t:?} is not JSON"))?;
+            }
+        }
+        if rows[0].lane_kind == 0 {
+            self.counts.group_account += 1;
+            return Ok(());
+        }
+        let attach = Change::Attach.code();
+        if rows.iter().any(|r| r.change != attach) {
+            self.counts.identify += 1;
+        }
+        self.counts.group_user += rows.iter().filter(|r| r.change == attach).count() as u64;
+        self.counts.track += rows.iter().filter(|r| r.track).count() as u64;
+        Ok(())
     }
 
     /// An account's own changed values: one group call, no userId.
