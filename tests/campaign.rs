@@ -160,25 +160,43 @@ impl fmt::Display for Stats {
 /// and fail listing every failing seed with the start of its failure.
 fn campaign(name: &'static str, short: usize, long: usize, run: fn(u64, &mut Stats)) -> Stats {
     let started = Instant::now();
-    let mut stats = Stats::default();
-    let mut failures = Vec::new();
-    for seed in seeds(name, short, long) {
-        let mut one = Stats::default();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(seed, &mut one)));
-        match outcome {
-            Ok(()) => stats.merge(one),
-            Err(payload) => {
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                let message: String = message.chars().take(1500).collect();
-                failures.push(format!("seed {seed:#x}: {message}"));
-            }
+    let seeds = seeds(name, short, long);
+    // Runs mostly wait (rate limits, time-outs, back-off): the long mode runs a few at once.
+    let jobs = std::env::var("AUDIENCE_SYNC_CAMPAIGN_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .unwrap_or(if seeds.len() > short { 3 } else { 1 })
+        .max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new((Stats::default(), Vec::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let mut one = Stats::default();
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(seed, &mut one)
+                    }));
+                    let mut guard = results.lock().unwrap_or_else(|p| p.into_inner());
+                    match outcome {
+                        Ok(()) => guard.0.merge(one),
+                        Err(payload) => {
+                            let message = payload
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            let message: String = message.chars().take(1500).collect();
+                            guard.1.push(format!("seed {seed:#x}: {message}"));
+                        }
+                    }
+                }
+            });
         }
-    }
+    });
+    let (stats, failures) = results.into_inner().unwrap_or_else(|p| p.into_inner());
     println!(
         "{name}: {stats}; {} failed runs; {:.0?}",
         failures.len(),
@@ -253,6 +271,13 @@ fn check_snapshots_whole(world: &World) {
     }
 }
 
+/// `AUDIENCE_SYNC_CAMPAIGN_DUMP=FILE` writes the scenario of a (replayed) run to FILE.
+fn dump(scenario: &Scenario) {
+    if let Ok(path) = std::env::var("AUDIENCE_SYNC_CAMPAIGN_DUMP") {
+        std::fs::write(path, format!("{scenario:#?}")).unwrap();
+    }
+}
+
 fn run_action(world: &World, action: &Action) {
     match action {
         Action::Command(a) => {
@@ -273,6 +298,7 @@ fn fault_run(seed: u64, stats: &mut Stats) {
         steps: rng.range(3, 6) as usize,
     };
     let scenario = scenario::generate(seed, &size);
+    dump(&scenario);
     let mut config = SandboxConfig::new("");
     config.window_secs = 1;
     let hidden = rng.chance(0.5);
@@ -329,7 +355,7 @@ fn fault_run(seed: u64, stats: &mut Stats) {
 
 #[test]
 fn fault_campaign() {
-    let stats = campaign("fault_campaign", 2, 60, fault_run);
+    let stats = campaign("fault_campaign", 2, 30, fault_run);
     assert!(stats.faults > 0 && stats.dropped > 0 && stats.lost_responses > 0);
 }
 
@@ -368,6 +394,7 @@ fn crash_run(seed: u64, stats: &mut Stats) {
         steps: rng.range(3, 5) as usize,
     };
     let scenario = scenario::generate(seed, &size);
+    dump(&scenario);
     let mut config = SandboxConfig::new("");
     config.window_secs = 1;
     config.rate_limit = rng.range(40, 80) as u32;
@@ -410,7 +437,7 @@ fn crash_run(seed: u64, stats: &mut Stats) {
             stats.full_syncs += 1;
         }
         let kills = rng.below(3);
-        let before = world.count("SELECT count(*) FROM runs");
+        let runs = std::cell::Cell::new(world.count("SELECT count(*) FROM runs"));
         killed_and_restarted(
             &world,
             &plan,
@@ -419,12 +446,14 @@ fn crash_run(seed: u64, stats: &mut Stats) {
             &mut rng,
             stats,
             &|w: &World| {
-                // A killed plan commits its run whole or not at all.
-                let runs = w.count("SELECT count(*) FROM runs");
+                // A killed plan commits one run, whole (it is one transaction), or nothing.
+                let now = w.count("SELECT count(*) FROM runs");
                 assert!(
-                    runs == before || runs == before + 1,
-                    "{runs} runs after {before}"
+                    now == runs.get() || now == runs.get() + 1,
+                    "{now} runs after {}",
+                    runs.get()
                 );
+                runs.set(now);
             },
         );
         *stats.extra.entry("plan kills tried").or_default() += kills;
@@ -450,7 +479,7 @@ fn crash_run(seed: u64, stats: &mut Stats) {
 
 #[test]
 fn crash_campaign() {
-    let stats = campaign("crash_campaign", 1, 12, crash_run);
+    let stats = campaign("crash_campaign", 1, 10, crash_run);
     assert!(stats.kills > 0, "no command was killed while running");
 }
 
@@ -565,7 +594,7 @@ fn load_kill_run(seed: u64, stats: &mut Stats) {
 
 #[test]
 fn load_kill_campaign() {
-    let stats = campaign("load_kill_campaign", 1, 6, load_kill_run);
+    let stats = campaign("load_kill_campaign", 1, 4, load_kill_run);
     assert!(stats.kills > 0, "no load was killed while running");
 }
 
@@ -683,6 +712,6 @@ fn plan_kill_run(seed: u64, stats: &mut Stats) {
 
 #[test]
 fn plan_kill_campaign() {
-    let stats = campaign("plan_kill_campaign", 1, 6, plan_kill_run);
+    let stats = campaign("plan_kill_campaign", 1, 4, plan_kill_run);
     assert!(stats.kills > 0, "no plan was killed while running");
 }
