@@ -176,8 +176,15 @@ pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Re
 }
 
 /// Planned state takes the effect's value again, unless a newer plan is already in flight
-/// (planned differs from delivered).
+/// (planned differs from delivered). The computation's plan cursor goes, so the next run diffs
+/// it again even if its snapshot did not change: should the snapshot have moved on since the
+/// message died, that run sends the current value after the retried one.
 fn replan(tx: &Connection, effect: &Effect) -> rusqlite::Result<()> {
+    let cursor = match effect {
+        Effect::Value { computation_id, .. } => computation_id.as_str(),
+        Effect::Membership { .. } => "membership",
+    };
+    tx.execute("DELETE FROM plan_cursors WHERE subject = ?1", [cursor])?;
     match effect {
         Effect::Value {
             computation_id,
@@ -311,6 +318,21 @@ mod tests {
             planned.as_deref(),
             Some("true"),
             "planned goes forward again"
+        );
+        crate::store::state::set_cursor(&conn, "aud_1", Some(1), None).unwrap();
+        outbox::mark_dead(&mut conn, a, "400 again").unwrap();
+        crate::store::state::set_cursor(&conn, "aud_1", Some(1), None).unwrap();
+        retry_dead(&mut conn, Selection::Seqs(&[a])).unwrap();
+        let cursors: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM plan_cursors WHERE subject = 'aud_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            cursors, 0,
+            "a retry makes the next run diff the computation again"
         );
 
         let acted = discard_dead(&mut conn, Selection::All).unwrap();
