@@ -3,6 +3,7 @@
 //! injected faults, and across SIGKILLs.
 
 mod bench;
+mod contention;
 mod oracle;
 mod scenarios;
 mod world;
