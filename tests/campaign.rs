@@ -53,10 +53,25 @@ fn seeds(name: &str, short: usize, long: usize) -> Vec<u64> {
         .map(|b| parse(&b))
         .unwrap_or(0x5eed);
     let salt = name.bytes().fold(0u64, |h, b| mix(h ^ u64::from(b)));
-    (0..runs(short, long) as u64)
+    let mut seeds: Vec<u64> = (0..runs(short, long) as u64)
         .map(|i| mix(base ^ salt ^ mix(i)) & 0xffff_ffff_ffff)
-        .collect()
+        .collect();
+    // Seeds that once found a bug run every time, short mode included.
+    seeds.extend(
+        REGRESSIONS
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .map(|(_, seed)| *seed),
+    );
+    seeds
 }
+
+/// (campaign, seed) pairs that found a product bug, kept as regression runs: a trait whose
+/// computed value is `false` was taken for an audience exit and never created the contact.
+const REGRESSIONS: &[(&str, u64)] = &[
+    ("fault_campaign", 0x8ba7_9050_429a),
+    ("crash_campaign", 0xd0b5_7fd3_84c2),
+];
 
 /// Prints the seed when the run panics.
 struct Replay<'a>(&'a str, u64);

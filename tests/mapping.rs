@@ -302,6 +302,36 @@ fn when_a_contact_may_be_created() {
             Some(json!({"role": "user", "external_id": "u1"})),
         ),
         (
+            "a Personas trait whose value is false creates (it is a value, not an exit)",
+            json!({"type": "identify", "userId": "u1", "traits": {"power_user": false},
+                   "context": {"personas": {"computation_class": "trait", "computation_key": "power_user"}}}),
+            Some(json!({"role": "user", "external_id": "u1"})),
+        ),
+        (
+            "a Personas audience exit (false) creates none",
+            json!({"type": "identify", "userId": "u1", "traits": {"vip": false},
+                   "context": {"personas": {"computation_class": "audience", "computation_key": "vip"}}}),
+            None,
+        ),
+        (
+            "a coalesced Personas identify with an audience exit and a trait false creates",
+            json!({"type": "identify", "userId": "u1", "traits": {"vip": false, "power_user": false},
+                   "context": {"personas": {"computation_class": "audience", "computation_key": "vip",
+                       "computations": [
+                           {"computation_class": "audience", "computation_key": "vip"},
+                           {"computation_class": "trait", "computation_key": "power_user"}]}}}),
+            Some(json!({"role": "user", "external_id": "u1"})),
+        ),
+        (
+            "a coalesced Personas identify of exits only creates none",
+            json!({"type": "identify", "userId": "u1", "traits": {"vip": false, "ltv": null},
+                   "context": {"personas": {"computation_class": "audience", "computation_key": "vip",
+                       "computations": [
+                           {"computation_class": "audience", "computation_key": "vip"},
+                           {"computation_class": "trait", "computation_key": "ltv"}]}}}),
+            None,
+        ),
+        (
             "an email-only user is created by email",
             json!({"type": "identify", "traits": {"email": "a@example.com", "name": "Ann"}}),
             Some(json!({"role": "user", "email": "a@example.com"})),

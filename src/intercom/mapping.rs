@@ -188,6 +188,7 @@ pub fn map_identify(
         enters = true;
     }
 
+    let audiences = personas_audience_keys(common);
     let mut custom = Map::new();
     for (key, value) in traits {
         if CONTACT_SPECIAL.contains(&key.as_str()) {
@@ -197,7 +198,7 @@ pub fn map_identify(
         else {
             continue;
         };
-        if !matches!(value, Value::Null | Value::Bool(false)) {
+        if !is_exit_value(key, &value, &audiences) {
             enters = true;
         }
         if let Some(data_type) = infer_data_type(&value) {
@@ -578,6 +579,40 @@ pub fn map_group(
         }
     }
     Ok(plan)
+}
+
+/// Whether a custom attribute value only takes something away, so that on its own it must not
+/// create a contact: `null` (a trait that went away) always; `false` only for an audience exit.
+/// A Personas message says which of its keys are audiences (`context.personas`); there a trait
+/// whose computed value is `false` is a value like any other and does create the contact. A
+/// generic message (from `send`) has no such context, and its `false` counts as an exit.
+fn is_exit_value(key: &str, value: &Value, audiences: &Option<BTreeSet<String>>) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(false) => audiences.as_ref().is_none_or(|keys| keys.contains(key)),
+        _ => false,
+    }
+}
+
+/// The keys of the audience computations a Personas message carries, or `None` for a message
+/// without `context.personas`. A coalesced identify lists its computations under
+/// `computations`; a message of one computation names it at the top level.
+fn personas_audience_keys(common: &Common) -> Option<BTreeSet<String>> {
+    let personas = common.personas()?;
+    let audience = |c: &Object| {
+        (c.get("computation_class").and_then(Value::as_str) == Some("audience"))
+            .then(|| c.get("computation_key").and_then(non_empty_str))
+            .flatten()
+    };
+    let keys = match personas.get("computations").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .filter_map(Value::as_object)
+            .filter_map(audience)
+            .collect(),
+        None => audience(personas).into_iter().collect(),
+    };
+    Some(keys)
 }
 
 /// The computation keys a Personas message carries.
