@@ -65,7 +65,7 @@ fn dry_run_prints_one_request_a_line() {
             json!({"method": "POST", "path": "/contacts/search",
                    "body": {"query": {"field": "external_id", "operator": "=", "value": "su3r73"}}}),
             json!({"method": "PUT", "path": "/contacts/{contact_id}",
-                   "body": {"email": "avenger@example.com", "name": "Iñigo Montoya",
+                   "body": {"external_id": "su3r73", "email": "avenger@example.com", "name": "Iñigo Montoya",
                             "signed_up_at": 1_522_086_291, "custom_attributes": {"vip": true}}}),
             json!({"method": "POST", "path": "/companies",
                    "body": {"company_id": "123", "name": "Iñigo & Friends"}}),
@@ -78,7 +78,7 @@ fn dry_run_prints_one_request_a_line() {
             json!({"method": "POST", "path": "/contacts/search",
                    "body": {"query": {"field": "external_id", "operator": "=", "value": "u2"}}}),
             json!({"method": "PUT", "path": "/contacts/{contact_id}",
-                   "body": {"custom_attributes": {"vip": false}}}),
+                   "body": {"external_id": "u2", "custom_attributes": {"vip": false}}}),
         ]
     );
     assert!(
