@@ -104,10 +104,6 @@ pub struct LoadArgs {
     /// When the snapshot was taken (RFC 3339). Default: now.
     #[arg(long, value_name = "RFC3339")]
     pub taken_at: Option<String>,
-    /// Store a file without rows as an empty snapshot (everyone leaves). Without it, an empty
-    /// file (or a CSV header alone) is refused: a failed export often leaves one.
-    #[arg(long)]
-    pub allow_empty: bool,
     /// NDJSON (.ndjson, .jsonl) or CSV with a header (.csv); `-` reads NDJSON from standard input.
     pub file: PathBuf,
 }
@@ -117,10 +113,6 @@ pub struct LoadMembersArgs {
     /// When the snapshot was taken (RFC 3339). Default: now.
     #[arg(long, value_name = "RFC3339")]
     pub taken_at: Option<String>,
-    /// Store a file without rows as an empty snapshot (everyone leaves). Without it, an empty
-    /// file (or a CSV header alone) is refused: a failed export often leaves one.
-    #[arg(long)]
-    pub allow_empty: bool,
     /// NDJSON (.ndjson, .jsonl) or CSV with a header (.csv); `-` reads NDJSON from standard input.
     pub file: PathBuf,
 }

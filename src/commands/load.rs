@@ -35,15 +35,19 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         kind,
         scope,
     };
-    let stored = load::load_snapshot_with(
-        &mut conn,
-        &input,
-        &spec,
-        taken_at,
-        store::now_unix(),
-        args.allow_empty,
-    )
-    .map_err(refusal)?;
+    let stored =
+        load::load_snapshot_with(&mut conn, &input, &spec, taken_at, store::now_unix(), true)
+            .map_err(refusal)?;
+    if stored.rows == 0 {
+        // SPEC section 4 stores any file without a bad row, and an audience nobody matches any
+        // more is a real state; but a failed export can look the same, so say what follows.
+        eprintln!(
+            "warning: {} holds no rows: stored an empty snapshot of {:?}; the next run makes \
+             every current member exit (or clears every value)",
+            input.display_name(),
+            stored.computation.key
+        );
+    }
     let elapsed = started.elapsed();
     println!(
         "Loaded {} rows into {} {} computation {:?} ({}{}), snapshot {} taken at {}, in {:.2}s.",
@@ -66,8 +70,14 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
     input.format().map_err(refusal)?;
     let mut conn = store::open(&settings.database.path)?;
     let (snapshot_id, count) =
-        load::load_membership_with(&mut conn, &input, taken_at, args.allow_empty)
-            .map_err(refusal)?;
+        load::load_membership_with(&mut conn, &input, taken_at, true).map_err(refusal)?;
+    if count == 0 {
+        eprintln!(
+            "warning: {} holds no rows: stored an empty membership snapshot; the next run \
+             detaches every user from every account",
+            input.display_name()
+        );
+    }
     println!(
         "Loaded {count} account memberships, membership snapshot {snapshot_id} taken at {}.",
         snapshots::rfc3339(taken_at)

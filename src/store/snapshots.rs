@@ -310,13 +310,12 @@ pub fn store_membership(
     Ok((snapshot_id, count))
 }
 
-/// An input without rows, refused unless `--allow-empty` says it is meant.
+/// An input without rows, refused when the caller does not allow empty snapshots (the CLI does:
+/// SPEC section 4 stores any file without a bad row; it warns instead).
 fn empty(file: &str, consequence: &str) -> LoadError {
     LoadError::Input {
         file: file.to_string(),
-        reason: format!(
-            "the file holds no rows; {consequence}. If that is what you mean, pass --allow-empty"
-        ),
+        reason: format!("the file holds no rows; {consequence}"),
     }
 }
 
