@@ -27,13 +27,7 @@ use crate::store::outbox::{self, NewMessage};
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     // Checked before anything is queued: without a token nothing could be delivered.
-    if settings.intercom.access_token.is_empty() {
-        return Err(CliError::usage(
-            "intercom.access_token is empty: set it in the settings file, in \
-             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
-        )
-        .into());
-    }
+    crate::intercom::delivery::require_token(&settings.intercom)?;
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {

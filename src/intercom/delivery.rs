@@ -91,16 +91,22 @@ pub struct Engine {
     settings: IntercomSettings,
 }
 
+/// Refuse to deliver without an access token (exit 2), before anything is queued or sent.
+pub fn require_token(settings: &IntercomSettings) -> anyhow::Result<()> {
+    if settings.access_token.is_empty() {
+        return Err(CliError::usage(
+            "intercom.access_token is empty: set it in the settings file, in \
+             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Open the database at `db_path` and get ready to deliver with `settings`.
     pub fn open(db_path: &Path, settings: &IntercomSettings) -> anyhow::Result<Engine> {
-        if settings.access_token.is_empty() {
-            return Err(CliError::usage(
-                "intercom.access_token is empty: set it in the settings file, in \
-                 AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
-            )
-            .into());
-        }
+        require_token(settings)?;
         let conn = store::open(db_path)?;
         let persisted = cache::rate_limit(&conn)?;
         let db = Arc::new(Mutex::new(conn));

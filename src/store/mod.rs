@@ -134,7 +134,6 @@ impl Lock {
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl RunLock {
@@ -172,16 +171,12 @@ impl RunLock {
             .open(&path)
             .with_context(|| format!("cannot open the lock file {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(RunLock { _file: file, path })),
+            Ok(()) => Ok(Some(RunLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
             }
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
