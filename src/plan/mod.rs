@@ -159,6 +159,17 @@ impl Comp {
         }
     }
 
+    fn spec(&self, index: usize, lane_kind: i64, derived: bool) -> DiffSpec {
+        DiffSpec {
+            index,
+            kind: self.kind(),
+            resync: self.resync,
+            track: self.track,
+            lane_kind,
+            derived,
+        }
+    }
+
     fn kind(&self) -> diff::Kind {
         if self.audience {
             diff::Kind::Audience
@@ -271,9 +282,16 @@ pub fn run(
         output: &mut output,
     };
 
-    // ── Accounts' own values: one group call per account, merged over account computations ──
-    {
-        let mut statements = Vec::new();
+    // Each computation's merge runs on its own thread and read connection when the database is
+    // a file (the diff is CPU-bound and reads two B-trees per computation: two cores halve it);
+    // an in-memory database (unit tests) has no second connection, so its merges run here.
+    let db_path = tx
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        // ── Accounts' own values: one group call per account, merged over account computations ──
+        let mut specs = Vec::new();
         for (index, comp) in comps.iter().enumerate() {
             if comp.account && reports[index].skipped.is_none() {
                 let snapshot = comp.snapshot.expect("skipped without a snapshot");
@@ -281,30 +299,20 @@ pub fn run(
                     snapshot_id: snapshot.id,
                     audience: comp.audience,
                 };
-                statements.push((
-                    index,
-                    MergeStatements::values(&tx, source, &comp.id, "account")?,
-                ));
+                specs.push((comp.spec(index, 0, false), source, "account"));
             }
         }
-        let mut streams = Vec::with_capacity(statements.len());
-        for (index, st) in &mut statements {
-            streams.push(Stream::Values {
-                index: *index,
-                lane_kind: 0,
-                derived: false,
-                merge: st.open()?,
-            });
-        }
+        let mut workers = Workers::new(scope, db_path.as_deref(), &tx, &comps, &specs)?;
+        let mut streams = workers.streams()?;
         merge_streams(&mut streams, &comps, &mut reports, &mut None, |rows| {
             emitter.entity(rows)
         })?;
-    }
+        drop(streams);
+        drop(workers);
 
-    // ── Users: every user computation, the derived user values of account computations and
-    // the membership, merged by user ──
-    {
-        let mut statements = Vec::new();
+        // ── Users: every user computation, the derived user values of account computations and
+        // the membership, merged by user ──
+        let mut specs = Vec::new();
         for (index, comp) in comps.iter().enumerate() {
             if reports[index].skipped.is_some() {
                 continue;
@@ -322,11 +330,10 @@ pub fn run(
                 },
                 (true, None) => Source::Empty,
             };
-            statements.push((
-                Some(index),
-                MergeStatements::values(&tx, source, &comp.id, "user")?,
-            ));
+            specs.push((comp.spec(index, 1, comp.account), source, "user"));
         }
+        let mut workers = Workers::new(scope, db_path.as_deref(), &tx, &comps, &specs)?;
+        let mut membership_statements = None;
         if options.computation.is_none() {
             let mut report = MembershipReport {
                 snapshot_id: membership.map(|m| m.id),
@@ -338,26 +345,16 @@ pub fn run(
             {
                 report.skipped = Some("unchanged");
             } else {
-                statements.push((
-                    None,
-                    MergeStatements::membership(&tx, membership.map(|m| m.id))?,
-                ));
+                membership_statements =
+                    Some(MergeStatements::membership(&tx, membership.map(|m| m.id))?);
             }
             membership_report = Some(report);
         }
-        let mut streams = Vec::with_capacity(statements.len());
-        for (index, st) in &mut statements {
-            streams.push(match index {
-                Some(index) => Stream::Values {
-                    index: *index,
-                    lane_kind: 1,
-                    derived: comps[*index].account,
-                    merge: st.open()?,
-                },
-                None => Stream::Membership {
-                    merge: st.open()?,
-                    full,
-                },
+        let mut streams = workers.streams()?;
+        if let Some(st) = membership_statements.as_mut() {
+            streams.push(Stream::Membership {
+                merge: st.open()?,
+                full,
             });
         }
         merge_streams(
@@ -367,7 +364,8 @@ pub fn run(
             &mut membership_report,
             |rows| emitter.entity(rows),
         )?;
-    }
+        Ok(())
+    })?;
     let messages = emitter.counts;
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -493,15 +491,167 @@ pub fn run(
     })
 }
 
+/// What a merge needs of its computation to classify its pairs, on whichever thread it runs.
+#[derive(Debug, Clone, Copy)]
+struct DiffSpec {
+    /// Index into the run's computation list.
+    index: usize,
+    kind: diff::Kind,
+    resync: bool,
+    track: bool,
+    /// 0: an account's own values; 1: user values.
+    lane_kind: i64,
+    /// Derived user values of an account computation (counted as `users`).
+    derived: bool,
+}
+
+impl DiffSpec {
+    /// The change one merged pair makes, if any.
+    fn change(&self, pair: state::Pair<'_>) -> Option<ChangeRow> {
+        let (change, value) = diff::classify(self.kind, pair.old, pair.new, self.resync)?;
+        Some(ChangeRow {
+            lane_kind: self.lane_kind,
+            entity_id: pair.entity_id.to_string(),
+            computation: Some(self.index as i64),
+            group_id: None,
+            email: pair.email.map(str::to_string),
+            change: change.code(),
+            value: value.map(str::to_string),
+            track: self.track && change.tracks(),
+        })
+    }
+
+    /// Count a change this merge yielded in its computation's report.
+    fn count(&self, counts: &mut Counts, row: &ChangeRow) {
+        if self.derived {
+            counts.users += 1;
+        } else if let Some(change) = Change::from_code(row.change) {
+            count(counts, change);
+        }
+    }
+}
+
+/// Changes a worker sends at once: few enough to keep memory flat, enough to make the channel
+/// cheap per change.
+const WORKER_BATCH: usize = 1024;
+
+type Batch = anyhow::Result<Vec<ChangeRow>>;
+
+/// The value merges of one pass of a run (the accounts' or the users'), each on a worker thread
+/// with its own read connection, or, without a database file, prepared on the run's connection.
+enum Workers<'c> {
+    Threads(Vec<(DiffSpec, std::sync::mpsc::Receiver<Batch>)>),
+    Local(Vec<(DiffSpec, MergeStatements<'c>)>),
+}
+
+impl<'c> Workers<'c> {
+    fn new<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        path: Option<&std::path::Path>,
+        conn: &'c Connection,
+        comps: &[Comp],
+        specs: &[(DiffSpec, Source, &'static str)],
+    ) -> anyhow::Result<Self> {
+        let Some(path) = path else {
+            let mut local = Vec::with_capacity(specs.len());
+            for (spec, source, subject) in specs {
+                let id = &comps[spec.index].id;
+                local.push((*spec, MergeStatements::values(conn, *source, id, subject)?));
+            }
+            return Ok(Workers::Local(local));
+        };
+        let mut threads = Vec::with_capacity(specs.len());
+        for &(spec, source, subject) in specs {
+            let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(4);
+            let path = path.to_path_buf();
+            let id = comps[spec.index].id.clone();
+            let key = comps[spec.index].key.clone();
+            std::thread::Builder::new()
+                .name(format!("diff {key}"))
+                .spawn_scoped(scope, move || {
+                    let result = diff_worker(&path, spec, source, &id, subject, &send)
+                        .with_context(|| format!("cannot diff computation {key:?}"));
+                    if let Err(e) = result {
+                        let _ = send.send(Err(e));
+                    }
+                })
+                .context("cannot start a diff thread")?;
+            threads.push((spec, receive));
+        }
+        Ok(Workers::Threads(threads))
+    }
+
+    /// One stream per merge, in the order of `specs`.
+    fn streams(&mut self) -> anyhow::Result<Vec<Stream<'_>>> {
+        match self {
+            Workers::Threads(threads) => Ok(threads
+                .iter()
+                .map(|(spec, receive)| Stream::Worker {
+                    spec: *spec,
+                    receive,
+                    batch: Vec::new().into_iter(),
+                })
+                .collect()),
+            Workers::Local(local) => local
+                .iter_mut()
+                .map(|(spec, statements)| {
+                    Ok(Stream::Values {
+                        spec: *spec,
+                        merge: statements.open()?,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A worker: one computation's merge in its own read transaction, its changes sent in batches.
+/// Reading in a second transaction is as safe as the run's own read (see `run`): complete
+/// snapshots never change, only runs write planned state, and a dead letter committed after
+/// the run read the dead-letter generation is caught at the write.
+fn diff_worker(
+    path: &std::path::Path,
+    spec: DiffSpec,
+    source: Source,
+    computation_id: &str,
+    subject: &str,
+    send: &std::sync::mpsc::SyncSender<Batch>,
+) -> anyhow::Result<()> {
+    let mut conn = crate::store::open_reader(path)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    let read = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let mut statements = MergeStatements::values(&read, source, computation_id, subject)?;
+    let mut merge = statements.open()?;
+    let mut batch = Vec::with_capacity(WORKER_BATCH);
+    while let Some(change) = merge.next_pair(|pair| spec.change(pair))? {
+        let Some(row) = change else { continue };
+        batch.push(row);
+        if batch.len() == WORKER_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(WORKER_BATCH));
+            if send.send(Ok(full)).is_err() {
+                // The run stopped reading (it failed elsewhere): nothing left to do.
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = send.send(Ok(batch));
+    }
+    Ok(())
+}
+
 /// One sorted stream of changes: a computation's values (or derived user values) against its
-/// planned state, or the membership against the planned attachments.
+/// planned state, merged here or by a worker, or the membership against the planned
+/// attachments.
 enum Stream<'s> {
     Values {
-        index: usize,
-        lane_kind: i64,
-        /// Derived user values of an account computation (counted as `users`).
-        derived: bool,
+        spec: DiffSpec,
         merge: state::Merge<'s>,
+    },
+    Worker {
+        spec: DiffSpec,
+        receive: &'s std::sync::mpsc::Receiver<Batch>,
+        batch: std::vec::IntoIter<ChangeRow>,
     },
     Membership {
         merge: state::Merge<'s>,
@@ -519,36 +669,22 @@ impl Stream<'_> {
     ) -> anyhow::Result<Option<ChangeRow>> {
         loop {
             let step = match self {
-                Stream::Values {
-                    index,
-                    lane_kind,
-                    derived,
-                    merge,
-                } => {
-                    let comp = &comps[*index];
-                    let counts = &mut reports[*index].counts;
-                    merge
-                        .next_pair(|pair| {
-                            let (change, value) =
-                                diff::classify(comp.kind(), pair.old, pair.new, comp.resync)?;
-                            if *derived {
-                                counts.users += 1;
-                            } else {
-                                count(counts, change);
-                            }
-                            Some(ChangeRow {
-                                lane_kind: *lane_kind,
-                                entity_id: pair.entity_id.to_string(),
-                                computation: Some(*index as i64),
-                                group_id: None,
-                                email: pair.email.map(str::to_string),
-                                change: change.code(),
-                                value: value.map(str::to_string),
-                                track: comp.track && change.tracks(),
-                            })
-                        })
-                        .with_context(|| format!("cannot diff computation {:?}", comp.key))?
+                Stream::Values { spec, merge } => {
+                    merge.next_pair(|pair| spec.change(pair)).with_context(|| {
+                        format!("cannot diff computation {:?}", comps[spec.index].key)
+                    })?
                 }
+                Stream::Worker { receive, batch, .. } => match batch.next() {
+                    Some(row) => Some(Some(row)),
+                    // A closed channel is a worker that finished (errors come as a batch).
+                    None => match receive.recv() {
+                        Ok(next) => {
+                            *batch = next?.into_iter();
+                            Some(None)
+                        }
+                        Err(_) => None,
+                    },
+                },
                 Stream::Membership { merge, full } => {
                     let report = membership
                         .as_mut()
@@ -583,7 +719,12 @@ impl Stream<'_> {
             };
             match step {
                 None => return Ok(None),
-                Some(Some(row)) => return Ok(Some(row)),
+                Some(Some(row)) => {
+                    if let Stream::Values { spec, .. } | Stream::Worker { spec, .. } = self {
+                        spec.count(&mut reports[spec.index].counts, &row);
+                    }
+                    return Ok(Some(row));
+                }
                 Some(None) => {}
             }
         }

@@ -23,14 +23,29 @@ struct Db {
     conn: Connection,
     personas: PersonasSettings,
     clock: i64,
+    /// Where an on-disk database lives (its merges run on worker threads).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Db {
+    /// In memory: a run's merges run on the run's own connection.
     fn new() -> Db {
         Db {
             conn: crate::store::open_in_memory().unwrap(),
             personas: personas(),
             clock: 1_700_000_000,
+            _dir: None,
+        }
+    }
+
+    /// A database file: a run's merges run on worker threads with their own connections.
+    fn on_disk() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        Db {
+            conn: crate::store::open(&dir.path().join("state.db")).unwrap(),
+            personas: personas(),
+            clock: 1_700_000_000,
+            _dir: Some(dir),
         }
     }
 
@@ -190,7 +205,10 @@ fn s(kind: &str, who: &str, what: Value) -> (String, String, Value) {
 /// A database where `aud_1` (user audience `vip`) and `tra_1` (user trait `ltv`) already had
 /// their initial sync from empty snapshots, so the next run is incremental.
 fn user_db() -> Db {
-    let mut db = Db::new();
+    user_db_in(Db::new())
+}
+
+fn user_db_in(mut db: Db) -> Db {
     db.computation("aud_1", "vip", "VIP", "audience", "user");
     db.computation("tra_1", "ltv", "LTV", "trait", "user");
     db.snapshot("aud_1", &[]);
@@ -880,6 +898,25 @@ proptest! {
         load(&mut db, &b);
         apply(&mut model, &db.run());
         prop_assert_eq!(&model, &expected(&b));
+    }
+
+    #[test]
+    fn worker_threads_emit_exactly_what_one_connection_does(a in snapshot_strategy(), b in snapshot_strategy(), full: bool) {
+        let mut memory = user_db();
+        let mut disk = user_db_in(Db::on_disk());
+        let mode = if full { RunMode::Full } else { RunMode::Incremental };
+        for db in [&mut memory, &mut disk] {
+            load(db, &a);
+            db.run();
+            load(db, &b);
+        }
+        let (memory_report, memory_messages) = memory.run_with(mode, None);
+        let (disk_report, disk_messages) = disk.run_with(mode, None);
+        prop_assert_eq!(memory_messages, disk_messages);
+        prop_assert_eq!(
+            serde_json::to_value(&memory_report).unwrap(),
+            serde_json::to_value(&disk_report).unwrap()
+        );
     }
 
     #[test]

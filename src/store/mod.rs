@@ -54,6 +54,18 @@ pub fn open_in_memory() -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// A read-only connection to a database another connection already opened (and migrated), for
+/// a run's diff workers (`plan`): no schema work, the busy timeout, nothing else.
+pub fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
 /// Pragmas set on every connection: WAL so an upstream writer and the daemon work at once, a busy
 /// timeout, foreign keys, and NORMAL synchronous (durable across process crashes in WAL mode).
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
