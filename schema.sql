@@ -1,8 +1,9 @@
--- audience-sync schema, version 1.
+-- audience-sync schema, version 2 (the current one).
 --
 -- The binary applies this file on start when the database is new (PRAGMA user_version = 0) and
--- then records the version; later changes are numbered migrations in src/store/mod.rs. Every
--- statement is idempotent (IF NOT EXISTS), so applying it twice changes nothing.
+-- records the version; an older database is brought here by the numbered migrations in
+-- src/store/mod.rs (migrations/). Every statement is idempotent (IF NOT EXISTS), so applying it
+-- twice changes nothing.
 --
 -- The first five tables are the upstream contract (SPEC section 3): an upstream job may write
 -- snapshots into them with plain SQL. Everything after them is internal, but plain tables an
@@ -61,22 +62,42 @@ CREATE INDEX IF NOT EXISTS membership_rows_by_user ON membership_rows (snapshot_
 
 -- ─── Internal: planned and delivered state ───────────────────────────────────────────────────
 --
--- One row per (computation, subject, entity) that the outbox has ever driven Intercom toward.
--- subject 'user' rows hold a user's value (for account-scoped computations: the user's derived
--- value); subject 'account' rows hold an account's own value (account scope only, for `group`).
--- planned: the JSON value the outbox is driving Intercom toward (NULL = no value; audiences use
--- 'true' and, after an exit, 'false').
--- delivered: the JSON value Intercom has confirmed (NULL = no value / never delivered).
--- email: the user's email as last seen in a snapshot (exits need it after the row is gone).
--- Diffs are taken against planned; confirmation moves delivered; a dead letter puts planned back
--- to delivered. A row whose planned and delivered are both NULL is deleted.
-CREATE TABLE IF NOT EXISTS entity_state (
+-- Planned state: per (computation, subject, entity), the JSON value the outbox is driving
+-- Intercom toward (NULL = no value; audiences use 'true' and, after an exit, 'false'). subject
+-- 'user' holds a user's value (for account-scoped computations: the user's derived value);
+-- subject 'account' an account's own value (account scope only, for `group`).
+--
+-- It is stored as a base and exceptions, so that a run writes only what changed: planned state
+-- of a computation is its snapshot planned_bases.snapshot_id read as a run reads a snapshot
+-- (audience members 'true'; for an account computation's user values, derived with membership
+-- snapshot planned_bases.membership_snapshot_id), except for the entities planned_overrides
+-- has a row for, whose planned value is that row's. A committed run moves the base to the
+-- snapshots it diffed, so after it planned state equals the newest snapshots except for
+-- audience exits ('false') and what dead letters moved back. No base row: the overrides alone.
+-- Diffs are taken against planned; a dead letter sets an override to the delivered value.
+CREATE TABLE IF NOT EXISTS planned_bases (
+    computation_id TEXT PRIMARY KEY REFERENCES computations(id),
+    snapshot_id INTEGER NOT NULL,
+    membership_snapshot_id INTEGER             -- account computations' user values
+) WITHOUT ROWID;
+
+-- email: the user's email as last seen (exits need it once the snapshot row is gone).
+CREATE TABLE IF NOT EXISTS planned_overrides (
     computation_id TEXT NOT NULL REFERENCES computations(id),
     subject TEXT NOT NULL CHECK (subject IN ('user','account')),
     entity_id TEXT NOT NULL,
     email TEXT,
     planned TEXT,
-    delivered TEXT,
+    PRIMARY KEY (computation_id, subject, entity_id)
+) WITHOUT ROWID;
+
+-- Delivered state: the JSON value Intercom has confirmed; no row = no value (or never
+-- delivered). Confirmation writes it; a dead letter reads it.
+CREATE TABLE IF NOT EXISTS delivered_state (
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    subject TEXT NOT NULL CHECK (subject IN ('user','account')),
+    entity_id TEXT NOT NULL,
+    delivered TEXT NOT NULL,
     PRIMARY KEY (computation_id, subject, entity_id)
 ) WITHOUT ROWID;
 

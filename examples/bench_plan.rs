@@ -170,7 +170,9 @@ fn timed(bin: &Path, db: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<u6
 }
 
 /// C computations (half audiences, half traits) over N users, already planned from a first
-/// snapshot (planned state written directly, as a committed run would leave it), and a second
+/// snapshot and delivered (planned and delivered state written directly, as a committed and
+/// delivered run would leave them: the first snapshot as the planned base, every value
+/// delivered), and a second
 /// snapshot with 1% churn. The newest snapshots hold exactly C × N rows: every audience holds all
 /// N users (0.5% of them entering: absent from the first snapshot) and loses N/200 former
 /// members (users beyond N that only the first snapshot held); traits hold all N users and change
@@ -210,8 +212,9 @@ fn generate_churn(conn: &Connection, comps: usize, users: usize) -> anyhow::Resu
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < {upto})
              INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value)
              SELECT {s1}, printf('user%08d', i), printf('user%08d@example.com', i), {value1} FROM n WHERE {where1};
-             INSERT INTO entity_state (computation_id, subject, entity_id, email, planned, delivered)
-             SELECT '{id}', 'user', entity_id, email, value, value FROM snapshot_rows WHERE snapshot_id = {s1};
+             INSERT INTO planned_bases (computation_id, snapshot_id) VALUES ('{id}', {s1});
+             INSERT INTO delivered_state (computation_id, subject, entity_id, delivered)
+             SELECT '{id}', 'user', entity_id, value FROM snapshot_rows WHERE snapshot_id = {s1};
              INSERT INTO run_computations (run_id, computation_id, snapshot_id, mode) VALUES (1, '{id}', {s1}, 'full');
              INSERT INTO plan_cursors (subject, snapshot_id) VALUES ('{id}', {s1});"
         ))?;

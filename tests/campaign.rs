@@ -233,7 +233,7 @@ fn campaign(name: &'static str, short: usize, long: usize, run: fn(u64, &mut Sta
 /// equals the model of the first `steps` steps.
 fn check_step(world: &World, scenario: &Scenario, steps: usize) {
     let undelivered = world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'");
-    let drift = world.count("SELECT count(*) FROM entity_state WHERE planned IS NOT delivered");
+    let drift = world.undelivered();
     let expected = model::expected(scenario, steps);
     let mut problems = model::differences(&world.state(), &expected);
     if undelivered != 0 {
@@ -244,9 +244,7 @@ fn check_step(world: &World, scenario: &Scenario, steps: usize) {
         ));
     }
     if drift != 0 {
-        problems.push(format!(
-            "{drift} entity_state rows with planned ≠ delivered"
-        ));
+        problems.push(format!("{drift} entities with planned ≠ delivered"));
     }
     assert!(
         problems.is_empty(),

@@ -299,7 +299,8 @@ pub fn run(
                     snapshot_id: snapshot.id,
                     audience: comp.audience,
                 };
-                specs.push((comp.spec(index, 0, false), source, "account"));
+                let base = state::base_source(&tx, &comp.id, "account")?;
+                specs.push((comp.spec(index, 0, false), source, base, "account"));
             }
         }
         let mut workers = Workers::new(scope, db_path.as_deref(), &tx, &comps, &specs)?;
@@ -330,7 +331,8 @@ pub fn run(
                 },
                 (true, None) => Source::Empty,
             };
-            specs.push((comp.spec(index, 1, comp.account), source, "user"));
+            let base = state::base_source(&tx, &comp.id, "user")?;
+            specs.push((comp.spec(index, 1, comp.account), source, base, "user"));
         }
         let mut workers = Workers::new(scope, db_path.as_deref(), &tx, &comps, &specs)?;
         let mut membership_statements = None;
@@ -446,12 +448,20 @@ pub fn run(
             report.mode.as_str(),
             &report.counts,
         )?;
+        let membership_input = if comp.account {
+            membership.map(|m| m.id)
+        } else {
+            None
+        };
+        // Planned state is now the diffed snapshots plus the overrides just written: every
+        // entity the run changed has its planned value staged above, and every entity it did
+        // not change has the same value in the new snapshot as in planned state (else it would
+        // have changed) or an override that keeps it. Also right when a message died since the
+        // read: its override, written after the read, stays unless this run changed the entity
+        // (and then the run's value is the one being sent).
+        let snapshot = comp.snapshot.expect("a diffed computation has a snapshot");
+        state::set_planned_base(&tx, &comp.id, snapshot.id, membership_input)?;
         if !stale {
-            let membership_input = if comp.account {
-                membership.map(|m| m.id)
-            } else {
-                None
-            };
             state::set_cursor(&tx, &comp.id, report.snapshot_id, membership_input)?;
         }
     }
@@ -518,6 +528,7 @@ impl DiffSpec {
             change: change.code(),
             value: value.map(str::to_string),
             track: self.track && change.tracks(),
+            overrides: value != pair.new,
         })
     }
 
@@ -550,18 +561,19 @@ impl<'c> Workers<'c> {
         path: Option<&std::path::Path>,
         conn: &'c Connection,
         comps: &[Comp],
-        specs: &[(DiffSpec, Source, &'static str)],
+        specs: &[(DiffSpec, Source, Source, &'static str)],
     ) -> anyhow::Result<Self> {
         let Some(path) = path else {
             let mut local = Vec::with_capacity(specs.len());
-            for (spec, source, subject) in specs {
+            for (spec, source, base, subject) in specs {
                 let id = &comps[spec.index].id;
-                local.push((*spec, MergeStatements::values(conn, *source, id, subject)?));
+                let statements = MergeStatements::values(conn, *source, *base, id, subject)?;
+                local.push((*spec, statements));
             }
             return Ok(Workers::Local(local));
         };
         let mut threads = Vec::with_capacity(specs.len());
-        for &(spec, source, subject) in specs {
+        for &(spec, source, base, subject) in specs {
             let (send, receive) = std::sync::mpsc::sync_channel::<Batch>(4);
             let path = path.to_path_buf();
             let id = comps[spec.index].id.clone();
@@ -569,7 +581,7 @@ impl<'c> Workers<'c> {
             std::thread::Builder::new()
                 .name(format!("diff {key}"))
                 .spawn_scoped(scope, move || {
-                    let result = diff_worker(&path, spec, source, &id, subject, &send)
+                    let result = diff_worker(&path, spec, (source, base), &id, subject, &send)
                         .with_context(|| format!("cannot diff computation {key:?}"));
                     if let Err(e) = result {
                         let _ = send.send(Err(e));
@@ -612,7 +624,7 @@ impl<'c> Workers<'c> {
 fn diff_worker(
     path: &std::path::Path,
     spec: DiffSpec,
-    source: Source,
+    (source, base): (Source, Source),
     computation_id: &str,
     subject: &str,
     send: &std::sync::mpsc::SyncSender<Batch>,
@@ -620,7 +632,7 @@ fn diff_worker(
     let mut conn = crate::store::open_reader(path)
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     let read = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-    let mut statements = MergeStatements::values(&read, source, computation_id, subject)?;
+    let mut statements = MergeStatements::values(&read, source, base, computation_id, subject)?;
     let mut merge = statements.open()?;
     let mut batch = Vec::with_capacity(WORKER_BATCH);
     while let Some(change) = merge.next_pair(|pair| spec.change(pair))? {
@@ -712,6 +724,7 @@ impl Stream<'_> {
                                 change: change.code(),
                                 value: None,
                                 track: false,
+                                overrides: false,
                             })
                         })
                         .context("cannot diff the account membership")?
@@ -898,6 +911,7 @@ impl Emitter<'_, '_> {
                     group_id,
                     None,
                     row.value.as_deref(),
+                    row.overrides,
                 )?;
             }
         }
@@ -1026,6 +1040,7 @@ impl Emitter<'_, '_> {
                         entity_id,
                         row.email.as_deref(),
                         row.value.as_deref(),
+                        row.overrides,
                     )?,
                 }
             }

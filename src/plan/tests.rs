@@ -163,13 +163,11 @@ impl Db {
         subject: &str,
         entity: &str,
     ) -> Option<(Option<String>, Option<String>)> {
-        self.conn
-            .query_row(
-                "SELECT planned, delivered FROM entity_state WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
-                params![computation, subject, entity],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .ok()
+        let planned = state::planned_row(&self.conn, computation, subject, entity)
+            .unwrap()
+            .1;
+        let delivered = state::delivered_value(&self.conn, computation, subject, entity).unwrap();
+        (planned.is_some() || delivered.is_some()).then_some((planned, delivered))
     }
 }
 
@@ -770,7 +768,7 @@ fn plan_and_dry_run_change_nothing_and_match_the_run() {
     let count = |db: &Db| -> (i64, i64, i64) {
         db.conn
             .query_row(
-                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM entity_state), (SELECT count(*) FROM runs)",
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM planned_bases) + (SELECT count(*) FROM planned_overrides), (SELECT count(*) FROM runs)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )

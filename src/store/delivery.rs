@@ -6,7 +6,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::outbox::Effect;
-use super::state::json_text;
+use super::state::{self, json_text};
 
 /// Messages still to deliver.
 pub fn pending_count(conn: &Connection) -> rusqlite::Result<u64> {
@@ -193,16 +193,16 @@ fn replan(tx: &Connection, effect: &Effect) -> rusqlite::Result<()> {
             value,
         } => {
             let value = json_text(value);
-            let updated = tx.execute(
-                "UPDATE entity_state SET planned = ?4 WHERE computation_id = ?1 AND subject = ?2 \
-                 AND entity_id = ?3 AND planned IS delivered",
-                params![computation_id, subject, entity_id, value],
-            )?;
-            if updated == 0 && value.is_some() {
-                tx.execute(
-                    "INSERT OR IGNORE INTO entity_state (computation_id, subject, entity_id, planned) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                    params![computation_id, subject, entity_id, value],
+            let (email, planned) = state::planned_row(tx, computation_id, subject, entity_id)?;
+            let delivered = state::delivered_value(tx, computation_id, subject, entity_id)?;
+            if planned == delivered {
+                state::override_planned(
+                    tx,
+                    computation_id,
+                    subject,
+                    entity_id,
+                    email.as_deref(),
+                    value.as_deref(),
                 )?;
             }
         }
@@ -272,20 +272,14 @@ mod tests {
             [],
         )
         .unwrap();
-        crate::store::state::plan_value(&conn, "aud_1", "user", "u1", None, Some("true")).unwrap();
+        state::override_planned(&conn, "aud_1", "user", "u1", None, Some("true")).unwrap();
         let effects =
             r#"[{"computation_id":"aud_1","subject":"user","entity_id":"u1","value":true}]"#;
         let a = enqueue(&conn, "m1", effects);
         let b = enqueue(&conn, "m2", "[]");
         outbox::mark_dead(&mut conn, a, "400 parameter_invalid: nope").unwrap();
         outbox::mark_dead(&mut conn, b, "400: other").unwrap();
-        let planned: Option<String> = conn
-            .query_row(
-                "SELECT planned FROM entity_state WHERE entity_id = 'u1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or(None);
+        let planned = state::planned_row(&conn, "aud_1", "user", "u1").unwrap().1;
         assert_eq!(planned, None, "mark_dead put planned back");
 
         let list = dead_letters(&conn).unwrap();
@@ -307,13 +301,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!((status.as_str(), attempts), ("pending", 0));
-        let planned: Option<String> = conn
-            .query_row(
-                "SELECT planned FROM entity_state WHERE entity_id = 'u1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let planned = state::planned_row(&conn, "aud_1", "user", "u1").unwrap().1;
         assert_eq!(
             planned.as_deref(),
             Some("true"),

@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::Connection;
 
-/// The whole schema of version 1. Later versions are migrations in [`MIGRATIONS`].
+/// The whole current schema ([`SCHEMA_VERSION`]), applied to a new database.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
-/// Migrations after version 1, in order: `MIGRATIONS[0]` takes the database from version 1 to 2.
-/// Each runs in one transaction together with the `user_version` bump.
-pub const MIGRATIONS: &[&str] = &[];
+/// Migrations of older databases, in order: `MIGRATIONS[0]` takes a database from version 1 to
+/// 2. Each runs in one transaction together with the `user_version` bump; a new database gets
+/// [`SCHEMA`] and none of them.
+pub const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0002_planned_overrides.sql")];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -97,6 +98,9 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
     if version == 0 {
         tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        return Ok(());
     }
     for (index, migration) in MIGRATIONS.iter().enumerate() {
         let target = index as i64 + 2;
@@ -247,6 +251,51 @@ mod tests {
             .query_row("SELECT count(*) FROM computations", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_version_1_database_keeps_its_planned_and_delivered_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/schema_v1.sql"))
+            .unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO computations (id, key, name, kind, scope, created_at)
+               VALUES ('aud_1', 'vip', 'VIP', 'audience', 'user', 0);
+             INSERT INTO snapshots (id, computation_id, taken_at, complete) VALUES (1, 'aud_1', 0, 1);
+             INSERT INTO snapshot_rows (snapshot_id, entity_id, value) VALUES (1, 'u1', 'true');
+             INSERT INTO entity_state (computation_id, subject, entity_id, email, planned, delivered)
+               VALUES ('aud_1', 'user', 'u1', 'u1@example.com', 'true', 'true'),
+                      ('aud_1', 'user', 'u2', 'u2@example.com', 'false', 'true'),
+                      ('aud_1', 'user', 'u3', NULL, 'true', NULL);",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open(&path).unwrap();
+        let planned = |e: &str| state::planned_row(&conn, "aud_1", "user", e).unwrap();
+        assert_eq!(
+            planned("u2"),
+            (Some("u2@example.com".into()), Some("false".into()))
+        );
+        assert_eq!(planned("u3"), (None, Some("true".into())));
+        assert_eq!(planned("u4"), (None, None));
+        let delivered = |e: &str| state::delivered_value(&conn, "aud_1", "user", e).unwrap();
+        assert_eq!(delivered("u2").as_deref(), Some("true"));
+        assert_eq!(delivered("u3"), None);
+        assert_eq!(
+            state::planned_values(&conn, "aud_1", "user").unwrap().len(),
+            3
+        );
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'entity_state'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::now_unix;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Effect {
-    /// A value in `entity_state`.
+    /// A value of planned / delivered state (`planned_overrides`, `delivered_state`).
     Value {
         computation_id: String,
         subject: String,
@@ -258,10 +258,15 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
             value,
         } => {
             if dead {
-                tx.execute(
-                    "UPDATE entity_state SET planned = delivered \
-                     WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
-                    params![computation_id, subject, entity_id],
+                let delivered =
+                    super::state::delivered_value(tx, computation_id, subject, entity_id)?;
+                super::state::override_planned(
+                    tx,
+                    computation_id,
+                    subject,
+                    entity_id,
+                    None,
+                    delivered.as_deref(),
                 )?;
                 tx.execute(
                     "DELETE FROM plan_cursors WHERE subject = ?1",
@@ -269,18 +274,20 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
                 )?;
                 super::state::bump_dead_letter_generation(tx)?;
             } else {
-                let value = super::state::json_text(value);
-                tx.execute(
-                    "UPDATE entity_state SET delivered = ?4 \
-                     WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
-                    params![computation_id, subject, entity_id, value],
-                )?;
+                match super::state::json_text(value) {
+                    Some(value) => tx.execute(
+                        "INSERT INTO delivered_state (computation_id, subject, entity_id, delivered) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (computation_id, subject, entity_id) \
+                         DO UPDATE SET delivered = excluded.delivered",
+                        params![computation_id, subject, entity_id, value],
+                    )?,
+                    None => tx.execute(
+                        "DELETE FROM delivered_state WHERE computation_id = ?1 AND subject = ?2 \
+                         AND entity_id = ?3",
+                        params![computation_id, subject, entity_id],
+                    )?,
+                };
             }
-            tx.execute(
-                "DELETE FROM entity_state WHERE computation_id = ?1 AND subject = ?2 \
-                 AND entity_id = ?3 AND planned IS NULL AND delivered IS NULL",
-                params![computation_id, subject, entity_id],
-            )?;
         }
         Effect::Membership { membership } => {
             if dead {

@@ -1,8 +1,10 @@
 //! Planned / delivered state, plan cursors, event times and runs: the SQL the diff engine reads
-//! and writes. The diff walks two sorted cursors side by side (`Merge`), so memory never grows
-//! with snapshot size. A run stages what it will write in temp tables while it reads
+//! and writes. The diff walks sorted cursors side by side (`Merge`: the new snapshot against
+//! planned state, itself a base snapshot overlaid with overrides; see schema.sql), so memory
+//! never grows with snapshot size, and a run writes only the overrides of what changed, never a
+//! copy of the snapshot. A run stages what it will write in temp tables while it reads
 //! (`create_staging`, `stage_*`) and copies them into the main tables in one short write
-//! transaction at the end (`commit_staging`).
+//! transaction at the end (`commit_staged_state`).
 
 use std::cmp::Ordering;
 
@@ -98,6 +100,147 @@ pub fn ever_planned(conn: &Connection, computation_id: &str) -> rusqlite::Result
     )
 }
 
+/// The base of a computation's planned state: (snapshot, membership snapshot), if it has one.
+pub fn planned_base(
+    conn: &Connection,
+    computation_id: &str,
+) -> rusqlite::Result<Option<(i64, Option<i64>)>> {
+    conn.query_row(
+        "SELECT snapshot_id, membership_snapshot_id FROM planned_bases WHERE computation_id = ?1",
+        [computation_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+/// Move the base of a computation's planned state (a run's write transaction, once it has
+/// staged the overrides that keep every entity's planned value what the run planned).
+pub fn set_planned_base(
+    conn: &Connection,
+    computation_id: &str,
+    snapshot_id: i64,
+    membership_snapshot_id: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO planned_bases (computation_id, snapshot_id, membership_snapshot_id)          VALUES (?1, ?2, ?3) ON CONFLICT (computation_id) DO UPDATE SET          snapshot_id = excluded.snapshot_id, membership_snapshot_id = excluded.membership_snapshot_id",
+        params![computation_id, snapshot_id, membership_snapshot_id],
+    )?;
+    Ok(())
+}
+
+/// The rows a computation's planned state for `subject` is based on, read as the diff reads a
+/// new snapshot (`Source::Empty` without a base).
+pub fn base_source(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+) -> rusqlite::Result<Source> {
+    let Some((audience, account)) = conn
+        .query_row(
+            "SELECT kind = 'audience', scope = 'account' FROM computations WHERE id = ?1",
+            [computation_id],
+            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .optional()?
+    else {
+        return Ok(Source::Empty);
+    };
+    // A user computation has no account values.
+    if subject == "account" && !account {
+        return Ok(Source::Empty);
+    }
+    Ok(match planned_base(conn, computation_id)? {
+        None => Source::Empty,
+        Some((snapshot_id, _)) if subject == "account" || !account => Source::Snapshot {
+            snapshot_id,
+            audience,
+        },
+        Some((snapshot_id, Some(membership_snapshot_id))) => Source::Derived {
+            snapshot_id,
+            membership_snapshot_id,
+            audience,
+        },
+        Some((_, None)) => Source::Empty,
+    })
+}
+
+/// The planned (email, value) of one entity: its override, else its base row, else nothing.
+pub fn planned_row(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+) -> rusqlite::Result<(Option<String>, Option<String>)> {
+    let overridden = conn
+        .prepare_cached(
+            "SELECT email, planned FROM planned_overrides              WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+        )?
+        .query_row(params![computation_id, subject, entity_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    if let Some(row) = overridden {
+        return Ok(row);
+    }
+    let source = base_source(conn, computation_id, subject)?;
+    let sql = source_sql(source, true);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let row = match source {
+        Source::Snapshot { snapshot_id, .. } => stmt
+            .query_row(params![snapshot_id, entity_id], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .optional()?,
+        Source::Derived {
+            snapshot_id,
+            membership_snapshot_id,
+            ..
+        } => stmt
+            .query_row(
+                params![snapshot_id, membership_snapshot_id, entity_id],
+                |r| Ok((r.get(1)?, r.get(2)?)),
+            )
+            .optional()?,
+        Source::Empty => None,
+    };
+    Ok(row.unwrap_or((None, None)))
+}
+
+/// The delivered value of one entity (`None`: no value, or never delivered).
+pub fn delivered_value(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT delivered FROM delivered_state          WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+    )?
+    .query_row(params![computation_id, subject, entity_id], |r| r.get(0))
+    .optional()
+}
+
+/// Set the planned value of one entity as an override (a dead letter putting it back, a retry
+/// sending it forward, or a test), keeping the email planned state knows for it.
+pub fn override_planned(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+    email: Option<&str>,
+    planned: Option<&str>,
+) -> rusqlite::Result<()> {
+    let email = match email {
+        Some(e) => Some(e.to_string()),
+        None => planned_row(conn, computation_id, subject, entity_id)?.0,
+    };
+    conn.prepare_cached(
+        "INSERT INTO planned_overrides (computation_id, subject, entity_id, email, planned)          VALUES (?1, ?2, ?3, ?4, ?5)          ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET            planned = excluded.planned, email = excluded.email",
+    )?
+    .execute(params![computation_id, subject, entity_id, email, planned])?;
+    Ok(())
+}
+
 /// Where the new side of a diff comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source {
@@ -130,15 +273,18 @@ const AUDIENCE_VALUE: &str =
     "CASE WHEN value IS NULL OR value IN ('null', 'false') THEN NULL ELSE 'true' END";
 const TRAIT_VALUE: &str = "CASE WHEN value = 'null' THEN NULL ELSE value END";
 
-fn source_sql(source: Source) -> String {
+/// The rows of `source` in entity order (?1 the snapshot, ?2 the membership snapshot), or, with
+/// `one`, the row of one entity (the next parameter).
+fn source_sql(source: Source, one: bool) -> String {
     match source {
         Source::Snapshot { audience, .. } => format!(
-            "SELECT entity_id, email, {} FROM snapshot_rows WHERE snapshot_id = ?1 ORDER BY entity_id",
+            "SELECT entity_id, email, {} FROM snapshot_rows WHERE snapshot_id = ?1 {} ORDER BY entity_id",
             if audience {
                 AUDIENCE_VALUE
             } else {
                 TRAIT_VALUE
-            }
+            },
+            if one { "AND entity_id = ?2" } else { "" }
         ),
         // SQLite's bare-column rule: with exactly one min() aggregate, the other columns come
         // from the row holding the minimum, i.e. the smallest group_id that has a value.
@@ -146,14 +292,15 @@ fn source_sql(source: Source) -> String {
             "SELECT m.user_id, m.email, {}, min(m.group_id) \
              FROM membership_rows m JOIN snapshot_rows r \
                ON r.snapshot_id = ?1 AND r.entity_id = m.group_id \
-             WHERE m.snapshot_id = ?2 AND r.value IS NOT NULL AND r.value <> 'null' {} \
+             WHERE m.snapshot_id = ?2 AND r.value IS NOT NULL AND r.value <> 'null' {} {} \
              GROUP BY m.user_id ORDER BY m.user_id",
             if audience { "'true'" } else { "r.value" },
             if audience {
                 "AND r.value <> 'false'"
             } else {
                 ""
-            }
+            },
+            if one { "AND m.user_id = ?3" } else { "" }
         ),
         Source::Empty => "SELECT NULL, NULL, NULL WHERE 0".to_string(),
     }
@@ -237,51 +384,75 @@ impl<'s> Cursor<'s> {
     }
 }
 
-/// A full outer join of two cursors sorted by key, pulled one key at a time: the new side
-/// (snapshot or membership rows) and the old side (planned state).
+/// A full outer join of sorted cursors, pulled one key at a time: the new side (snapshot or
+/// membership rows) and the old side (planned state: base rows, replaced key by key by the
+/// override rows when the merge has them).
 pub struct Merge<'s> {
     new: Cursor<'s>,
     old: Cursor<'s>,
+    over: Option<Cursor<'s>>,
 }
 
 impl Merge<'_> {
-    /// The next key present in either side: `f(new, old)` sees its row on each side that has
-    /// it; `None` at the end.
+    /// The next key present on any side: `f(new, over, old)` sees the row of each side that
+    /// has it; `None` at the end.
     fn next_with<R>(
         &mut self,
-        f: impl FnOnce(Option<&Cursor<'_>>, Option<&Cursor<'_>>) -> R,
+        f: impl FnOnce(Option<&Cursor<'_>>, Option<&Cursor<'_>>, Option<&Cursor<'_>>) -> R,
     ) -> rusqlite::Result<Option<R>> {
-        let (new, old) = match (self.new.done, self.old.done) {
-            (true, true) => return Ok(None),
-            (false, true) => (true, false),
-            (true, false) => (false, true),
-            (false, false) => match self.new.cmp_key(&self.old) {
-                Ordering::Less => (true, false),
-                Ordering::Greater => (false, true),
-                Ordering::Equal => (true, true),
-            },
+        let live = |c: &Cursor<'_>| !c.done;
+        let mut min: Option<&Cursor<'_>> = None;
+        for c in [Some(&self.new), Some(&self.old), self.over.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|c| live(c))
+        {
+            if min.is_none_or(|m| c.cmp_key(m) == Ordering::Less) {
+                min = Some(c);
+            }
+        }
+        let Some(min) = min else {
+            return Ok(None);
         };
-        let r = f(new.then_some(&self.new), old.then_some(&self.old));
+        let at = |c: &Cursor<'_>| live(c) && c.cmp_key(min) == Ordering::Equal;
+        let (new, old, over) = (
+            at(&self.new),
+            at(&self.old),
+            self.over.as_ref().is_some_and(at),
+        );
+        let r = f(
+            new.then_some(&self.new),
+            self.over.as_ref().filter(|_| over),
+            old.then_some(&self.old),
+        );
         if new {
             self.new.advance()?;
         }
         if old {
             self.old.advance()?;
         }
+        if over && let Some(c) = self.over.as_mut() {
+            c.advance()?;
+        }
         Ok(Some(r))
     }
 
     /// The next entity of a value merge (`MergeStatements::values`).
     pub fn next_pair<R>(&mut self, f: impl FnOnce(Pair<'_>) -> R) -> rusqlite::Result<Option<R>> {
-        self.next_with(|new, old| {
-            let any = new.or(old).expect("a merge step has at least one side");
+        self.next_with(|new, over, base| {
+            let any = new
+                .or(over)
+                .or(base)
+                .expect("a merge step has at least one side");
+            let planned = over.or(base);
             f(Pair {
                 entity_id: &any.key,
-                email: new
-                    .and_then(|n| n.email.as_deref())
-                    .or_else(|| old.and_then(|o| o.email.as_deref())),
+                email: [new, over, base]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|c| c.email.as_deref()),
                 new: new.and_then(|n| n.value.as_deref()),
-                old: old.and_then(|o| o.value.as_deref()),
+                old: planned.and_then(|o| o.value.as_deref()),
             })
         })
     }
@@ -291,7 +462,7 @@ impl Merge<'_> {
         &mut self,
         f: impl FnOnce(MemberPair<'_>) -> R,
     ) -> rusqlite::Result<Option<R>> {
-        self.next_with(|new, old| {
+        self.next_with(|new, _, old| {
             let any = new.or(old).expect("a merge step has at least one side");
             f(MemberPair {
                 user_id: &any.key,
@@ -306,18 +477,20 @@ impl Merge<'_> {
     }
 }
 
-/// The two prepared statements of one merge; `open` runs them. Kept apart from `Merge` because
+/// The prepared statements of one merge; `open` runs them. Kept apart from `Merge` because
 /// the row cursors borrow their statements: a run prepares every merge it walks side by side
 /// first, then opens them all.
 pub struct MergeStatements<'c> {
     new: Statement<'c>,
     old: Statement<'c>,
+    over: Option<Statement<'c>>,
     kind: MergeKind,
 }
 
 enum MergeKind {
     Values {
         source: Source,
+        base: Source,
         computation_id: String,
         subject: String,
     },
@@ -327,21 +500,25 @@ enum MergeKind {
 }
 
 impl<'c> MergeStatements<'c> {
-    /// `source` against the planned state of (computation, subject), in entity order.
+    /// `source` against the planned state of (computation, subject), in entity order: `base`
+    /// (`base_source`) overlaid with the computation's overrides.
     pub fn values(
         conn: &'c Connection,
         source: Source,
+        base: Source,
         computation_id: &str,
         subject: &str,
     ) -> rusqlite::Result<Self> {
         Ok(MergeStatements {
-            new: conn.prepare(&source_sql(source))?,
-            old: conn.prepare(
-                "SELECT entity_id, email, planned FROM entity_state \
+            new: conn.prepare(&source_sql(source, false))?,
+            old: conn.prepare(&source_sql(base, false))?,
+            over: Some(conn.prepare(
+                "SELECT entity_id, email, planned FROM planned_overrides \
                  WHERE computation_id = ?1 AND subject = ?2 ORDER BY entity_id",
-            )?,
+            )?),
             kind: MergeKind::Values {
                 source,
+                base,
                 computation_id: computation_id.to_string(),
                 subject: subject.to_string(),
             },
@@ -363,6 +540,7 @@ impl<'c> MergeStatements<'c> {
                 "SELECT user_id, group_id, email, '1' FROM membership_state WHERE planned = 1 \
                  ORDER BY user_id, group_id",
             )?,
+            over: None,
             kind: MergeKind::Membership {
                 membership_snapshot_id,
             },
@@ -373,14 +551,19 @@ impl<'c> MergeStatements<'c> {
         match &self.kind {
             MergeKind::Values {
                 source,
+                base,
                 computation_id,
                 subject,
             } => Ok(Merge {
                 new: Cursor::new(query(&mut self.new, *source)?, (0, None, 1, 2))?,
-                old: Cursor::new(
-                    self.old.query(params![computation_id, subject])?,
-                    (0, None, 1, 2),
-                )?,
+                old: Cursor::new(query(&mut self.old, *base)?, (0, None, 1, 2))?,
+                over: match self.over.as_mut() {
+                    Some(over) => Some(Cursor::new(
+                        over.query(params![computation_id, subject])?,
+                        (0, None, 1, 2),
+                    )?),
+                    None => None,
+                },
             }),
             // -1 is never a snapshot id: no membership snapshot means no memberships.
             MergeKind::Membership {
@@ -391,6 +574,7 @@ impl<'c> MergeStatements<'c> {
                     (0, Some(1), 2, 3),
                 )?,
                 old: Cursor::new(self.old.query([])?, (0, Some(1), 2, 3))?,
+                over: None,
             }),
         }
     }
@@ -408,23 +592,6 @@ fn query<'s>(stmt: &'s mut Statement<'_>, source: Source) -> rusqlite::Result<Ro
     }
 }
 
-/// The sorted full outer join of `source` with the planned state of (computation, subject),
-/// streamed: `f` sees every entity that has a new value or a planned row, in entity order.
-pub fn merge_with_state(
-    conn: &Connection,
-    source: Source,
-    computation_id: &str,
-    subject: &str,
-    mut f: impl FnMut(Pair<'_>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut statements = MergeStatements::values(conn, source, computation_id, subject)?;
-    let mut merge = statements.open()?;
-    while let Some(r) = merge.next_pair(&mut f)? {
-        r?;
-    }
-    Ok(())
-}
-
 /// One (user, account) membership of a merge: in the new membership snapshot, attached in
 /// planned state, or both.
 #[derive(Debug, Clone, Copy)]
@@ -436,38 +603,59 @@ pub struct MemberPair<'a> {
     pub attached: bool,
 }
 
-/// The sorted full outer join of a membership snapshot (or none) with the planned attachments.
-pub fn merge_membership(
-    conn: &Connection,
-    membership_snapshot_id: Option<i64>,
-    mut f: impl FnMut(MemberPair<'_>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut statements = MergeStatements::membership(conn, membership_snapshot_id)?;
-    let mut merge = statements.open()?;
-    while let Some(r) = merge.next_member(&mut f)? {
-        r?;
-    }
-    Ok(())
-}
-
-/// Set the planned value of (computation, subject, entity), creating the row if needed: the
-/// same write a run's staged state makes, one row at a time (for tests of delivery).
-pub fn plan_value(
+/// Every entity planned state holds a value for in (computation, subject), in entity order, as
+/// the diff reads it: the base snapshot overlaid with the overrides. For tests and inspection:
+/// it walks the whole base snapshot into memory.
+pub fn planned_values(
     conn: &Connection,
     computation_id: &str,
     subject: &str,
-    entity_id: &str,
-    email: Option<&str>,
-    planned: Option<&str>,
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO entity_state (computation_id, subject, entity_id, email, planned) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET \
-           planned = excluded.planned, email = coalesce(excluded.email, entity_state.email)",
-    )?;
-    stmt.execute(params![computation_id, subject, entity_id, email, planned])?;
-    Ok(())
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let base = base_source(conn, computation_id, subject)?;
+    let mut statements =
+        MergeStatements::values(conn, Source::Empty, base, computation_id, subject)?;
+    let mut merge = statements.open()?;
+    let mut out = Vec::new();
+    while let Some(row) = merge.next_pair(|pair| {
+        pair.old
+            .map(|planned| (pair.entity_id.to_string(), planned.to_string()))
+    })? {
+        out.extend(row);
+    }
+    Ok(out)
+}
+
+/// How many (computation, subject, entity) have a planned value other than the delivered one:
+/// zero once the outbox is drained without dead letters. For tests and inspection, like
+/// [`planned_values`].
+pub fn undelivered_count(conn: &Connection) -> rusqlite::Result<u64> {
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM computations ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut differ = 0;
+    for id in &ids {
+        for subject in ["user", "account"] {
+            let planned: std::collections::BTreeMap<String, String> =
+                planned_values(conn, id, subject)?.into_iter().collect();
+            let delivered: std::collections::BTreeMap<String, String> = conn
+                .prepare(
+                    "SELECT entity_id, delivered FROM delivered_state \
+                     WHERE computation_id = ?1 AND subject = ?2",
+                )?
+                .query_map(params![id, subject], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            differ += planned
+                .iter()
+                .filter(|(entity, value)| delivered.get(*entity) != Some(value))
+                .count();
+            differ += delivered
+                .keys()
+                .filter(|entity| !planned.contains_key(*entity))
+                .count();
+        }
+    }
+    Ok(differ as u64)
 }
 
 /// The last event time used for (user, event name), if any.
@@ -498,6 +686,9 @@ pub struct ChangeRow {
     pub change: i64,
     pub value: Option<String>,
     pub track: bool,
+    /// The planned value differs from the entity's row in the snapshot diffed (an audience
+    /// exit's `false`): it is stored as an override of the planned base.
+    pub overrides: bool,
 }
 
 // ─── A run's writes, staged in temp tables, then copied in one short write transaction ───────
@@ -528,6 +719,7 @@ pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
              entity_id TEXT NOT NULL,
              email TEXT,
              planned TEXT,
+             override INTEGER NOT NULL,
              PRIMARY KEY (computation_id, subject, entity_id)
          ) WITHOUT ROWID;
          CREATE TEMP TABLE run_membership (
@@ -555,7 +747,10 @@ pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Stage the planned value of (computation, subject, entity).
+/// Stage the planned value of (computation, subject, entity) that a run changed. `overrides`:
+/// the value differs from the entity's row in the snapshot the run diffed (an audience exit's
+/// `false`), so it is kept as an override; otherwise the new base holds it and any override of
+/// the entity goes.
 pub fn stage_value(
     conn: &Connection,
     computation_id: &str,
@@ -563,12 +758,21 @@ pub fn stage_value(
     entity_id: &str,
     email: Option<&str>,
     planned: Option<&str>,
+    overrides: bool,
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO temp.run_state (computation_id, subject, entity_id, email, planned) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO temp.run_state \
+         (computation_id, subject, entity_id, email, planned, override) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
-    stmt.execute(params![computation_id, subject, entity_id, email, planned])?;
+    stmt.execute(params![
+        computation_id,
+        subject,
+        entity_id,
+        email,
+        planned,
+        overrides
+    ])?;
     Ok(())
 }
 
@@ -604,15 +808,19 @@ pub fn stage_event_time(
 }
 
 /// Copy the staged planned state, attachments and event times into the main tables (inside the
-/// run's write transaction). The staging tables are keyed like their targets, so each copy
-/// walks its target's B-tree in order.
+/// run's write transaction, before the planned bases move to the diffed snapshots). The
+/// staging tables are keyed like their targets, so each copy walks its target's B-tree in
+/// order, and only the overrides of changed entities are written.
 pub fn commit_staged_state(conn: &Connection) -> rusqlite::Result<()> {
     // `WHERE true`: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.
     conn.execute_batch(
-        "INSERT INTO entity_state (computation_id, subject, entity_id, email, planned)
-           SELECT computation_id, subject, entity_id, email, planned FROM temp.run_state WHERE true
+        "DELETE FROM planned_overrides WHERE (computation_id, subject, entity_id) IN
+           (SELECT computation_id, subject, entity_id FROM temp.run_state WHERE override = 0);
+         INSERT INTO planned_overrides (computation_id, subject, entity_id, email, planned)
+           SELECT computation_id, subject, entity_id, email, planned FROM temp.run_state
+           WHERE override = 1
            ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET
-             planned = excluded.planned, email = coalesce(excluded.email, entity_state.email);
+             planned = excluded.planned, email = coalesce(excluded.email, planned_overrides.email);
          INSERT INTO membership_state (user_id, group_id, email, planned)
            SELECT user_id, group_id, email, planned FROM temp.run_membership WHERE true
            ON CONFLICT (user_id, group_id) DO UPDATE SET planned = excluded.planned,

@@ -136,6 +136,11 @@ impl World {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// Entities whose planned value is not the delivered one.
+    pub fn undelivered(&self) -> i64 {
+        audience_sync::store::state::undelivered_count(&self.db()).unwrap() as i64
+    }
+
     /// `PRAGMA integrity_check` answers `ok`.
     pub fn assert_integrity(&self) {
         let db = self.db();

@@ -178,10 +178,7 @@ fn initial_and_incremental_syncs_leave_intercom_as_the_snapshots_say() {
     let out = world.ok(&["sync"]);
     assert!(out.contains("Delivered 0 messages"), "{out}");
     assert_eq!(world.state().counters.total_requests, before);
-    assert_eq!(
-        world.count("SELECT count(*) FROM entity_state WHERE planned IS NOT delivered"),
-        0
-    );
+    assert_eq!(world.undelivered(), 0);
     let state = world.state();
     assert_eq!(state.counters.rate_limited, 0);
     assert_eq!(

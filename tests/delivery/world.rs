@@ -123,6 +123,11 @@ impl World {
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
+
+    /// Entities whose planned value is not the delivered one.
+    pub fn undelivered(&self) -> i64 {
+        audience_sync::store::state::undelivered_count(&self.db()).unwrap() as i64
+    }
 }
 
 impl Drop for World {

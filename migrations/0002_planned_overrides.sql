@@ -1,0 +1,33 @@
+-- Schema version 1 → 2: planned state as a base snapshot plus overrides (schema.sql explains
+-- it); delivered state in its own table. Version 1 kept one entity_state row per entity with
+-- both values. Without a base row, planned state is the overrides alone, so every planned row
+-- becomes an override and nothing the outbox is driving toward changes.
+CREATE TABLE planned_bases (
+    computation_id TEXT PRIMARY KEY REFERENCES computations(id),
+    snapshot_id INTEGER NOT NULL,
+    membership_snapshot_id INTEGER
+) WITHOUT ROWID;
+
+CREATE TABLE planned_overrides (
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    subject TEXT NOT NULL CHECK (subject IN ('user','account')),
+    entity_id TEXT NOT NULL,
+    email TEXT,
+    planned TEXT,
+    PRIMARY KEY (computation_id, subject, entity_id)
+) WITHOUT ROWID;
+
+CREATE TABLE delivered_state (
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    subject TEXT NOT NULL CHECK (subject IN ('user','account')),
+    entity_id TEXT NOT NULL,
+    delivered TEXT NOT NULL,
+    PRIMARY KEY (computation_id, subject, entity_id)
+) WITHOUT ROWID;
+
+INSERT INTO planned_overrides (computation_id, subject, entity_id, email, planned)
+    SELECT computation_id, subject, entity_id, email, planned FROM entity_state;
+INSERT INTO delivered_state (computation_id, subject, entity_id, delivered)
+    SELECT computation_id, subject, entity_id, delivered FROM entity_state
+    WHERE delivered IS NOT NULL;
+DROP TABLE entity_state;
