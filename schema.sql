@@ -195,7 +195,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, lane, seq);
 CREATE INDEX IF NOT EXISTS outbox_status_seq ON outbox (status, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_message_id ON outbox (message_id) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox (message_id);
 
 -- ─── Internal: what Intercom is known to hold ────────────────────────────────────────────────
 

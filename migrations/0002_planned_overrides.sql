@@ -1,5 +1,7 @@
 -- Schema version 1 → 2: planned state as a base snapshot plus overrides (schema.sql explains
--- it); delivered state in its own table. Version 1 kept one entity_state row per entity with
+-- it); delivered state in its own table; the outbox loses its index on every message id (the
+-- partial unique index on pending ones serves every lookup, and a run's enqueue no longer
+-- maintains a second index of random keys). Version 1 kept one entity_state row per entity with
 -- both values. Without a base row, planned state is the overrides alone, so every planned row
 -- becomes an override and nothing the outbox is driving toward changes.
 CREATE TABLE planned_bases (
@@ -31,3 +33,5 @@ INSERT INTO delivered_state (computation_id, subject, entity_id, delivered)
     SELECT computation_id, subject, entity_id, delivered FROM entity_state
     WHERE delivered IS NOT NULL;
 DROP TABLE entity_state;
+
+DROP INDEX IF EXISTS outbox_message_id;

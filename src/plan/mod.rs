@@ -410,6 +410,53 @@ pub fn run(
     tx.commit()
         .context("cannot end the run's read transaction")?;
     let write_started = std::time::Instant::now();
+    // The write inserts the outbox rows into indexes keyed by random message ids: with the
+    // default 2 MiB page cache it would spill and re-read pages many times over.
+    conn.pragma_update(None, "cache_size", WRITE_CACHE_KIB)?;
+    let result = write(
+        conn,
+        options,
+        &comps,
+        &reports,
+        membership,
+        membership_report.as_ref(),
+        dead_letters,
+        messages,
+    );
+    conn.pragma_update(None, "cache_size", DEFAULT_CACHE_KIB)?;
+    let messages = result?;
+    debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        write_ms = write_started.elapsed().as_millis() as u64,
+        "Run committed."
+    );
+    Ok(Report {
+        run_id: Some(messages.1),
+        mode: options.mode,
+        computations: reports,
+        membership: membership_report,
+        messages: messages.0,
+    })
+}
+
+/// Page cache of a run's write transaction (negative: KiB), and SQLite's default.
+const WRITE_CACHE_KIB: i64 = -65536;
+const DEFAULT_CACHE_KIB: i64 = -2000;
+
+/// A run's write transaction: the staged outbox and planned state, the bases, cursors and run
+/// record, committed at once. Returns what was enqueued and the run id.
+#[allow(clippy::too_many_arguments)]
+fn write(
+    conn: &mut Connection,
+    options: &RunOptions<'_>,
+    comps: &[Comp],
+    reports: &[ComputationReport],
+    membership: Option<SnapshotRef>,
+    membership_report: Option<&MembershipReport>,
+    dead_letters: i64,
+    messages: MessageCounts,
+) -> anyhow::Result<(MessageCounts, i64)> {
+    let started = std::time::Instant::now();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let stale = state::dead_letter_generation(&tx)? != dead_letters;
     let run_id = state::insert_run(&tx, options.mode.as_str(), options.now)?;
@@ -431,12 +478,13 @@ pub fn run(
         group_user,
         group_account,
     };
+    let outbox_ms = started.elapsed().as_millis() as u64;
     state::commit_staged_state(&tx).context("cannot write the run's planned state")?;
     state::drop_staging(&tx)?;
     if stale {
         debug!("A message was dead-lettered while the run read: its cursors are not advanced.");
     }
-    for (comp, report) in comps.iter().zip(&reports) {
+    for (comp, report) in comps.iter().zip(reports) {
         if report.skipped.is_some() {
             continue;
         }
@@ -465,14 +513,12 @@ pub fn run(
             state::set_cursor(&tx, &comp.id, report.snapshot_id, membership_input)?;
         }
     }
-    if let Some(report) = membership_report.as_ref().filter(|r| r.skipped.is_none())
+    if let Some(report) = membership_report.filter(|r| r.skipped.is_none())
         && !stale
     {
         state::set_cursor(&tx, "membership", report.snapshot_id, None)?;
     }
-    let (attached, detached) = membership_report
-        .as_ref()
-        .map_or((0, 0), |m| (m.attached, m.detached));
+    let (attached, detached) = membership_report.map_or((0, 0), |m| (m.attached, m.detached));
     state::finish_run_plan(
         &tx,
         run_id,
@@ -484,21 +530,18 @@ pub fn run(
         messages.track,
         messages.group(),
     )?;
+    let state_ms = started.elapsed().as_millis() as u64 - outbox_ms;
     abort_hook("before_commit");
+    let commit = std::time::Instant::now();
     tx.commit().context("cannot commit the run's outbox")?;
     abort_hook("after_commit");
     debug!(
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        write_ms = write_started.elapsed().as_millis() as u64,
-        "Run committed."
+        outbox_ms,
+        state_ms,
+        commit_ms = commit.elapsed().as_millis() as u64,
+        "Run written."
     );
-    Ok(Report {
-        run_id: Some(run_id),
-        mode: options.mode,
-        computations: reports,
-        membership: membership_report,
-        messages,
-    })
+    Ok((messages, run_id))
 }
 
 /// What a merge needs of its computation to classify its pairs, on whichever thread it runs.
@@ -635,8 +678,10 @@ fn diff_worker(
     let mut statements = MergeStatements::values(&read, source, base, computation_id, subject)?;
     let mut merge = statements.open()?;
     let mut batch = Vec::with_capacity(WORKER_BATCH);
-    while let Some(change) = merge.next_pair(|pair| spec.change(pair))? {
-        let Some(row) = change else { continue };
+    while let Some(change) = merge.next_pair_unless_same(!spec.resync, |pair| spec.change(pair))? {
+        let Some(row) = change.flatten() else {
+            continue;
+        };
         batch.push(row);
         if batch.len() == WORKER_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(WORKER_BATCH));
@@ -681,11 +726,12 @@ impl Stream<'_> {
     ) -> anyhow::Result<Option<ChangeRow>> {
         loop {
             let step = match self {
-                Stream::Values { spec, merge } => {
-                    merge.next_pair(|pair| spec.change(pair)).with_context(|| {
+                Stream::Values { spec, merge } => merge
+                    .next_pair_unless_same(!spec.resync, |pair| spec.change(pair))
+                    .with_context(|| {
                         format!("cannot diff computation {:?}", comps[spec.index].key)
                     })?
-                }
+                    .map(Option::flatten),
                 Stream::Worker { receive, batch, .. } => match batch.next() {
                     Some(row) => Some(Some(row)),
                     // A closed channel is a worker that finished (errors come as a batch).

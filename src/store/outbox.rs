@@ -125,7 +125,8 @@ pub fn enqueue_staged(
     let mut counts = (0, 0, 0, 0);
     let mut stmt = tx.prepare(
         "SELECT s.type, s.with_user, count(*) FROM temp.run_outbox s \
-         WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message_id AND o.seq > ?1) \
+         WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = s.message_id \
+           AND o.status = 'pending' AND o.seq > ?1) \
          GROUP BY s.type, s.with_user",
     )?;
     let mut rows = stmt.query([before])?;

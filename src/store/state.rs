@@ -8,6 +8,7 @@
 
 use std::cmp::Ordering;
 
+use rusqlite::fallible_streaming_iterator::FallibleStreamingIterator;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Rows, Statement, params};
 use serde_json::Value;
@@ -122,7 +123,9 @@ pub fn set_planned_base(
     membership_snapshot_id: Option<i64>,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO planned_bases (computation_id, snapshot_id, membership_snapshot_id)          VALUES (?1, ?2, ?3) ON CONFLICT (computation_id) DO UPDATE SET          snapshot_id = excluded.snapshot_id, membership_snapshot_id = excluded.membership_snapshot_id",
+        "INSERT INTO planned_bases (computation_id, snapshot_id, membership_snapshot_id) \
+         VALUES (?1, ?2, ?3) ON CONFLICT (computation_id) DO UPDATE SET \
+         snapshot_id = excluded.snapshot_id, membership_snapshot_id = excluded.membership_snapshot_id",
         params![computation_id, snapshot_id, membership_snapshot_id],
     )?;
     Ok(())
@@ -173,7 +176,8 @@ pub fn planned_row(
 ) -> rusqlite::Result<(Option<String>, Option<String>)> {
     let overridden = conn
         .prepare_cached(
-            "SELECT email, planned FROM planned_overrides              WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+            "SELECT email, planned FROM planned_overrides \
+             WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
         )?
         .query_row(params![computation_id, subject, entity_id], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -185,10 +189,12 @@ pub fn planned_row(
     let source = base_source(conn, computation_id, subject)?;
     let sql = source_sql(source, true);
     let mut stmt = conn.prepare_cached(&sql)?;
+    let reading = Reading::of(source);
     let row = match source {
         Source::Snapshot { snapshot_id, .. } => stmt
             .query_row(params![snapshot_id, entity_id], |r| {
-                Ok((r.get(1)?, r.get(2)?))
+                let value = text(reading.read(bytes(r.get_ref(2)?)?))?;
+                Ok((r.get(1)?, value.map(str::to_string)))
             })
             .optional()?,
         Source::Derived {
@@ -214,7 +220,8 @@ pub fn delivered_value(
     entity_id: &str,
 ) -> rusqlite::Result<Option<String>> {
     conn.prepare_cached(
-        "SELECT delivered FROM delivered_state          WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+        "SELECT delivered FROM delivered_state \
+         WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
     )?
     .query_row(params![computation_id, subject, entity_id], |r| r.get(0))
     .optional()
@@ -235,7 +242,10 @@ pub fn override_planned(
         None => planned_row(conn, computation_id, subject, entity_id)?.0,
     };
     conn.prepare_cached(
-        "INSERT INTO planned_overrides (computation_id, subject, entity_id, email, planned)          VALUES (?1, ?2, ?3, ?4, ?5)          ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET            planned = excluded.planned, email = excluded.email",
+        "INSERT INTO planned_overrides (computation_id, subject, entity_id, email, planned) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (computation_id, subject, entity_id) DO UPDATE SET \
+           planned = excluded.planned, email = excluded.email",
     )?
     .execute(params![computation_id, subject, entity_id, email, planned])?;
     Ok(())
@@ -268,22 +278,48 @@ pub struct Pair<'a> {
     pub old: Option<&'a str>,
 }
 
-// Audience rows: a row whose value is SQL NULL, JSON null or false is "no row" (SPEC section 3).
-const AUDIENCE_VALUE: &str =
-    "CASE WHEN value IS NULL OR value IN ('null', 'false') THEN NULL ELSE 'true' END";
-const TRAIT_VALUE: &str = "CASE WHEN value = 'null' THEN NULL ELSE value END";
+/// How a cursor reads its value column.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// As stored.
+    AsIs,
+    /// An audience snapshot row: SQL NULL, JSON null or false is "no row" (SPEC section 3);
+    /// any other row is a member, `true`.
+    Audience,
+    /// A trait snapshot row: JSON null is no value.
+    Trait,
+}
+
+impl Reading {
+    fn of(source: Source) -> Reading {
+        match source {
+            Source::Snapshot { audience: true, .. } => Reading::Audience,
+            Source::Snapshot {
+                audience: false, ..
+            } => Reading::Trait,
+            Source::Derived { .. } | Source::Empty => Reading::AsIs,
+        }
+    }
+
+    /// In Rust rather than a SQL CASE: it runs for every row of both sides of a diff.
+    fn read(self, raw: Option<&[u8]>) -> Option<&[u8]> {
+        match (self, raw) {
+            (Reading::AsIs, raw) => raw,
+            (Reading::Audience, None | Some(b"null" | b"false")) => None,
+            (Reading::Audience, Some(_)) => Some(b"true"),
+            (Reading::Trait, Some(b"null")) => None,
+            (Reading::Trait, raw) => raw,
+        }
+    }
+}
 
 /// The rows of `source` in entity order (?1 the snapshot, ?2 the membership snapshot), or, with
-/// `one`, the row of one entity (the next parameter).
+/// `one`, the row of one entity (the next parameter). Snapshot values come as stored: read
+/// them with [`Reading::of`] the source.
 fn source_sql(source: Source, one: bool) -> String {
     match source {
-        Source::Snapshot { audience, .. } => format!(
-            "SELECT entity_id, email, {} FROM snapshot_rows WHERE snapshot_id = ?1 {} ORDER BY entity_id",
-            if audience {
-                AUDIENCE_VALUE
-            } else {
-                TRAIT_VALUE
-            },
+        Source::Snapshot { .. } => format!(
+            "SELECT entity_id, email, value FROM snapshot_rows WHERE snapshot_id = ?1 {} ORDER BY entity_id",
             if one { "AND entity_id = ?2" } else { "" }
         ),
         // SQLite's bare-column rule: with exactly one min() aggregate, the other columns come
@@ -306,54 +342,51 @@ fn source_sql(source: Source, one: bool) -> String {
     }
 }
 
-/// A forward cursor over sorted rows of (key, key2, email, value) that copies the current row
-/// into reused buffers, so two cursors can be compared without allocating per row.
+/// A forward cursor over sorted rows of (key, key2, email, value). It copies the current key
+/// into a reused buffer (keys are compared across cursors); the email and value are read from
+/// the current row only when asked, so a diff step that finds nothing changed touches neither
+/// (most steps of an incremental run).
 struct Cursor<'s> {
     rows: Rows<'s>,
-    key: String,
-    key2: String,
-    email: Option<String>,
-    value: Option<String>,
+    key: Vec<u8>,
+    key2: Vec<u8>,
     done: bool,
     // Column positions: (key, key2 or none, email, value).
     cols: (usize, Option<usize>, usize, usize),
+    reading: Reading,
 }
 
-fn text(value: ValueRef<'_>) -> rusqlite::Result<Option<&str>> {
+/// A TEXT or NULL column as bytes (SQLite TEXT is UTF-8 by contract; it is checked where the
+/// text leaves the diff, see [`text`]).
+fn bytes(value: ValueRef<'_>) -> rusqlite::Result<Option<&[u8]>> {
     match value {
         ValueRef::Null => Ok(None),
-        ValueRef::Text(t) => std::str::from_utf8(t)
-            .map(Some)
-            .map_err(|e| rusqlite::Error::Utf8Error(0, e)),
+        ValueRef::Text(t) => Ok(Some(t)),
         ValueRef::Integer(_) | ValueRef::Real(_) | ValueRef::Blob(_) => Err(
             rusqlite::Error::InvalidColumnType(0, "value".into(), value.data_type()),
         ),
     }
 }
 
-fn set(slot: &mut Option<String>, value: Option<&str>) {
-    match value {
-        None => *slot = None,
-        Some(v) => match slot {
-            Some(s) => {
-                s.clear();
-                s.push_str(v);
-            }
-            None => *slot = Some(v.to_string()),
-        },
-    }
+fn text(value: Option<&[u8]>) -> rusqlite::Result<Option<&str>> {
+    value
+        .map(|t| std::str::from_utf8(t).map_err(|e| rusqlite::Error::Utf8Error(0, e)))
+        .transpose()
 }
 
 impl<'s> Cursor<'s> {
-    fn new(rows: Rows<'s>, cols: (usize, Option<usize>, usize, usize)) -> rusqlite::Result<Self> {
+    fn new(
+        rows: Rows<'s>,
+        cols: (usize, Option<usize>, usize, usize),
+        reading: Reading,
+    ) -> rusqlite::Result<Self> {
         let mut cursor = Cursor {
             rows,
-            key: String::new(),
-            key2: String::new(),
-            email: None,
-            value: None,
+            key: Vec::new(),
+            key2: Vec::new(),
             done: false,
             cols,
+            reading,
         };
         cursor.advance()?;
         Ok(cursor)
@@ -365,23 +398,59 @@ impl<'s> Cursor<'s> {
             Some(row) => {
                 self.key.clear();
                 self.key
-                    .push_str(text(row.get_ref(self.cols.0)?)?.unwrap_or_default());
+                    .extend_from_slice(bytes(row.get_ref(self.cols.0)?)?.unwrap_or_default());
                 if let Some(c) = self.cols.1 {
                     self.key2.clear();
                     self.key2
-                        .push_str(text(row.get_ref(c)?)?.unwrap_or_default());
+                        .extend_from_slice(bytes(row.get_ref(c)?)?.unwrap_or_default());
                 }
-                set(&mut self.email, text(row.get_ref(self.cols.2)?)?);
-                set(&mut self.value, text(row.get_ref(self.cols.3)?)?);
             }
         }
         Ok(())
     }
 
-    fn cmp_key(&self, other: &Cursor<'_>) -> Ordering {
-        // SQLite's BINARY collation is memcmp, the same order as Rust's byte-wise str order.
-        (self.key.as_str(), self.key2.as_str()).cmp(&(other.key.as_str(), other.key2.as_str()))
+    /// A column of the current row (the cursor is not done).
+    fn column(&self, col: usize) -> rusqlite::Result<Option<&[u8]>> {
+        let row = self
+            .rows
+            .get()
+            .expect("a cursor that is not done has a row");
+        bytes(row.get_ref(col)?)
     }
+
+    fn email(&self) -> rusqlite::Result<Option<&[u8]>> {
+        self.column(self.cols.2)
+    }
+
+    fn value(&self) -> rusqlite::Result<Option<&[u8]>> {
+        Ok(self.reading.read(self.column(self.cols.3)?))
+    }
+
+    fn cmp_key(&self, other: &Cursor<'_>) -> Ordering {
+        cmp_bytes(&self.key, &other.key).then_with(|| cmp_bytes(&self.key2, &other.key2))
+    }
+}
+
+/// Byte-wise order: SQLite's BINARY collation (memcmp), the order of its `ORDER BY`. Eight
+/// bytes at a time, inline: a diff compares keys twice per row, and entity ids are short, so a
+/// call to memcmp per comparison cost more than the comparison.
+fn cmp_bytes(a: &[u8], b: &[u8]) -> Ordering {
+    let (mut a_rest, mut b_rest) = (a, b);
+    while let (Some((x, a_next)), Some((y, b_next))) = (
+        a_rest.split_first_chunk::<8>(),
+        b_rest.split_first_chunk::<8>(),
+    ) {
+        if x != y {
+            return u64::from_be_bytes(*x).cmp(&u64::from_be_bytes(*y));
+        }
+        (a_rest, b_rest) = (a_next, b_next);
+    }
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a_rest.len().cmp(&b_rest.len())
 }
 
 /// A full outer join of sorted cursors, pulled one key at a time: the new side (snapshot or
@@ -400,26 +469,35 @@ impl Merge<'_> {
         &mut self,
         f: impl FnOnce(Option<&Cursor<'_>>, Option<&Cursor<'_>>, Option<&Cursor<'_>>) -> R,
     ) -> rusqlite::Result<Option<R>> {
-        let live = |c: &Cursor<'_>| !c.done;
-        let mut min: Option<&Cursor<'_>> = None;
-        for c in [Some(&self.new), Some(&self.old), self.over.as_ref()]
-            .into_iter()
-            .flatten()
-            .filter(|c| live(c))
-        {
-            if min.is_none_or(|m| c.cmp_key(m) == Ordering::Less) {
-                min = Some(c);
+        // The common step compares the two big sides once; the overrides (few) only while
+        // they last.
+        let (mut new, mut old) = match (self.new.done, self.old.done) {
+            (true, true) => (false, false),
+            (false, true) => (true, false),
+            (true, false) => (false, true),
+            (false, false) => match self.new.cmp_key(&self.old) {
+                Ordering::Less => (true, false),
+                Ordering::Greater => (false, true),
+                Ordering::Equal => (true, true),
+            },
+        };
+        let mut over = false;
+        if let Some(c) = self.over.as_ref().filter(|c| !c.done) {
+            let least = if new { &self.new } else { &self.old };
+            let order = if new || old {
+                c.cmp_key(least)
+            } else {
+                Ordering::Less
+            };
+            match order {
+                Ordering::Less => (new, old, over) = (false, false, true),
+                Ordering::Equal => over = true,
+                Ordering::Greater => {}
             }
         }
-        let Some(min) = min else {
+        if !(new || old || over) {
             return Ok(None);
-        };
-        let at = |c: &Cursor<'_>| live(c) && c.cmp_key(min) == Ordering::Equal;
-        let (new, old, over) = (
-            at(&self.new),
-            at(&self.old),
-            self.over.as_ref().is_some_and(at),
-        );
+        }
         let r = f(
             new.then_some(&self.new),
             self.over.as_ref().filter(|_| over),
@@ -439,22 +517,42 @@ impl Merge<'_> {
 
     /// The next entity of a value merge (`MergeStatements::values`).
     pub fn next_pair<R>(&mut self, f: impl FnOnce(Pair<'_>) -> R) -> rusqlite::Result<Option<R>> {
+        Ok(self
+            .next_pair_unless_same(false, f)?
+            .map(|r| r.expect("never skipped")))
+    }
+
+    /// Like [`next_pair`](Self::next_pair), but with `skip_same` an entity whose planned value
+    /// is byte for byte its new value yields `Some(None)` without `f`: nothing to classify,
+    /// and nothing of its row is read but the two values.
+    pub fn next_pair_unless_same<R>(
+        &mut self,
+        skip_same: bool,
+        f: impl FnOnce(Pair<'_>) -> R,
+    ) -> rusqlite::Result<Option<Option<R>>> {
         self.next_with(|new, over, base| {
-            let any = new
-                .or(over)
-                .or(base)
-                .expect("a merge step has at least one side");
             let planned = over.or(base);
-            f(Pair {
-                entity_id: &any.key,
-                email: [new, over, base]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|c| c.email.as_deref()),
-                new: new.and_then(|n| n.value.as_deref()),
-                old: planned.and_then(|o| o.value.as_deref()),
-            })
-        })
+            let new_value = new.map(Cursor::value).transpose()?.flatten();
+            let old_value = planned.map(Cursor::value).transpose()?.flatten();
+            if skip_same && new.is_some() && planned.is_some() && new_value == old_value {
+                return Ok(None);
+            }
+            let any = new.or(planned).expect("a merge step has at least one side");
+            let mut email = None;
+            for c in [new, over, base].into_iter().flatten() {
+                email = c.email()?;
+                if email.is_some() {
+                    break;
+                }
+            }
+            Ok(Some(f(Pair {
+                entity_id: text(Some(&any.key))?.unwrap_or_default(),
+                email: text(email)?,
+                new: text(new_value)?,
+                old: text(old_value)?,
+            })))
+        })?
+        .transpose()
     }
 
     /// The next (user, account) of a membership merge (`MergeStatements::membership`).
@@ -464,16 +562,19 @@ impl Merge<'_> {
     ) -> rusqlite::Result<Option<R>> {
         self.next_with(|new, _, old| {
             let any = new.or(old).expect("a merge step has at least one side");
-            f(MemberPair {
-                user_id: &any.key,
-                group_id: &any.key2,
-                email: new
-                    .and_then(|n| n.email.as_deref())
-                    .or_else(|| old.and_then(|o| o.email.as_deref())),
+            let email = match new.map(Cursor::email).transpose()?.flatten() {
+                Some(email) => Some(email),
+                None => old.map(Cursor::email).transpose()?.flatten(),
+            };
+            Ok(f(MemberPair {
+                user_id: text(Some(&any.key))?.unwrap_or_default(),
+                group_id: text(Some(&any.key2))?.unwrap_or_default(),
+                email: text(email)?,
                 in_snapshot: new.is_some(),
                 attached: old.is_some(),
-            })
-        })
+            }))
+        })?
+        .transpose()
     }
 }
 
@@ -555,12 +656,21 @@ impl<'c> MergeStatements<'c> {
                 computation_id,
                 subject,
             } => Ok(Merge {
-                new: Cursor::new(query(&mut self.new, *source)?, (0, None, 1, 2))?,
-                old: Cursor::new(query(&mut self.old, *base)?, (0, None, 1, 2))?,
+                new: Cursor::new(
+                    query(&mut self.new, *source)?,
+                    (0, None, 1, 2),
+                    Reading::of(*source),
+                )?,
+                old: Cursor::new(
+                    query(&mut self.old, *base)?,
+                    (0, None, 1, 2),
+                    Reading::of(*base),
+                )?,
                 over: match self.over.as_mut() {
                     Some(over) => Some(Cursor::new(
                         over.query(params![computation_id, subject])?,
                         (0, None, 1, 2),
+                        Reading::AsIs,
                     )?),
                     None => None,
                 },
@@ -572,8 +682,9 @@ impl<'c> MergeStatements<'c> {
                 new: Cursor::new(
                     self.new.query([membership_snapshot_id.unwrap_or(-1)])?,
                     (0, Some(1), 2, 3),
+                    Reading::AsIs,
                 )?,
-                old: Cursor::new(self.old.query([])?, (0, Some(1), 2, 3))?,
+                old: Cursor::new(self.old.query([])?, (0, Some(1), 2, 3), Reading::AsIs)?,
                 over: None,
             }),
         }
@@ -930,4 +1041,26 @@ pub fn finish_run_plan(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn keys_order_like_memcmp(a in proptest::collection::vec(0u8..4, 0..20), b in proptest::collection::vec(0u8..4, 0..20)) {
+            prop_assert_eq!(cmp_bytes(&a, &b), a.as_slice().cmp(b.as_slice()));
+            prop_assert_eq!(cmp_bytes(&a, &a), Ordering::Equal);
+        }
+    }
+
+    #[test]
+    fn keys_order_like_memcmp_across_the_eight_byte_step() {
+        assert_eq!(cmp_bytes(b"user0000", b"user00000"), Ordering::Less);
+        assert_eq!(cmp_bytes(b"user00001", b"user00000"), Ordering::Greater);
+        assert_eq!(cmp_bytes(b"user0001a", b"user0000z"), Ordering::Greater);
+        assert_eq!(cmp_bytes("é".as_bytes(), b"z"), Ordering::Greater);
+    }
 }
