@@ -1064,8 +1064,13 @@ impl Emitter<'_, '_> {
             let value = json_value(row.value.as_deref())?;
             let body = message::track(space, user, comp.reference(), event, value, at, &id);
             self.emit(entity_id, &id, "track", &body, &[], false)?;
-            if self.stage {
-                state::stage_event_time(self.conn, entity_id, event, at)?;
+        }
+        if self.stage {
+            // One row per event name: the last time used for this user.
+            for (event, at) in &last_times {
+                if let Some(at) = at {
+                    state::stage_event_time(self.conn, entity_id, event, *at)?;
+                }
             }
         }
 
