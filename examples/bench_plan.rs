@@ -38,6 +38,9 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     if reuse {
         std::fs::copy(&template, &db)?;
+        // Written back before measuring: a freshly copied file's dirty pages would otherwise be
+        // flushed during the run (its checkpoint syncs the file), which no real database has.
+        std::fs::File::open(&db)?.sync_all()?;
         println!(
             "copied {} in {:.1} s",
             template.display(),
@@ -54,6 +57,8 @@ fn main() -> anyhow::Result<()> {
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); ANALYZE;")?;
         drop(conn);
         std::fs::copy(&db, &template)?;
+        std::fs::File::open(&db)?.sync_all()?;
+        std::fs::File::open(&template)?.sync_all()?;
         println!("generated in {:.1} s", t.elapsed().as_secs_f64());
     }
 
@@ -155,15 +160,19 @@ fn timed(bin: &Path, db: &Path, args: &[&str]) -> anyhow::Result<(f64, Option<u6
     if !out.status.success() {
         anyhow::bail!("{args:?} failed: {stderr}");
     }
-    let rss = stderr
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Maximum resident set size (kbytes): ")
-        })
-        .and_then(|v| v.trim().parse().ok());
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let rss = field("Maximum resident set size (kbytes): ").and_then(|v| v.parse().ok());
+    let cpu = field("User time (seconds): ")
+        .zip(field("System time (seconds): "))
+        .and_then(|(u, s)| Some(u.parse::<f64>().ok()? + s.parse::<f64>().ok()?));
     println!(
-        "{args:?}: {secs:.2} s, peak RSS {}",
+        "{args:?}: {secs:.2} s, CPU {} (user + system, both cores), peak RSS {}",
+        cpu.map_or("?".into(), |c| format!("{c:.2} s")),
         rss.map_or("?".into(), |k: u64| format!("{} MiB", k / 1024))
     );
     Ok((secs, rss))

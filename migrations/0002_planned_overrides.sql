@@ -19,6 +19,20 @@ CREATE TABLE planned_overrides (
     PRIMARY KEY (computation_id, subject, entity_id)
 ) WITHOUT ROWID;
 
+-- The rows of a planned base are planned state: an upstream job that prunes old snapshots must
+-- keep them until a run has planned a newer snapshot of that computation (then they are just an
+-- old snapshot). Deleting them would make every planned value vanish.
+CREATE TRIGGER planned_base_rows_are_kept BEFORE DELETE ON snapshot_rows
+WHEN EXISTS (SELECT 1 FROM planned_bases WHERE snapshot_id = OLD.snapshot_id)
+BEGIN
+    SELECT RAISE(ABORT, 'snapshot_rows: this snapshot is the planned base of a computation (planned_bases); delete it once a newer snapshot has been planned');
+END;
+CREATE TRIGGER planned_base_members_are_kept BEFORE DELETE ON membership_rows
+WHEN EXISTS (SELECT 1 FROM planned_bases WHERE membership_snapshot_id = OLD.snapshot_id)
+BEGIN
+    SELECT RAISE(ABORT, 'membership_rows: this membership snapshot is part of the planned base of an account computation (planned_bases); delete it once a newer one has been planned');
+END;
+
 CREATE TABLE delivered_state (
     computation_id TEXT NOT NULL REFERENCES computations(id),
     subject TEXT NOT NULL CHECK (subject IN ('user','account')),

@@ -940,3 +940,34 @@ proptest! {
         prop_assert_eq!(outbox(&db), before);
     }
 }
+
+#[test]
+fn the_planned_base_cannot_be_pruned_until_a_newer_snapshot_is_planned() {
+    let mut db = user_db();
+    let first = db.snapshot("aud_1", &[("u1", None, "true"), ("u2", None, "true")]);
+    db.run();
+    let err = db
+        .conn
+        .execute("DELETE FROM snapshot_rows WHERE snapshot_id = ?1", [first])
+        .unwrap_err();
+    assert!(err.to_string().contains("planned base"), "{err}");
+    // Nothing went: planned state still holds both members.
+    assert_eq!(
+        state::planned_values(&db.conn, "aud_1", "user")
+            .unwrap()
+            .len(),
+        2
+    );
+    // Once a newer snapshot is planned, the old one is just an old snapshot.
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    db.run();
+    let pruned = db
+        .conn
+        .execute("DELETE FROM snapshot_rows WHERE snapshot_id = ?1", [first])
+        .unwrap();
+    assert_eq!(pruned, 2);
+    assert_eq!(
+        db.state("aud_1", "user", "u2"),
+        Some((Some("false".into()), None))
+    );
+}
