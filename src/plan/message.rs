@@ -44,10 +44,12 @@ pub fn message_id(parts: &[&str]) -> String {
         hasher.update([0u8]);
     }
     let digest = hasher.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(9 + 32);
     id.push_str("personas_");
     for byte in &digest[..16] {
-        id.push_str(&format!("{byte:02x}"));
+        id.push(HEX[usize::from(byte >> 4)] as char);
+        id.push(HEX[usize::from(byte & 0xf)] as char);
     }
     id
 }
@@ -357,6 +359,12 @@ mod tests {
         // Parts are separated: ("ab","c") is not ("a","bc").
         assert_ne!(message_id(&["ab", "c"]), message_id(&["a", "bc"]));
         assert!(a.starts_with("personas_") && a.len() == 41);
+        // Stable across releases: a re-planned message must keep its id. (Python:
+        // "personas_" + hashlib.sha256(b"identify\0u1\0").hexdigest()[:32])
+        assert_eq!(
+            message_id(&["identify", "u1"]),
+            "personas_9bf4db1feec7bdd589ab7440a3527d2b"
+        );
     }
 
     #[test]

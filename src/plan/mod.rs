@@ -12,7 +12,6 @@
 pub mod diff;
 pub mod message;
 
-use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::Context;
@@ -585,6 +584,9 @@ impl DiffSpec {
     }
 }
 
+/// Page cache of a diff worker's connection (negative: KiB).
+const WORKER_CACHE_KIB: i64 = -512;
+
 /// Changes a worker sends at once: few enough to keep memory flat, enough to make the channel
 /// cheap per change.
 const WORKER_BATCH: usize = 1024;
@@ -674,6 +676,10 @@ fn diff_worker(
 ) -> anyhow::Result<()> {
     let mut conn = crate::store::open_reader(path)
         .with_context(|| format!("cannot open the database {}", path.display()))?;
+    // A merge reads each page once, in order: a small page cache loses nothing, and a run
+    // holds one connection per computation, so memory grows with their number, not with
+    // snapshot size.
+    conn.pragma_update(None, "cache_size", WORKER_CACHE_KIB)?;
     let read = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
     let mut statements = MergeStatements::values(&read, source, base, computation_id, subject)?;
     let mut merge = statements.open()?;
@@ -1039,7 +1045,8 @@ impl Emitter<'_, '_> {
             self.emit(entity_id, &id, "group", &body, &effects, true)?;
         }
 
-        let mut last_times: HashMap<&str, Option<i64>> = HashMap::new();
+        // Per event name (at most three): the last time used for this user in this run.
+        let mut last_times: Vec<(&str, i64)> = Vec::new();
         for row in rows.iter().filter(|r| r.track) {
             let comp = self.comp(row);
             let change = Change::from_code(row.change).expect("checked above");
@@ -1048,12 +1055,16 @@ impl Emitter<'_, '_> {
                 Change::Exited => self.personas.audience_exited_event.as_str(),
                 _ => self.personas.trait_computed_event.as_str(),
             };
-            let last = match last_times.get(event) {
-                Some(last) => *last,
+            let seen = last_times.iter().position(|(name, _)| *name == event);
+            let last = match seen {
+                Some(i) => Some(last_times[i].1),
                 None => state::last_event_time(self.conn, entity_id, event)?,
             };
             let at = message::event_time(comp.snapshot.map_or(0, |s| s.taken_at), last);
-            last_times.insert(event, Some(at));
+            match seen {
+                Some(i) => last_times[i].1 = at,
+                None => last_times.push((event, at)),
+            }
             let mut id_parts = vec![
                 "track".to_string(),
                 entity_id.to_string(),
@@ -1068,9 +1079,7 @@ impl Emitter<'_, '_> {
         if self.stage {
             // One row per event name: the last time used for this user.
             for (event, at) in &last_times {
-                if let Some(at) = at {
-                    state::stage_event_time(self.conn, entity_id, event, *at)?;
-                }
+                state::stage_event_time(self.conn, entity_id, event, *at)?;
             }
         }
 
