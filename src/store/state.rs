@@ -824,15 +824,16 @@ pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
              effects TEXT NOT NULL,
              with_user INTEGER NOT NULL
          );
+         -- No key: a run changes each (computation, subject, entity) once, so rows are only
+         -- appended, which is the cheapest insert.
          CREATE TEMP TABLE run_state (
              computation_id TEXT NOT NULL,
              subject TEXT NOT NULL,
              entity_id TEXT NOT NULL,
              email TEXT,
              planned TEXT,
-             override INTEGER NOT NULL,
-             PRIMARY KEY (computation_id, subject, entity_id)
-         ) WITHOUT ROWID;
+             override INTEGER NOT NULL
+         );
          CREATE TEMP TABLE run_membership (
              user_id TEXT NOT NULL,
              group_id TEXT NOT NULL,
@@ -872,7 +873,7 @@ pub fn stage_value(
     overrides: bool,
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR REPLACE INTO temp.run_state \
+        "INSERT INTO temp.run_state \
          (computation_id, subject, entity_id, email, planned, override) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
@@ -919,9 +920,9 @@ pub fn stage_event_time(
 }
 
 /// Copy the staged planned state, attachments and event times into the main tables (inside the
-/// run's write transaction, before the planned bases move to the diffed snapshots). The
-/// staging tables are keyed like their targets, so each copy walks its target's B-tree in
-/// order, and only the overrides of changed entities are written.
+/// run's write transaction, before the planned bases move to the diffed snapshots). Only the
+/// overrides of changed entities are written; the attachments and event times are staged keyed
+/// like their targets, so their copies walk the target B-trees in order.
 pub fn commit_staged_state(conn: &Connection) -> rusqlite::Result<()> {
     // `WHERE true`: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.
     conn.execute_batch(
