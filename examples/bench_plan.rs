@@ -127,7 +127,10 @@ fn main() -> anyhow::Result<()> {
         .flatten()
         .max();
     if peak.is_some_and(|k| k * 1024 >= 150_000_000) {
-        missed.push(format!("peak RSS {} KiB is not under 150 MB", peak.unwrap_or(0)));
+        missed.push(format!(
+            "peak RSS {} KiB is not under 150 MB",
+            peak.unwrap_or(0)
+        ));
     }
     match mode {
         "churn" if sqlite3.is_finite() => {
