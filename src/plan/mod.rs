@@ -584,6 +584,9 @@ impl DiffSpec {
     }
 }
 
+/// Most merges a pass runs on worker threads (one thread and read connection each).
+const MAX_WORKERS: usize = 64;
+
 /// Page cache of a diff worker's connection (negative: KiB).
 const WORKER_CACHE_KIB: i64 = -512;
 
@@ -608,7 +611,9 @@ impl<'c> Workers<'c> {
         comps: &[Comp],
         specs: &[(DiffSpec, Source, Source, &'static str)],
     ) -> anyhow::Result<Self> {
-        let Some(path) = path else {
+        // Beyond MAX_WORKERS computations the merges share the run's connection: threads and
+        // connections (each with its page cache) stay bounded however many computations exist.
+        let Some(path) = path.filter(|_| specs.len() <= MAX_WORKERS) else {
             let mut local = Vec::with_capacity(specs.len());
             for (spec, source, base, subject) in specs {
                 let id = &comps[spec.index].id;

@@ -971,3 +971,22 @@ fn the_planned_base_cannot_be_pruned_until_a_newer_snapshot_is_planned() {
         Some((Some("false".into()), None))
     );
 }
+
+#[test]
+fn more_computations_than_worker_threads_are_merged_on_the_run_connection() {
+    let n = super::MAX_WORKERS + 1;
+    let mut results = Vec::new();
+    for mut db in [Db::new(), Db::on_disk()] {
+        for i in 0..n {
+            let (id, key) = (format!("tra_{i}"), format!("t{i:03}"));
+            db.computation(&id, &key, &key, "trait", "user");
+            let value = i.to_string();
+            db.snapshot(&id, &[("u1", None, value.as_str())]);
+        }
+        let ms = db.run();
+        assert_eq!(ms.len(), 1, "one identify, no tracks on the initial sync");
+        assert_eq!(ms[0]["traits"].as_object().unwrap().len(), n);
+        results.push(ms);
+    }
+    assert_eq!(results[0], results[1]);
+}
