@@ -1,9 +1,10 @@
 //! The diff engine and Personas emitter: newest snapshots against planned state, to messages in the outbox.
 //!
-//! A run reads in one read transaction: per computation, the newest snapshot and the planned
-//! state are walked as two sorted cursors (`store::state::Merge`), and the per-computation change
-//! streams, all in entity order, are merged k-way (`merge_streams`), so each entity's changes
-//! arrive together without any sort: one identify carrying every changed value, then its group
+//! A run reads in read transactions: per computation, the newest snapshot and the planned
+//! state (its base snapshot overlaid with overrides) are walked as sorted cursors
+//! (`store::state::Merge`), each computation on a worker thread with its own read connection
+//! (`Workers`), and the per-computation change streams, all in entity order, are merged k-way
+//! (`merge_streams`), so each entity's changes arrive together without any sort: one identify carrying every changed value, then its group
 //! calls, then one track per change. Enqueue stages the outbox rows and the planned state they
 //! imply in temp tables while it reads, then writes them, with the run record, in ONE short
 //! write transaction (see `run` for why that is correct). `plan` and `sync --dry-run` write
