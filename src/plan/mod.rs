@@ -4,11 +4,12 @@
 //! state (its base snapshot overlaid with overrides) are walked as sorted cursors
 //! (`store::state::Merge`), each computation on a worker thread with its own read connection
 //! (`Workers`), and the per-computation change streams, all in entity order, are merged k-way
-//! (`merge_streams`), so each entity's changes arrive together without any sort: one identify carrying every changed value, then its group
-//! calls, then one track per change. Enqueue stages the outbox rows and the planned state they
-//! imply in temp tables while it reads, then writes them, with the run record, in ONE short
-//! write transaction (see `run` for why that is correct). `plan` and `sync --dry-run` write
-//! nothing. Memory holds one entity's changes at a time, never a snapshot.
+//! (`merge_streams`), so each entity's changes arrive together without any sort: one identify
+//! carrying every changed value, then its group calls, then one track per change. Enqueue
+//! stages the outbox rows and the planned state they imply in temp tables while it reads, then
+//! writes them, with the run record, in ONE short write transaction (see `run` for why that is
+//! correct). `plan` and `sync --dry-run` write nothing. Memory holds one entity's changes at a
+//! time, never a snapshot.
 
 pub mod diff;
 pub mod message;
