@@ -344,8 +344,8 @@ fn source_sql(source: Source, one: bool) -> String {
 
 /// A forward cursor over sorted rows of (key, key2, email, value). It copies the current key
 /// into a reused buffer (keys are compared across cursors); the email and value are read from
-/// the current row only when asked, so a diff step that finds nothing changed touches neither
-/// (most steps of an incremental run).
+/// the current row only when asked, so a diff step that finds nothing changed reads its two
+/// values and never its emails (most steps of an incremental run).
 struct Cursor<'s> {
     rows: Rows<'s>,
     key: Vec<u8>,
