@@ -1,4 +1,4 @@
--- audience-sync schema, version 2 (the current one).
+-- audience-sync schema, version 3 (the current one).
 --
 -- The binary applies this file on start when the database is new (PRAGMA user_version = 0) and
 -- records the version; an older database is brought here by the numbered migrations in
@@ -127,6 +127,22 @@ CREATE TABLE IF NOT EXISTS membership_state (
     PRIMARY KEY (user_id, group_id)
 ) WITHOUT ROWID;
 
+-- What a dead-lettered change emitted, per (computation, subject, entity) its message carried:
+-- the value it drove toward and, if it fired a track event, that event's time (NULL: it fired
+-- none: an initial sync, a `--full` resync, a trait gone). A run that re-plans the entity to the
+-- same value emits exactly that: no track for an initial sync's change, the same event time for
+-- an incremental one (Intercom de-duplicates a re-sent event on contact, name and created_at).
+-- A run that plans the entity deletes its row; `dead-letters retry` too (it re-sends the
+-- original message instead).
+CREATE TABLE IF NOT EXISTS replans (
+    computation_id TEXT NOT NULL REFERENCES computations(id),
+    subject TEXT NOT NULL CHECK (subject IN ('user','account')),
+    entity_id TEXT NOT NULL,
+    value TEXT,
+    track_at INTEGER,
+    PRIMARY KEY (computation_id, subject, entity_id)
+) WITHOUT ROWID;
+
 -- Per (user entity, event name): the last event time used, so a new event gets
 -- max(taken_at, last + 1) and Intercom never de-duplicates two distinct events.
 CREATE TABLE IF NOT EXISTS event_times (
@@ -204,7 +220,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at INTEGER,                   -- unix seconds; NULL = now
     last_error TEXT,
     enqueued_at INTEGER NOT NULL,
-    finished_at INTEGER                        -- delivered or dead-lettered at
+    finished_at INTEGER,                       -- delivered or dead-lettered at
+    -- When the message's current run of transient failures (408, 5xx, timeouts, connection
+    -- errors) began; they do not count as attempts, and dead-letter the message only once it has
+    -- failed for intercom.retry_for_secs. NULL: not failing (cleared when Intercom answers again
+    -- after an outage).
+    failing_since INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, lane, seq);
 CREATE INDEX IF NOT EXISTS outbox_status_seq ON outbox (status, seq);
@@ -239,4 +260,15 @@ CREATE TABLE IF NOT EXISTS intercom_rate_limit (
     remaining INTEGER NOT NULL,
     reset_at INTEGER NOT NULL,                 -- unix seconds
     observed_at INTEGER NOT NULL
+);
+
+-- While delivery is paused because Intercom is unreachable (every request failing with 5xx, 408,
+-- a timeout or a dropped connection across lanes): since when, how many probes failed, the last
+-- error. The row exists only during the pause; `status` reads it from another process.
+CREATE TABLE IF NOT EXISTS intercom_outage (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    since INTEGER NOT NULL,
+    probes INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    updated_at INTEGER NOT NULL
 );

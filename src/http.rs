@@ -157,11 +157,15 @@ async fn metrics_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoRe
 /// The health verdict: `Ok` with a short text, or the reason it is unhealthy.
 pub fn health(
     stopped: Option<String>,
+    unreachable: Option<String>,
     figures: &DatabaseFigures,
     max_pending_age: Duration,
 ) -> Result<String, String> {
     if let Some(reason) = stopped {
         return Err(format!("delivery stopped: {reason}"));
+    }
+    if let Some(outage) = unreachable {
+        return Err(outage);
     }
     if figures.oldest_pending_age_secs as u64 > max_pending_age.as_secs() {
         return Err(format!(
@@ -175,7 +179,12 @@ pub fn health(
 
 async fn healthz_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
     let verdict = match figures(&endpoints).await {
-        Ok(figures) => health(delivery_stopped(), &figures, endpoints.max_pending_age),
+        Ok(figures) => health(
+            delivery_stopped(),
+            intercom_unreachable(),
+            &figures,
+            endpoints.max_pending_age,
+        ),
         Err(error) => Err(format!("cannot read the database: {error}")),
     };
     match verdict {
@@ -203,6 +212,24 @@ pub fn set_delivery_stopped(reason: Option<String>) {
 }
 
 static STOPPED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// "Intercom unreachable since …" while delivery is paused for an outage. Set by delivery.
+pub fn intercom_unreachable() -> Option<String> {
+    UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Record that delivery paused for an outage (the text `/healthz` answers with), or, with
+/// `None`, that Intercom answers again.
+pub fn set_intercom_unreachable(text: Option<String>) {
+    metrics::set(
+        "audience_sync_intercom_unreachable",
+        &[],
+        if text.is_some() { 1.0 } else { 0.0 },
+    );
+    *UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner()) = text;
+}
+
+static UNREACHABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 pub fn router(endpoints: Endpoints) -> Router {
     Router::new()
@@ -257,11 +284,20 @@ mod tests {
             figures.outbox,
             vec![("dead".to_string(), 1), ("pending".to_string(), 1)]
         );
-        assert!(health(None, &figures, Duration::from_secs(300)).is_ok());
-        let err = health(None, &figures, Duration::from_secs(100)).unwrap_err();
+        assert!(health(None, None, &figures, Duration::from_secs(300)).is_ok());
+        let err = health(None, None, &figures, Duration::from_secs(100)).unwrap_err();
         assert!(err.contains("200 s old"), "{err}");
         let err = health(
+            None,
+            Some("Intercom unreachable since 2026-12-01T10:00:00Z".into()),
+            &figures,
+            Duration::from_secs(300),
+        )
+        .unwrap_err();
+        assert_eq!(err, "Intercom unreachable since 2026-12-01T10:00:00Z");
+        let err = health(
             Some("the token is wrong".into()),
+            None,
             &figures,
             Duration::from_secs(300),
         )

@@ -81,6 +81,22 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "gauge",
         "1 when delivery stopped (a wrong or insufficient access token), else 0.",
     ),
+    (
+        "audience_sync_intercom_unreachable",
+        "gauge",
+        "1 while delivery is paused because Intercom is unreachable (every request failing with \
+         5xx, 408, a timeout or no connection), else 0.",
+    ),
+    (
+        "audience_sync_intercom_probes_total",
+        "counter",
+        "Probe requests sent while Intercom was unreachable, by result (failed, answered).",
+    ),
+    (
+        "audience_sync_messages_throttled_total",
+        "counter",
+        "Messages sent again after Intercom kept answering 429 (no attempt counted), by type.",
+    ),
     ("audience_sync_up", "gauge", "1 while the process runs."),
 ];
 

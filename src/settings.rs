@@ -102,7 +102,16 @@ pub struct IntercomSettings {
     pub rate_limit_window: Duration,
     pub max_concurrency: usize,
     pub request_timeout: Duration,
+    /// Counted failures of one message (not 429s, not transient errors) before it is
+    /// dead-lettered.
     pub max_attempts: u32,
+    /// How long a message may keep failing with transient errors (408, 5xx, timeouts, no
+    /// connection) before it is dead-lettered.
+    pub retry_for: Duration,
+    /// The longest wait between two probes while Intercom is unreachable (probes start 1 s
+    /// apart, or this if shorter, and double up to it); also the longest back-off of one
+    /// message's transient retries.
+    pub outage_probe: Duration,
     pub long_strings: LongStrings,
     pub company_attribute_prefix: String,
 }
@@ -179,6 +188,8 @@ struct RawIntercom {
     max_concurrency: usize,
     request_timeout_secs: u64,
     max_attempts: u32,
+    retry_for_secs: u64,
+    outage_probe_secs: f64,
     long_strings: LongStrings,
     company_attribute_prefix: String,
 }
@@ -308,6 +319,13 @@ impl Settings {
             raw.intercom.request_timeout_secs,
         )?;
         positive("intercom.max_attempts", raw.intercom.max_attempts as u64)?;
+        positive("intercom.retry_for_secs", raw.intercom.retry_for_secs)?;
+        let probe = raw.intercom.outage_probe_secs;
+        if !(probe.is_finite() && probe > 0.0 && probe <= 3600.0) {
+            anyhow::bail!(
+                "intercom.outage_probe_secs: {probe} must be more than 0 and at most 3600 seconds"
+            );
+        }
         if raw.intercom.api_version.trim().is_empty() {
             anyhow::bail!("intercom.api_version: must not be empty");
         }
@@ -380,6 +398,8 @@ impl Settings {
                 max_concurrency: raw.intercom.max_concurrency,
                 request_timeout: Duration::from_secs(raw.intercom.request_timeout_secs),
                 max_attempts: raw.intercom.max_attempts,
+                retry_for: Duration::from_secs(raw.intercom.retry_for_secs),
+                outage_probe: Duration::from_secs_f64(raw.intercom.outage_probe_secs),
                 long_strings: raw.intercom.long_strings,
                 company_attribute_prefix: raw.intercom.company_attribute_prefix,
             },
@@ -438,6 +458,8 @@ mod tests {
         assert_eq!(s.intercom.max_concurrency, 8);
         assert_eq!(s.intercom.request_timeout, Duration::from_secs(30));
         assert_eq!(s.intercom.max_attempts, 10);
+        assert_eq!(s.intercom.retry_for, Duration::from_secs(14_400));
+        assert_eq!(s.intercom.outage_probe, Duration::from_secs(30));
         assert_eq!(s.intercom.long_strings, LongStrings::Truncate);
         assert_eq!(s.intercom.company_attribute_prefix, "account_");
         assert_eq!(s.http.listen, Some("127.0.0.1:9464".parse().unwrap()));

@@ -13,7 +13,19 @@ pub struct Status {
     pub computations: Vec<ComputationStatus>,
     pub membership: Option<SnapshotStatus>,
     pub outbox: OutboxStatus,
+    /// Set while delivery is paused because Intercom is unreachable.
+    pub intercom_unreachable: Option<UnreachableStatus>,
     pub runs: Vec<RunStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UnreachableStatus {
+    /// When the pause began (RFC 3339).
+    pub since: String,
+    pub failed_probes: i64,
+    pub last_error: Option<String>,
+    /// When the delivering process last wrote this (RFC 3339).
+    pub updated_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,7 +50,7 @@ pub struct SnapshotStatus {
 pub struct OutboxStatus {
     /// Waiting for their first delivery attempt.
     pub pending: i64,
-    /// Waiting after at least one failed attempt.
+    /// Waiting after at least one failed attempt (or transient failure).
     pub retrying: i64,
     pub delivered: i64,
     pub dead: i64,
@@ -89,6 +101,12 @@ pub fn collect(conn: &Connection, database: &str) -> rusqlite::Result<Status> {
         computations,
         membership,
         outbox: outbox(conn)?,
+        intercom_unreachable: crate::store::intercom::outage(conn)?.map(|o| UnreachableStatus {
+            since: rfc3339(o.since),
+            failed_probes: o.probes,
+            last_error: o.last_error,
+            updated_at: rfc3339(o.updated_at),
+        }),
         runs: runs(conn)?,
     })
 }
@@ -96,7 +114,8 @@ pub fn collect(conn: &Connection, database: &str) -> rusqlite::Result<Status> {
 fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
     let mut status = OutboxStatus::default();
     let mut stmt = conn.prepare(
-        "SELECT status, attempts > 0, count(*) FROM outbox GROUP BY status, attempts > 0",
+        "SELECT status, attempts > 0 OR failing_since IS NOT NULL, count(*) FROM outbox \
+         GROUP BY 1, 2",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
@@ -201,6 +220,19 @@ pub fn render(status: &Status) -> String {
             .map(|t| format!(" (oldest pending enqueued {t})"))
             .unwrap_or_default()
     );
+    if let Some(u) = &status.intercom_unreachable {
+        let _ = writeln!(
+            out,
+            "Intercom: unreachable since {}, delivery paused ({} probes failed{}; as of {})",
+            u.since,
+            u.failed_probes,
+            u.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default(),
+            u.updated_at
+        );
+    }
     if status.runs.is_empty() {
         let _ = writeln!(out, "Runs: none yet");
     } else {

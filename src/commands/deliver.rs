@@ -82,6 +82,12 @@ pub fn summary(report: &DeliveryReport) -> String {
         text.push_str(&format!(", {} retries", report.retries));
     }
     text.push(')');
+    if report.outages > 0 {
+        text.push_str(&format!(
+            "; paused {:.0} s while Intercom was unreachable",
+            report.paused_ms as f64 / 1000.0
+        ));
+    }
     if report.dead > 0 {
         text.push_str(&format!(
             "; {} dead letters (see `audience-sync dead-letters`)",

@@ -52,6 +52,17 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     drop(conn);
-    super::deliver::deliver_outbox(settings)?;
+    let Some(delivered) = super::deliver::deliver_outbox(settings)? else {
+        return Ok(());
+    };
+    if delivered.dead > 0 {
+        return Err(crate::error::CliError::runtime(format!(
+            "{} messages were dead-lettered during this sync: see them with `audience-sync \
+             dead-letters list`, and send them again with `audience-sync dead-letters retry` once \
+             the cause is fixed (their entities are re-planned by the next run otherwise)",
+            delivered.dead
+        ))
+        .into());
+    }
     Ok(())
 }

@@ -4,8 +4,17 @@
 //! One coordinator owns the outbox: it pages pending messages in `seq` order, starts a lane's
 //! first unfinished message when the lane is free and the message is due, and records each
 //! result: `mark_delivered` after Intercom confirmed every request, `schedule_retry` (one more
-//! attempt, the error, when to try again) for a retryable failure, `mark_dead` for a failure for good
-//! or after `intercom.max_attempts`. A lane whose message waits for a retry blocks only itself.
+//! attempt, the error, when to try again) for a failure that may be the message's own,
+//! `schedule_transient` (no attempt; back-off from how long it has been failing) for 408 / 5xx /
+//! timeouts / no connection, `mark_dead` for a failure for good, after `intercom.max_attempts`,
+//! or after failing transiently for `intercom.retry_for_secs`. A lane whose message waits for a
+//! retry blocks only itself.
+//!
+//! Outages: the coordinator reports every end to the [`Breaker`]. When transient failures across
+//! lanes show Intercom is down, it starts no message but one probe at a time (1 s, then
+//! doubling up to `intercom.outage_probe_secs`); the log says so once, `/healthz` answers 503,
+//! `status` shows it (table `intercom_outage`). The first answer resumes every lane at once, and
+//! the failures of the outage are forgotten (they were Intercom's, not the messages').
 //! A message Intercom kept answering 429 is throttled, not failed: it is started again (the rate
 //! limiter holds it until the window resets) with no attempt counted, so throttling never
 //! dead-letters a message, however long the budget is shared.
@@ -25,13 +34,15 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::client::Client;
-use super::disposition::Disposition;
+use super::disposition::{self, Disposition};
 use super::executor::{Executor, Outcome};
+use super::outage::{Breaker, Transition};
 use super::ratelimit::RateLimiter;
 use crate::error::CliError;
+use crate::http;
 use crate::metrics;
 use crate::settings::IntercomSettings;
 use crate::store::{self, delivery as queue, intercom as cache, outbox};
@@ -57,6 +68,9 @@ pub struct DeliveryReport {
     pub requests: u64,
     /// Of which answered 429.
     pub rate_limited: u64,
+    /// Times delivery paused because Intercom was unreachable, and for how long in all.
+    pub outages: u64,
+    pub paused_ms: u64,
     pub elapsed_ms: u64,
 }
 
@@ -109,6 +123,8 @@ impl Engine {
         require_token(settings)?;
         let conn = store::open(db_path)?;
         let persisted = cache::rate_limit(&conn)?;
+        // A process that died while Intercom was unreachable left its pause behind.
+        cache::clear_outage(&conn)?;
         let db = Arc::new(Mutex::new(conn));
         let limiter = Arc::new(RateLimiter::new(
             settings.rate_limit,
@@ -175,7 +191,13 @@ async fn drain(
 ) -> anyhow::Result<DeliveryReport> {
     let started = Instant::now();
     let max_concurrency = settings.max_concurrency.max(1);
-    let max_attempts = settings.max_attempts.max(1);
+    let limits = Limits {
+        max_attempts: settings.max_attempts.max(1),
+        retry_for: settings.retry_for,
+        backoff_cap: settings.outage_probe,
+    };
+    let mut breaker = Breaker::new(settings.outage_probe);
+    let mut outage_since_unix = 0i64;
     let mut report = DeliveryReport::default();
     let mut total = queue::pending_count(&lock(db))?;
     // Messages enqueued while the drain runs (the daemon) add to the total.
@@ -231,28 +253,39 @@ async fn drain(
             }
         }
 
-        // Start every lane head that is free and due, up to the concurrency.
+        // Start every lane head that is free and due, up to the concurrency; while Intercom is
+        // unreachable, only the probe: the first free lane head, due or not.
         let now = Instant::now();
         let mut next_due: Option<Instant> = None;
         if !stopping {
+            let probing = breaker.is_open();
             let mut blocked: HashSet<&str> = HashSet::new();
             let mut to_start = Vec::new();
-            for (seq, entry) in held.iter() {
-                if tasks.len() + to_start.len() >= max_concurrency {
-                    break;
-                }
-                let lane = entry.message.lane.as_str();
-                if entry.running || busy.contains(lane) || blocked.contains(lane) {
+            if !probing || (breaker.probe_due(now) && tasks.len() < max_concurrency) {
+                for (seq, entry) in held.iter() {
+                    if tasks.len() + to_start.len() >= max_concurrency {
+                        break;
+                    }
+                    let lane = entry.message.lane.as_str();
+                    if entry.running || busy.contains(lane) || blocked.contains(lane) {
+                        blocked.insert(lane);
+                        continue;
+                    }
+                    if !probing && let Some(due) = entry.due.filter(|d| *d > now) {
+                        next_due = Some(next_due.map_or(due, |n: Instant| n.min(due)));
+                        blocked.insert(lane);
+                        continue;
+                    }
                     blocked.insert(lane);
-                    continue;
+                    to_start.push(*seq);
+                    if probing {
+                        breaker.start_probe(*seq);
+                        break;
+                    }
                 }
-                if let Some(due) = entry.due.filter(|d| *d > now) {
-                    next_due = Some(next_due.map_or(due, |n: Instant| n.min(due)));
-                    blocked.insert(lane);
-                    continue;
-                }
-                blocked.insert(lane);
-                to_start.push(*seq);
+            }
+            if probing {
+                next_due = breaker.next_probe();
             }
             for seq in to_start {
                 let entry = held.get_mut(&seq).expect("chosen above");
@@ -314,19 +347,61 @@ async fn drain(
                 let Some(entry) = held.get_mut(&seq) else { continue };
                 entry.running = false;
                 match outcome {
-                    Outcome::Interrupted => {}
+                    Outcome::Interrupted => breaker.inconclusive(seq),
                     Outcome::Finished(disposition) => {
-                        let finished = record(db, entry, disposition, max_attempts, &mut report)?;
+                        let now = Instant::now();
+                        let transition = match &disposition {
+                            Disposition::Transient { .. } => breaker.transient(seq, &lane, now),
+                            Disposition::Retry { .. } => {
+                                breaker.inconclusive(seq);
+                                Transition::None
+                            }
+                            _ => breaker.answered(now),
+                        };
+                        let error = match &disposition {
+                            Disposition::Transient { reason } => Some(reason.clone()),
+                            _ => None,
+                        };
+                        let quiet = breaker.is_open() || transition != Transition::None;
+                        let finished = record(db, entry, disposition, &limits, quiet, executor.jitter(), &mut report)?;
+                        if finished.done {
+                            held.remove(&seq);
+                            progress.update(report.delivered + report.dead, total.max(report.delivered + report.dead));
+                        }
+                        match transition {
+                            Transition::None => {}
+                            Transition::Opened => {
+                                outage_since_unix = store::now_unix();
+                                report.outages += 1;
+                                let error = error.unwrap_or_default();
+                                warn!(%error, next_probe_ms = breaker.next_probe().map_or(0, |at| at.saturating_duration_since(now).as_millis() as u64), "Intercom is unreachable: delivery pauses and probes with one request at a time until it answers.");
+                                outage_changed(db, Some((outage_since_unix, 0, error.as_str())));
+                            }
+                            Transition::ProbeFailed { next_in } => {
+                                metrics::inc("audience_sync_intercom_probes_total", &[("result", "failed")]);
+                                let error = error.unwrap_or_default();
+                                debug!(%error, next_probe_ms = next_in.as_millis() as u64, "Intercom is still unreachable.");
+                                outage_changed(db, Some((outage_since_unix, breaker.probes(), error.as_str())));
+                            }
+                            Transition::Closed { paused, probes } => {
+                                metrics::inc("audience_sync_intercom_probes_total", &[("result", "answered")]);
+                                report.paused_ms += paused.as_millis() as u64;
+                                info!(paused_ms = paused.as_millis() as u64, failed_probes = probes, "Intercom answers again: delivery resumes.");
+                                // The outage's failures were Intercom's: every lane goes now.
+                                for entry in held.values_mut() {
+                                    entry.due = None;
+                                    entry.message.failing_since = None;
+                                }
+                                outbox::clear_transient_failures(&lock(db))?;
+                                outage_changed(db, None);
+                            }
+                        }
                         if let Some(reason) = finished.stop
                             && !stopping
                         {
                             stopping = true;
                             stop_requests.cancel();
                             report.stopped = Some(reason);
-                        }
-                        if finished.done {
-                            held.remove(&seq);
-                            progress.update(report.delivered + report.dead, total.max(report.delivered + report.dead));
                         }
                     }
                 }
@@ -344,6 +419,10 @@ async fn drain(
         }
     }
 
+    if breaker.is_open() {
+        // Stopped while paused: this process no longer knows; the next drain finds out again.
+        outage_changed(db, None);
+    }
     report.pending = queue::pending_count(&lock(db))?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     info!(
@@ -357,17 +436,87 @@ async fn drain(
     Ok(report)
 }
 
+/// Publish the pause (`Some((since, failed probes, last error))`) or its end: `/healthz`, the
+/// metric, and `intercom_outage` for `status` in another process.
+fn outage_changed(db: &Mutex<Connection>, outage: Option<(i64, u64, &str)>) {
+    let written = match outage {
+        Some((since, probes, error)) => {
+            let mut text = format!(
+                "Intercom unreachable since {}",
+                crate::store::snapshots::rfc3339(since)
+            );
+            if probes > 0 {
+                text.push_str(&format!(" ({probes} probes failed)"));
+            }
+            if !error.is_empty() {
+                text.push_str(&format!("; last error: {error}"));
+            }
+            http::set_intercom_unreachable(Some(text));
+            cache::set_outage(
+                &lock(db),
+                &cache::Outage {
+                    since,
+                    probes: probes as i64,
+                    last_error: (!error.is_empty()).then(|| error.to_string()),
+                    updated_at: store::now_unix(),
+                },
+            )
+        }
+        None => {
+            http::set_intercom_unreachable(None);
+            cache::clear_outage(&lock(db))
+        }
+    };
+    if let Err(error) = written {
+        warn!(%error, "Could not record the outage in the database.");
+    }
+}
+
 struct Recorded {
     /// The message is finished (delivered or dead) and leaves the buffer.
     done: bool,
     stop: Option<String>,
 }
 
+/// What ends a message's retries.
+struct Limits {
+    /// Counted failures (`Disposition::Retry`).
+    max_attempts: u32,
+    /// Transient failures: for how long.
+    retry_for: Duration,
+    /// The longest back-off between transient retries.
+    backoff_cap: Duration,
+}
+
+/// Dead-letter the message: planned state goes back (`mark_dead`).
+fn dead_letter(
+    db: &Mutex<Connection>,
+    message: &outbox::OutboxMessage,
+    reason: &str,
+    report: &mut DeliveryReport,
+) -> anyhow::Result<Recorded> {
+    error!(seq = message.seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
+    outbox::mark_dead(&mut lock(db), message.seq, reason)?;
+    metrics::inc(
+        "audience_sync_messages_dead_total",
+        &[("type", &message.kind)],
+    );
+    report.dead += 1;
+    Ok(Recorded {
+        done: true,
+        stop: None,
+    })
+}
+
+/// Record how a message's delivery ended. `quiet`: Intercom is unreachable, so a transient
+/// failure is logged at debug level (the pause is logged once).
 fn record(
     db: &Mutex<Connection>,
     entry: &mut Held,
     disposition: Disposition,
-    max_attempts: u32,
+    limits: &Limits,
+    quiet: bool,
+    jitter: f64,
     report: &mut DeliveryReport,
 ) -> anyhow::Result<Recorded> {
     let message = &entry.message;
@@ -385,34 +534,12 @@ fn record(
                 stop: None,
             })
         }
-        Disposition::DeadLetter { reason } => {
-            error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
-            outbox::mark_dead(&mut lock(db), seq, &reason)?;
-            metrics::inc(
-                "audience_sync_messages_dead_total",
-                &[("type", &message.kind)],
-            );
-            report.dead += 1;
-            Ok(Recorded {
-                done: true,
-                stop: None,
-            })
-        }
+        Disposition::DeadLetter { reason } => dead_letter(db, message, &reason, report),
         Disposition::Retry { after, reason } => {
             let attempts = message.attempts + 1;
-            if attempts >= i64::from(max_attempts) {
+            if attempts >= i64::from(limits.max_attempts) {
                 let reason = format!("gave up after {attempts} attempts; the last: {reason}");
-                error!(seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
-                outbox::mark_dead(&mut lock(db), seq, &reason)?;
-                metrics::inc(
-                    "audience_sync_messages_dead_total",
-                    &[("type", &message.kind)],
-                );
-                report.dead += 1;
-                return Ok(Recorded {
-                    done: true,
-                    stop: None,
-                });
+                return dead_letter(db, message, &reason, report);
             }
             warn!(seq, user = %message.lane, attempt = attempts, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
             let at = store::now_unix() + after.as_secs_f64().ceil() as i64;
@@ -423,6 +550,38 @@ fn record(
             );
             report.retries += 1;
             entry.message.attempts = attempts;
+            entry.due = Some(Instant::now() + after);
+            Ok(Recorded {
+                done: false,
+                stop: None,
+            })
+        }
+        Disposition::Transient { reason } => {
+            let now = store::now_unix();
+            let since = message.failing_since.unwrap_or(now);
+            let failing_for = Duration::from_secs((now - since).max(0) as u64);
+            if failing_for >= limits.retry_for {
+                let reason = format!(
+                    "Intercom kept failing for {} s (intercom.retry_for_secs = {}); the last: {reason}",
+                    failing_for.as_secs(),
+                    limits.retry_for.as_secs()
+                );
+                return dead_letter(db, message, &reason, report);
+            }
+            let after = disposition::transient_backoff(failing_for, limits.backoff_cap, jitter);
+            if quiet {
+                debug!(seq, user = %message.lane, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed while Intercom is unreachable; will retry.");
+            } else {
+                warn!(seq, user = %message.lane, failing_secs = failing_for.as_secs(), retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
+            }
+            let at = now + after.as_secs_f64().ceil() as i64;
+            outbox::schedule_transient(&lock(db), seq, &reason, at, since)?;
+            metrics::inc(
+                "audience_sync_messages_retried_total",
+                &[("type", &message.kind)],
+            );
+            report.retries += 1;
+            entry.message.failing_since = Some(since);
             entry.due = Some(Instant::now() + after);
             Ok(Recorded {
                 done: false,
@@ -507,10 +666,9 @@ mod tests {
             let disposition = disposition::for_error(
                 "POST /contacts/search",
                 &error,
-                entry.message.attempts as u32 + 1,
-                0.5,
             );
-            let recorded = record(&db, &mut entry, disposition, 1, &mut report).unwrap();
+            let recorded =
+                record(&db, &mut entry, disposition, &limits(1), false, 0.5, &mut report).unwrap();
             assert!(!recorded.done);
             assert!(recorded.stop.is_none());
         }
@@ -522,13 +680,85 @@ mod tests {
             "the limiter, not the lane, waits for the reset"
         );
 
-        // A real failure still counts.
+        // A failure that may be the message's own still counts.
         let failed = Disposition::Retry {
             after: Duration::from_millis(10),
-            reason: "POST /contacts/search: 503".into(),
+            reason: "the local database: disk I/O error".into(),
         };
-        record(&db, &mut entry, failed, 3, &mut report).unwrap();
+        record(&db, &mut entry, failed, &limits(3), false, 0.5, &mut report).unwrap();
         assert_eq!(attempts(&db), (1, "pending".to_string()));
         assert_eq!(report.retries, 1);
+    }
+
+    fn limits(max_attempts: u32) -> Limits {
+        Limits {
+            max_attempts,
+            retry_for: Duration::from_secs(3600),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+
+    fn failing_since(db: &Mutex<Connection>) -> Option<i64> {
+        lock(db)
+            .query_row("SELECT failing_since FROM outbox", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn transient_failures_wait_without_counting_attempts_until_retry_for() {
+        let db = Mutex::new(store::open_in_memory().unwrap());
+        let mut entry = queued(&db);
+        let mut report = DeliveryReport::default();
+        let transient = || Disposition::Transient {
+            reason: "POST /contacts/search: 503: Service Unavailable".into(),
+        };
+        // With max_attempts = 1, a counted attempt would dead-letter the message at once.
+        for _ in 0..50 {
+            let recorded = record(&db, &mut entry, transient(), &limits(1), false, 0.5, &mut report)
+                .unwrap();
+            assert!(!recorded.done);
+        }
+        assert_eq!(attempts(&db), (0, "pending".to_string()));
+        assert_eq!(report.retries, 50);
+        let since = failing_since(&db).expect("failing since the first transient failure");
+        assert!((store::now_unix() - since).abs() <= 2);
+        assert!(entry.due.is_some());
+
+        // Failing for longer than retry_for: dead-lettered, saying why.
+        let old = store::now_unix() - 3601;
+        lock(&db)
+            .execute("UPDATE outbox SET failing_since = ?1", [old])
+            .unwrap();
+        entry.message.failing_since = Some(old);
+        let recorded =
+            record(&db, &mut entry, transient(), &limits(1), false, 0.5, &mut report).unwrap();
+        assert!(recorded.done);
+        assert_eq!(report.dead, 1);
+        let (status, error): (String, String) = lock(&db)
+            .query_row("SELECT status, last_error FROM outbox", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(status, "dead");
+        assert!(error.contains("Intercom kept failing for 3601 s"), "{error}");
+        assert!(error.contains("intercom.retry_for_secs = 3600"), "{error}");
+    }
+
+    #[test]
+    fn an_answer_after_an_outage_forgets_its_failures() {
+        let db = Mutex::new(store::open_in_memory().unwrap());
+        let mut entry = queued(&db);
+        let mut report = DeliveryReport::default();
+        let transient = Disposition::Transient {
+            reason: "POST /events: connection failed".into(),
+        };
+        record(&db, &mut entry, transient, &limits(1), true, 0.5, &mut report).unwrap();
+        assert!(failing_since(&db).is_some());
+        assert_eq!(outbox::clear_transient_failures(&lock(&db)).unwrap(), 1);
+        assert_eq!(failing_since(&db), None);
+        let next: Option<i64> = lock(&db)
+            .query_row("SELECT next_attempt_at FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(next, None, "due at once");
     }
 }

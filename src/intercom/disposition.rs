@@ -1,7 +1,10 @@
 //! What becomes of a message after an Intercom answer: one [`Disposition`] for every response.
 //!
-//! Retryable (408, 5xx, timeouts, connection errors) → [`Disposition::Retry`] with capped
-//! exponential back-off and jitter, counted toward `intercom.max_attempts`; 429 →
+//! Transient (408, 5xx, timeouts, connection errors: Intercom, not the message) →
+//! [`Disposition::Transient`]: retried with capped back-off for up to `intercom.retry_for_secs`,
+//! never counted as an attempt, and what the drain's outage breaker watches; failures that may be
+//! the message's own (the local database, a crash while delivering) → [`Disposition::Retry`],
+//! counted toward `intercom.max_attempts`; 429 →
 //! [`Disposition::Throttled`]: throttling says nothing about the message, so it never counts
 //! as an attempt nor dead-letters anything (the rate limiter holds every request until the
 //! window resets, and the client already sent the request again a few times); 401 / 403 → [`Disposition::Stop`] (no message can get through
@@ -21,6 +24,10 @@ pub enum Disposition {
     Delivered,
     /// Try the whole message again after this long (every step is idempotent); one attempt.
     Retry { after: Duration, reason: String },
+    /// Intercom did not answer, or answered 408 / 5xx: try again later, without counting an
+    /// attempt (the drain picks the back-off from how long the message has been failing, and
+    /// pauses delivery as a whole when failures across lanes show an outage).
+    Transient { reason: String },
     /// Intercom kept answering 429: try the message again when the budget allows, without
     /// counting an attempt (the rate limiter decides when).
     Throttled { reason: String },
@@ -128,8 +135,8 @@ pub fn conflicting_id(message: &str) -> Option<&str> {
 }
 
 /// The disposition of an error answer that the executor did not handle itself. `what` names the
-/// request (`PUT /contacts/{id}`), `attempt` counts from 1.
-pub fn for_error(what: &str, error: &ApiError, attempt: u32, jitter: f64) -> Disposition {
+/// request (`PUT /contacts/{id}`).
+pub fn for_error(what: &str, error: &ApiError) -> Disposition {
     match error.status {
         401 => Disposition::Stop {
             reason: format!(
@@ -148,8 +155,7 @@ pub fn for_error(what: &str, error: &ApiError, attempt: u32, jitter: f64) -> Dis
         429 => Disposition::Throttled {
             reason: format!("{what}: {error}"),
         },
-        408 | 500..=599 => Disposition::Retry {
-            after: backoff(attempt, jitter),
+        408 | 500..=599 => Disposition::Transient {
             reason: format!("{what}: {error}"),
         },
         _ => Disposition::DeadLetter {
@@ -158,12 +164,19 @@ pub fn for_error(what: &str, error: &ApiError, attempt: u32, jitter: f64) -> Dis
     }
 }
 
-/// A request that got no answer: a timeout or a connection error. Always retried.
-pub fn for_transport(what: &str, error: &str, attempt: u32, jitter: f64) -> Disposition {
-    Disposition::Retry {
-        after: backoff(attempt, jitter),
+/// A request that got no answer: a timeout or a connection error. Transient.
+pub fn for_transport(what: &str, error: &str) -> Disposition {
+    Disposition::Transient {
         reason: format!("{what}: {error}"),
     }
+}
+
+/// Back-off before the next try of a message that has been failing with transient errors for
+/// `failing_for`: about as long again (so waits double), at least 0.5 s, at most `cap`, with
+/// equal jitter (`jitter` uniform in [0, 1)).
+pub fn transient_backoff(failing_for: Duration, cap: Duration, jitter: f64) -> Duration {
+    let wait = failing_for.max(Duration::from_millis(500)).min(cap);
+    wait / 2 + wait.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Back-off before attempt `attempt + 1`: 0.5 s doubling per attempt, capped at 60 s, with
@@ -194,19 +207,20 @@ mod tests {
             (401, "stop"),
             (403, "stop"),
             (429, "throttled"),
-            (408, "retry"),
-            (500, "retry"),
-            (502, "retry"),
-            (503, "retry"),
-            (504, "retry"),
+            (408, "transient"),
+            (500, "transient"),
+            (502, "transient"),
+            (503, "transient"),
+            (504, "transient"),
             (400, "dead"),
             (422, "dead"),
         ];
         for (status, expected) in cases {
-            let d = for_error("POST /events", &error(status, "x", "y"), 1, 0.5);
+            let d = for_error("POST /events", &error(status, "x", "y"));
             let got = match d {
                 Disposition::Stop { .. } => "stop",
                 Disposition::Retry { .. } => "retry",
+                Disposition::Transient { .. } => "transient",
                 Disposition::Throttled { .. } => "throttled",
                 Disposition::DeadLetter { .. } => "dead",
                 Disposition::Delivered => "delivered",
@@ -216,8 +230,6 @@ mod tests {
         let Disposition::Stop { reason } = for_error(
             "GET /x",
             &error(401, "unauthorized", "Access Token Invalid"),
-            1,
-            0.0,
         ) else {
             panic!()
         };
@@ -229,8 +241,6 @@ mod tests {
                 "parameter_invalid",
                 "Custom attribute 'x' does not exist",
             ),
-            1,
-            0.0,
         ) else {
             panic!()
         };
@@ -266,6 +276,38 @@ mod tests {
         );
         assert_eq!(e.code, None);
         assert!(e.message.starts_with("<html>"));
+    }
+
+    #[test]
+    fn transient_backoff_follows_the_failure_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        assert_eq!(
+            transient_backoff(Duration::ZERO, cap, 0.0),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            transient_backoff(Duration::from_secs(8), cap, 0.0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            transient_backoff(Duration::from_secs(8), cap, 1.0),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            transient_backoff(Duration::from_secs(3600), cap, 0.999_999),
+            cap.mul_f64(0.5 + 0.999_999 / 2.0)
+        );
+        assert!(
+            transient_backoff(Duration::from_secs(3600), Duration::from_millis(200), 1.0)
+                <= Duration::from_millis(200)
+        );
+        let t = for_transport("POST /events", "connection failed: reset");
+        assert_eq!(
+            t,
+            Disposition::Transient {
+                reason: "POST /events: connection failed: reset".into()
+            }
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl Executor {
     }
 
     /// Uniform in [0, 1), for back-off jitter (xorshift; no need for a real generator here).
-    fn jitter(&self) -> f64 {
+    pub fn jitter(&self) -> f64 {
         let mut state = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         let mut x = *state;
         x ^= x << 13;
@@ -252,7 +252,7 @@ impl Executor {
             }
         }
         if writes_attributes(&plan) {
-            match self.fit_attributes(&mut plan, attempt, cancel).await {
+            match self.fit_attributes(&mut plan, cancel).await {
                 Ok(()) => {}
                 Err(step) => return step,
             }
@@ -275,12 +275,11 @@ impl Executor {
     async fn fit_attributes(
         &self,
         plan: &mut Plan,
-        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<(), Step> {
         let mut guard = self.attributes.lock().await;
         if guard.is_none() {
-            *guard = Some(self.list_attributes(attempt, cancel).await?);
+            *guard = Some(self.list_attributes(cancel).await?);
         }
         for need in plan.attributes.clone() {
             let attributes = guard.as_ref().expect("listed above");
@@ -302,7 +301,7 @@ impl Executor {
                     ),
                 }));
             }
-            self.create_attribute(&need, &mut guard, attempt, cancel)
+            self.create_attribute(&need, &mut guard, cancel)
                 .await?;
         }
         let attributes = guard.as_ref().expect("listed above");
@@ -321,7 +320,6 @@ impl Executor {
 
     async fn list_attributes(
         &self,
-        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<Attributes, Step> {
         let mut attributes = Attributes::default();
@@ -331,10 +329,10 @@ impl Executor {
                 format!("/data_attributes?model={}", model.as_str()),
                 None,
             );
-            let answer = self.send(&request, attempt, cancel).await?;
+            let answer = self.send(&request, cancel).await?;
             if !answer.is_success() {
                 return Err(Step::Done(
-                    self.error_disposition(&request, &answer, attempt),
+                    self.error_disposition(&request, &answer),
                 ));
             }
             for item in answer
@@ -370,11 +368,10 @@ impl Executor {
         &self,
         need: &AttributeNeed,
         guard: &mut tokio::sync::MutexGuard<'_, Option<Attributes>>,
-        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<(), Step> {
         let request = need.create_request();
-        let answer = self.send(&request, attempt, cancel).await?;
+        let answer = self.send(&request, cancel).await?;
         if answer.is_success() {
             let data_type = answer
                 .body
@@ -393,11 +390,11 @@ impl Executor {
         let error = ApiError::from_body(answer.status, &answer.body, &answer.text);
         if !error.is_attribute_taken() {
             return Err(Step::Done(
-                self.error_disposition(&request, &answer, attempt),
+                self.error_disposition(&request, &answer),
             ));
         }
         // It exists (an earlier create whose answer was lost, or someone else): list again.
-        let fresh = self.list_attributes(attempt, cancel).await?;
+        let fresh = self.list_attributes(cancel).await?;
         let found = fresh.get(need.model, &need.name).is_some();
         **guard = Some(fresh);
         if found {
@@ -466,7 +463,7 @@ impl Executor {
                 // Only clears of attributes Intercom never had: nothing to write.
                 continue;
             }
-            let answer = match self.send(&request, attempt, cancel).await {
+            let answer = match self.send(&request, cancel).await {
                 Ok(answer) => answer,
                 Err(step) => return step,
             };
@@ -526,8 +523,6 @@ impl Executor {
             return Step::Done(disposition::for_error(
                 &format!("{} {}", request.method.as_str(), step.request.path),
                 &error,
-                attempt,
-                self.jitter(),
             ));
         }
         Step::Done(Disposition::Delivered)
@@ -544,9 +539,9 @@ impl Executor {
         attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<Option<String>, Step> {
-        let answer = self.send(search, attempt, cancel).await?;
+        let answer = self.send(search, cancel).await?;
         if !answer.is_success() {
-            return Err(Step::Done(self.error_disposition(search, &answer, attempt)));
+            return Err(Step::Done(self.error_disposition(search, &answer)));
         }
         let found = search_hit(&answer.body);
         let id = match (found, on_missing) {
@@ -559,7 +554,7 @@ impl Executor {
                 return Ok(None);
             }
             (None, OnMissing::Create(create)) => {
-                let answer = self.send(create, attempt, cancel).await?;
+                let answer = self.send(create, cancel).await?;
                 if answer.is_success() {
                     match answer.body.get("id").and_then(Value::as_str) {
                         Some(id) => id.to_string(),
@@ -577,7 +572,7 @@ impl Executor {
                         Some(id) => id.to_string(),
                         None => {
                             return Err(Step::Done(
-                                self.error_disposition(create, &answer, attempt),
+                                self.error_disposition(create, &answer),
                             ));
                         }
                     }
@@ -598,7 +593,6 @@ impl Executor {
     async fn send(
         &self,
         request: &Request,
-        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<Answer, Step> {
         match self.client.send(request, cancel).await {
@@ -607,19 +601,15 @@ impl Executor {
             Err(error) => Err(Step::Done(disposition::for_transport(
                 &format!("{} {}", request.method.as_str(), path_shape(&request.path)),
                 &error.to_string(),
-                attempt,
-                self.jitter(),
             ))),
         }
     }
 
-    fn error_disposition(&self, request: &Request, answer: &Answer, attempt: u32) -> Disposition {
+    fn error_disposition(&self, request: &Request, answer: &Answer) -> Disposition {
         let error = ApiError::from_body(answer.status, &answer.body, &answer.text);
         disposition::for_error(
             &format!("{} {}", request.method.as_str(), path_shape(&request.path)),
             &error,
-            attempt,
-            self.jitter(),
         )
     }
 }

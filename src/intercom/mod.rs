@@ -5,6 +5,7 @@ pub mod delivery;
 pub mod disposition;
 pub mod executor;
 pub mod mapping;
+pub mod outage;
 pub mod plan;
 pub mod ratelimit;
 pub mod values;

@@ -149,6 +149,8 @@ struct Comp {
     resync: bool,
     /// Changes fire track events in this run.
     track: bool,
+    /// Dead-lettered changes of this computation wait to be re-planned (`replans`).
+    replans: bool,
 }
 
 impl Comp {
@@ -257,6 +259,7 @@ pub fn run(
             snapshot,
             resync: full,
             track: !full && (!initial || personas.track_on_initial_sync),
+            replans: state::has_replans(&tx, &c.id)?,
         });
     }
 
@@ -573,6 +576,7 @@ impl DiffSpec {
             value: value.map(str::to_string),
             track: self.track && change.tracks(),
             overrides: value != pair.new,
+            event_at: None,
         })
     }
 
@@ -784,6 +788,7 @@ impl Stream<'_> {
                                 value: None,
                                 track: false,
                                 overrides: false,
+                                event_at: None,
                             })
                         })
                         .context("cannot diff the account membership")?
@@ -812,7 +817,7 @@ fn merge_streams(
     comps: &[Comp],
     reports: &mut [ComputationReport],
     membership: &mut Option<MembershipReport>,
-    mut f: impl FnMut(&[ChangeRow]) -> anyhow::Result<()>,
+    mut f: impl FnMut(&mut [ChangeRow]) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let mut heads = Vec::with_capacity(streams.len());
     for stream in streams.iter_mut() {
@@ -834,7 +839,7 @@ fn merge_streams(
                 *head = stream.next_change(comps, reports, membership)?;
             }
         }
-        f(&batch)?;
+        f(&mut batch)?;
     }
 }
 
@@ -907,7 +912,8 @@ impl Emitter<'_, '_> {
         parts
     }
 
-    fn entity(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
+    fn entity(&mut self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
+        self.replan(rows)?;
         if matches!(self.output, Output::Plan) {
             return self.count_only(rows);
         }
@@ -916,6 +922,33 @@ impl Emitter<'_, '_> {
         } else {
             self.user(rows)
         }
+    }
+
+    /// Re-planning never invents events (SPEC section 6): a change that drives an entity to the
+    /// value a dead-lettered change was driving it to emits what that change emitted: no track
+    /// when it fired none (an initial sync's change, unless `track_on_initial_sync`), else its
+    /// track with the same event time (Intercom de-duplicates it if it was delivered). A change
+    /// to another value is a new change and is emitted as this run emits changes.
+    fn replan(&self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
+        for row in rows.iter_mut() {
+            let Some(index) = row.computation else {
+                continue;
+            };
+            let comp = &self.comps[index as usize];
+            if !comp.replans {
+                continue;
+            }
+            let subject = if row.lane_kind == 0 { "account" } else { "user" };
+            let Some(replan) = state::replan(self.conn, &comp.id, subject, &row.entity_id)? else {
+                continue;
+            };
+            if json_value(row.value.as_deref())? != json_value(replan.value.as_deref())? {
+                continue;
+            }
+            row.track = row.track && replan.track_at.is_some();
+            row.event_at = replan.track_at;
+        }
+        Ok(())
     }
 
     /// `plan`: count the messages `account` / `user` would build, without building them (an
@@ -959,6 +992,8 @@ impl Emitter<'_, '_> {
                 subject: "account".into(),
                 entity_id: group_id.to_string(),
                 value,
+                // An account's own group call fires no event.
+                track_at: None,
             });
             parts.extend(self.change_parts(row, false));
             timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
@@ -990,12 +1025,47 @@ impl Emitter<'_, '_> {
         let space = self.personas.space_id.as_str();
         let membership_taken = self.membership.map_or(0, |m| m.taken_at);
 
+        // Event times first: each value effect keeps the time of the track its change fires, so
+        // a dead letter can re-plan it with that time (`replans`). Per event name (at most
+        // three): the last time used for this user in this run.
+        let mut last_times: Vec<(&str, i64)> = Vec::new();
+        let mut event_times: Vec<Option<(&str, i64)>> = Vec::with_capacity(rows.len());
+        for row in rows.iter() {
+            if !row.track {
+                event_times.push(None);
+                continue;
+            }
+            let comp = self.comp(row);
+            let change = Change::from_code(row.change)
+                .ok_or_else(|| anyhow::anyhow!("unknown change code {}", row.change))?;
+            let event = match change {
+                Change::Entered => self.personas.audience_entered_event.as_str(),
+                Change::Exited => self.personas.audience_exited_event.as_str(),
+                _ => self.personas.trait_computed_event.as_str(),
+            };
+            let seen = last_times.iter().position(|(name, _)| *name == event);
+            let last = match seen {
+                Some(i) => Some(last_times[i].1),
+                None => state::last_event_time(self.conn, entity_id, event)?,
+            };
+            // A re-planned change keeps its time (already below `last`: nothing moves).
+            let at = row.event_at.unwrap_or_else(|| {
+                message::event_time(comp.snapshot.map_or(0, |s| s.taken_at), last)
+            });
+            let newest = last.map_or(at, |l| l.max(at));
+            match seen {
+                Some(i) => last_times[i].1 = newest,
+                None => last_times.push((event, newest)),
+            }
+            event_times.push(Some((event, at)));
+        }
+
         let mut traits = Vec::new();
         let mut detached = Vec::new();
         let mut effects = Vec::new();
         let mut parts = vec!["identify".to_string(), entity_id.to_string()];
         let mut timestamp = i64::MIN;
-        for row in rows {
+        for (row, event_time) in rows.iter().zip(&event_times) {
             match Change::from_code(row.change) {
                 Some(Change::Attach) => {}
                 Some(Change::Detach) => {
@@ -1024,6 +1094,7 @@ impl Emitter<'_, '_> {
                         subject: "user".into(),
                         entity_id: entity_id.to_string(),
                         value,
+                        track_at: event_time.map(|(_, at)| at),
                     });
                     parts.extend(self.change_parts(row, comp.account));
                     timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
@@ -1052,26 +1123,11 @@ impl Emitter<'_, '_> {
             self.emit(entity_id, &id, "group", &body, &effects, true)?;
         }
 
-        // Per event name (at most three): the last time used for this user in this run.
-        let mut last_times: Vec<(&str, i64)> = Vec::new();
-        for row in rows.iter().filter(|r| r.track) {
+        for (row, event_time) in rows.iter().zip(&event_times) {
+            let Some((event, at)) = *event_time else {
+                continue;
+            };
             let comp = self.comp(row);
-            let change = Change::from_code(row.change).expect("checked above");
-            let event = match change {
-                Change::Entered => self.personas.audience_entered_event.as_str(),
-                Change::Exited => self.personas.audience_exited_event.as_str(),
-                _ => self.personas.trait_computed_event.as_str(),
-            };
-            let seen = last_times.iter().position(|(name, _)| *name == event);
-            let last = match seen {
-                Some(i) => Some(last_times[i].1),
-                None => state::last_event_time(self.conn, entity_id, event)?,
-            };
-            let at = message::event_time(comp.snapshot.map_or(0, |s| s.taken_at), last);
-            match seen {
-                Some(i) => last_times[i].1 = at,
-                None => last_times.push((event, at)),
-            }
             let mut id_parts = vec![
                 "track".to_string(),
                 entity_id.to_string(),

@@ -724,6 +724,137 @@ fn delivery_moves_delivered_state_and_dead_letters_restore_planned() {
     assert_eq!(summary(&ms[0]), s("identify", "u1", json!({"vip": false})));
 }
 
+/// `aud_1` (vip) and `tra_1` (ltv) with no run yet: the next run is their initial sync.
+fn initial_db() -> Db {
+    let db = Db::new();
+    db.computation("aud_1", "vip", "VIP", "audience", "user");
+    db.computation("tra_1", "ltv", "LTV", "trait", "user");
+    db
+}
+
+fn tracks(ms: &[Value]) -> Vec<&Value> {
+    ms.iter().filter(|m| m["type"] == "track").collect()
+}
+
+#[test]
+fn a_dead_letter_of_an_initial_sync_is_replanned_without_events() {
+    let mut db = initial_db();
+    db.snapshot("aud_1", &[("u1", None, "true"), ("u2", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "5")]);
+    let first = db.run();
+    assert!(tracks(&first).is_empty(), "an initial sync sends no events");
+    for m in pending(&db.conn, 10).unwrap() {
+        if m.lane == "u1" {
+            mark_dead(&mut db.conn, m.seq, "400 bad attribute").unwrap();
+        } else {
+            mark_delivered(&mut db.conn, m.seq).unwrap();
+        }
+    }
+    // Re-planned from the same snapshots: the identify again, no event.
+    let again = db.run();
+    assert_eq!(
+        summaries(&again),
+        vec![s("identify", "u1", json!({"vip": true, "ltv": 5}))]
+    );
+    // Re-planned once more from newer snapshots with the same values: still no event.
+    let identify = pending(&db.conn, 10).unwrap().remove(0);
+    mark_dead(&mut db.conn, identify.seq, "400 bad attribute").unwrap();
+    db.snapshot("aud_1", &[("u1", None, "true"), ("u2", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "5")]);
+    let later = db.run();
+    assert_eq!(
+        summaries(&later),
+        vec![s("identify", "u1", json!({"vip": true, "ltv": 5}))]
+    );
+    // Once delivered, nothing waits to be re-planned, and a real change tracks as usual.
+    db.deliver_all();
+    db.snapshot("aud_1", &[("u2", None, "true")]);
+    db.snapshot("tra_1", &[("u1", None, "6")]);
+    let changed = db.run();
+    assert_eq!(tracks(&changed).len(), 2, "{changed:#?}");
+}
+
+#[test]
+fn a_value_that_moved_on_after_a_dead_letter_is_a_new_change() {
+    let mut db = initial_db();
+    db.snapshot("aud_1", &[]);
+    db.snapshot("tra_1", &[("u1", None, "5")]);
+    db.run();
+    let identify = pending(&db.conn, 10).unwrap().remove(0);
+    mark_dead(&mut db.conn, identify.seq, "400 bad attribute").unwrap();
+    // Undisturbed, 5 → 7 would fire Trait Computed: so does the re-plan to 7.
+    db.snapshot("tra_1", &[("u1", None, "7")]);
+    let ms = db.run();
+    assert_eq!(
+        summaries(&ms),
+        vec![
+            s("identify", "u1", json!({"ltv": 7})),
+            s(
+                "track",
+                "u1",
+                json!({"event": "Trait Computed", "properties": {"trait_key": "ltv", "ltv": 7}})
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_dead_letter_of_an_incremental_change_keeps_its_event_time() {
+    let mut db = user_db();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    let first = db.run();
+    let first_track = tracks(&first)[0].clone();
+    for m in pending(&db.conn, 10).unwrap() {
+        if m.kind == "identify" {
+            mark_dead(&mut db.conn, m.seq, "400 bad attribute").unwrap();
+        } else {
+            // The event went through (its contact existed).
+            mark_delivered(&mut db.conn, m.seq).unwrap();
+        }
+    }
+    // A newer snapshot, same membership: the re-plan sends the event with the same time, so
+    // Intercom de-duplicates it instead of recording a second one.
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    let again = db.run();
+    let track = tracks(&again)[0];
+    assert_eq!(track["event"], "Audience Entered");
+    assert_eq!(track["timestamp"], first_track["timestamp"]);
+    assert_ne!(
+        track["messageId"], first_track["messageId"],
+        "planned from another snapshot"
+    );
+    // The next real event of that name for u1 still gets a later time.
+    db.deliver_all();
+    db.snapshot("aud_1", &[]);
+    db.run();
+    db.deliver_all();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    let entered = db.run();
+    let later = tracks(&entered)[0];
+    assert!(
+        later["timestamp"].as_str().unwrap() > first_track["timestamp"].as_str().unwrap(),
+        "{later} after {first_track}"
+    );
+}
+
+#[test]
+fn dead_letters_retry_sends_the_message_itself_and_nothing_is_replanned() {
+    let mut db = initial_db();
+    db.snapshot("aud_1", &[("u1", None, "true")]);
+    db.snapshot("tra_1", &[]);
+    db.run();
+    let identify = pending(&db.conn, 10).unwrap().remove(0);
+    mark_dead(&mut db.conn, identify.seq, "400 bad attribute").unwrap();
+    crate::store::delivery::retry_dead(&mut db.conn, crate::store::delivery::Selection::All)
+        .unwrap();
+    let replans: i64 = db
+        .conn
+        .query_row("SELECT count(*) FROM replans", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(replans, 0);
+    assert!(db.run().is_empty(), "the retried message carries the change");
+}
+
 #[test]
 fn event_times_are_distinct_within_and_across_runs() {
     let mut db = user_db();
@@ -883,6 +1014,44 @@ fn expected(
     m
 }
 
+/// A track as Intercom keeps it: it drops an event with the same contact, name and
+/// `created_at` as an earlier one.
+type Event = (String, String, String);
+
+/// Deliver everything pending in outbox order; the n-th identify is dead-lettered when
+/// `dead[n % len]` is set. Returns the messages Intercom took.
+fn deliver_with(db: &mut Db, dead: &[bool]) -> Vec<Value> {
+    let mut identifies = 0;
+    let mut delivered = Vec::new();
+    for m in pending(&db.conn, 1_000_000).unwrap() {
+        let dies = m.kind == "identify" && !dead.is_empty() && dead[identifies % dead.len()];
+        if m.kind == "identify" {
+            identifies += 1;
+        }
+        if dies {
+            mark_dead(&mut db.conn, m.seq, "400 refused").unwrap();
+        } else {
+            mark_delivered(&mut db.conn, m.seq).unwrap();
+            delivered.push(m.body);
+        }
+    }
+    delivered
+}
+
+/// The events Intercom records, with their properties.
+fn events(delivered: &[Value]) -> std::collections::BTreeMap<Event, Value> {
+    let mut events = std::collections::BTreeMap::new();
+    for m in delivered.iter().filter(|m| m["type"] == "track") {
+        let key = (
+            m["userId"].as_str().unwrap().to_string(),
+            m["event"].as_str().unwrap().to_string(),
+            m["timestamp"].as_str().unwrap().to_string(),
+        );
+        events.entry(key).or_insert_with(|| m["properties"].clone());
+    }
+    events
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -915,6 +1084,48 @@ proptest! {
             serde_json::to_value(&memory_report).unwrap(),
             serde_json::to_value(&disk_report).unwrap()
         );
+    }
+
+    #[test]
+    fn a_dead_letter_followed_by_a_replan_emits_no_event_the_undisturbed_runs_would_not(
+        a in snapshot_strategy(),
+        b in snapshot_strategy(),
+        dead_initial in proptest::collection::vec(any::<bool>(), 1..6),
+        dead_incremental in proptest::collection::vec(any::<bool>(), 1..6),
+    ) {
+        // Undisturbed: the initial sync of a, then the run to b, everything delivered.
+        let mut calm = initial_db();
+        load(&mut calm, &a);
+        calm.run();
+        let mut calm_delivered = deliver_with(&mut calm, &[]);
+        load(&mut calm, &b);
+        calm.run();
+        calm_delivered.extend(deliver_with(&mut calm, &[]));
+
+        // Disturbed: identifies dead-lettered in both runs, then re-planned until none is left.
+        let mut rough = initial_db();
+        load(&mut rough, &a);
+        rough.run();
+        let mut rough_delivered = deliver_with(&mut rough, &dead_initial);
+        load(&mut rough, &b);
+        rough.run();
+        rough_delivered.extend(deliver_with(&mut rough, &dead_incremental));
+        rough.run();
+        rough_delivered.extend(deliver_with(&mut rough, &[]));
+        prop_assert!(rough.run().is_empty(), "everything was re-planned");
+
+        let calm_events = events(&calm_delivered);
+        for (event, properties) in events(&rough_delivered) {
+            prop_assert_eq!(
+                calm_events.get(&event),
+                Some(&properties),
+                "{:?} is an event the undisturbed runs do not send", event
+            );
+        }
+        // And Intercom ends as the snapshots say.
+        let mut model = Default::default();
+        apply(&mut model, &rough_delivered);
+        prop_assert_eq!(&model, &expected(&b));
     }
 
     #[test]

@@ -191,7 +191,10 @@ fn replan(tx: &Connection, effect: &Effect) -> rusqlite::Result<()> {
             subject,
             entity_id,
             value,
+            ..
         } => {
+            // The message itself goes again: nothing is left to re-plan for it.
+            state::forget_replan(tx, computation_id, subject, entity_id)?;
             let value = json_text(value);
             let (email, planned) = state::planned_row(tx, computation_id, subject, entity_id)?;
             let delivered = state::delivered_value(tx, computation_id, subject, entity_id)?;

@@ -1,6 +1,7 @@
 //! What Intercom is known to hold: contact and company id caches, the event names sent, and the
-//! last rate-limit budget seen (tables `intercom_contacts`, `intercom_companies`,
-//! `intercom_event_names`, `intercom_rate_limit`).
+//! last rate-limit budget seen, and whether Intercom is unreachable right now (tables
+//! `intercom_contacts`, `intercom_companies`, `intercom_event_names`, `intercom_rate_limit`,
+//! `intercom_outage`).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -106,6 +107,58 @@ pub fn save_rate_limit(conn: &Connection, budget: &Persisted) -> rusqlite::Resul
         params![budget.limit, budget.remaining, budget.reset_at, now_unix()],
     )?;
     Ok(())
+}
+
+/// Delivery is paused because Intercom is unreachable (table `intercom_outage`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outage {
+    /// Unix seconds: when the pause began.
+    pub since: i64,
+    /// Probes that failed since.
+    pub probes: i64,
+    pub last_error: Option<String>,
+    /// Unix seconds: when the delivering process last wrote this (a process that died while
+    /// paused leaves the row behind; the next delivery clears it).
+    pub updated_at: i64,
+}
+
+/// Record (or update) the pause.
+pub fn set_outage(conn: &Connection, outage: &Outage) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO intercom_outage (id, since, probes, last_error, updated_at) \
+         VALUES (1, ?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET since = excluded.since, \
+         probes = excluded.probes, last_error = excluded.last_error, updated_at = excluded.updated_at",
+        params![
+            outage.since,
+            outage.probes,
+            outage.last_error,
+            outage.updated_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// The pause ended (or a new process starts delivering).
+pub fn clear_outage(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM intercom_outage", [])?;
+    Ok(())
+}
+
+/// The pause, while there is one.
+pub fn outage(conn: &Connection) -> rusqlite::Result<Option<Outage>> {
+    conn.query_row(
+        "SELECT since, probes, last_error, updated_at FROM intercom_outage WHERE id = 1",
+        [],
+        |r| {
+            Ok(Outage {
+                since: r.get(0)?,
+                probes: r.get(1)?,
+                last_error: r.get(2)?,
+                updated_at: r.get(3)?,
+            })
+        },
+    )
+    .optional()
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 /// Migrations of older databases, in order: `MIGRATIONS[0]` takes a database from version 1 to
 /// 2. Each runs in one transaction together with the `user_version` bump; a new database gets
 /// [`SCHEMA`] and none of them.
-pub const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0002_planned_overrides.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0002_planned_overrides.sql"),
+    include_str!("../../migrations/0003_outages_and_replans.sql"),
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = 1 + MIGRATIONS.len() as i64;
@@ -296,6 +299,43 @@ mod tests {
             )
             .unwrap();
         assert_eq!(old, 0);
+    }
+
+    /// Every table and column, and every index and trigger name, of a database.
+    fn shape(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT m.type, m.name, coalesce(p.name || ' ' || p.type || ' ' || p.\"notnull\" || ' ' || \
+                 coalesce(p.dflt_value, '') || ' ' || p.pk, '') \
+                 FROM sqlite_schema m LEFT JOIN pragma_table_info(m.name) p ON m.type = 'table' \
+                 WHERE m.name NOT LIKE 'sqlite_%' ORDER BY 1, 2, 3",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(format!(
+                "{} {} {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_migrated_database_has_the_shape_of_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.db");
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(include_str!("../../tests/fixtures/schema_v1.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let migrated = open(&old).unwrap();
+        let new = open(&dir.path().join("new.db")).unwrap();
+        assert_eq!(shape(&migrated), shape(&new));
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub enum Effect {
         subject: String,
         entity_id: String,
         value: Value,
+        /// The time of the track event the change fired (in a later message of the lane), if
+        /// it fired one. A dead letter keeps it (`replans`), so the re-plan sends the event
+        /// with this time or, when it is `None`, sends none. Older messages have no such key:
+        /// they re-plan as before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        track_at: Option<i64>,
     },
     /// A row of `membership_state`.
     Membership { membership: MembershipEffect },
@@ -46,6 +52,8 @@ pub struct OutboxMessage {
     pub attempts: i64,
     /// Unix seconds before which the message must not be tried again; `None` = now.
     pub next_attempt_at: Option<i64>,
+    /// Unix seconds: since when the message has been failing with transient errors, if it is.
+    pub failing_since: Option<i64>,
 }
 
 /// A message to enqueue.
@@ -157,7 +165,8 @@ pub fn pending_after(
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxMessage>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, lane, message_id, type, body, attempts, next_attempt_at FROM outbox \
+        "SELECT seq, lane, message_id, type, body, attempts, next_attempt_at, failing_since \
+         FROM outbox \
          WHERE status = 'pending' AND seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     stmt.query_map(params![after_seq, limit as i64], |r| {
@@ -172,6 +181,7 @@ pub fn pending_after(
             })?,
             attempts: r.get(5)?,
             next_attempt_at: r.get(6)?,
+            failing_since: r.get(7)?,
         })
     })?
     .collect()
@@ -190,6 +200,34 @@ pub fn schedule_retry(
         params![seq, error, next_attempt_at],
     )?;
     Ok(())
+}
+
+/// Record a transient failure (408, 5xx, a timeout, no connection) that will be retried: not an
+/// attempt; the error, when to retry, and since when the message has been failing (kept from its
+/// first transient failure on).
+pub fn schedule_transient(
+    conn: &Connection,
+    seq: i64,
+    error: &str,
+    next_attempt_at: i64,
+    failing_since: i64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE outbox SET last_error = ?2, next_attempt_at = ?3, \
+         failing_since = coalesce(failing_since, ?4) WHERE seq = ?1 AND status = 'pending'",
+        params![seq, error, next_attempt_at, failing_since],
+    )?;
+    Ok(())
+}
+
+/// Intercom answers again after an outage: every pending message is due now and no longer
+/// failing (the failures were Intercom's, not the messages'). Returns how many it touched.
+pub fn clear_transient_failures(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE outbox SET failing_since = NULL, next_attempt_at = NULL \
+         WHERE status = 'pending' AND failing_since IS NOT NULL",
+        [],
+    )
 }
 
 /// What `mark_delivered` / `mark_dead` found.
@@ -257,8 +295,18 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
             subject,
             entity_id,
             value,
+            track_at,
         } => {
             if dead {
+                // What the change emitted, so the re-plan emits exactly that (SPEC section 6).
+                super::state::remember_replan(
+                    tx,
+                    computation_id,
+                    subject,
+                    entity_id,
+                    value,
+                    *track_at,
+                )?;
                 let delivered =
                     super::state::delivered_value(tx, computation_id, subject, entity_id)?;
                 super::state::override_planned(

@@ -251,6 +251,80 @@ pub fn override_planned(
     Ok(())
 }
 
+/// What a dead-lettered change emitted (table `replans`): the value it drove toward and the
+/// time of the track event it fired, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replan {
+    pub value: Option<String>,
+    pub track_at: Option<i64>,
+}
+
+/// Keep what a dead-lettered change emitted (in `mark_dead`'s transaction).
+pub fn remember_replan(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+    value: &Value,
+    track_at: Option<i64>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO replans (computation_id, subject, entity_id, value, track_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (computation_id, subject, entity_id) \
+         DO UPDATE SET value = excluded.value, track_at = excluded.track_at",
+    )?
+    .execute(params![
+        computation_id,
+        subject,
+        entity_id,
+        json_text(value),
+        track_at
+    ])?;
+    Ok(())
+}
+
+/// Forget what a dead-lettered change of one entity emitted (`dead-letters retry` sends the
+/// message itself again).
+pub fn forget_replan(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM replans WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+    )?
+    .execute(params![computation_id, subject, entity_id])?;
+    Ok(())
+}
+
+/// Whether any dead-lettered change of the computation waits to be re-planned (a run looks its
+/// changes up in `replans` only then).
+pub fn has_replans(conn: &Connection, computation_id: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM replans WHERE computation_id = ?1)")?
+        .query_row([computation_id], |r| r.get(0))
+}
+
+/// What the dead-lettered change of one entity emitted, if one waits to be re-planned.
+pub fn replan(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+) -> rusqlite::Result<Option<Replan>> {
+    conn.prepare_cached(
+        "SELECT value, track_at FROM replans \
+         WHERE computation_id = ?1 AND subject = ?2 AND entity_id = ?3",
+    )?
+    .query_row(params![computation_id, subject, entity_id], |r| {
+        Ok(Replan {
+            value: r.get(0)?,
+            track_at: r.get(1)?,
+        })
+    })
+    .optional()
+}
+
 /// Where the new side of a diff comes from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source {
@@ -800,6 +874,9 @@ pub struct ChangeRow {
     /// The planned value differs from the entity's row in the snapshot diffed (an audience
     /// exit's `false`): it is stored as an override of the planned base.
     pub overrides: bool,
+    /// The event time of a re-planned change's track (the one the dead-lettered change used),
+    /// instead of a new one.
+    pub event_at: Option<i64>,
 }
 
 // ─── A run's writes, staged in temp tables, then copied in one short write transaction ───────
@@ -925,6 +1002,16 @@ pub fn stage_event_time(
 /// like their targets, so their copies walk the target B-trees in order.
 pub fn commit_staged_state(conn: &Connection) -> rusqlite::Result<()> {
     // `WHERE true`: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.
+    // A re-planned entity's dead-lettered change is spent (checked first: the table is empty
+    // but after dead letters, and the IN list would otherwise walk every staged row).
+    let replans: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM replans)", [], |r| r.get(0))?;
+    if replans {
+        conn.execute(
+            "DELETE FROM replans WHERE (computation_id, subject, entity_id) IN
+               (SELECT computation_id, subject, entity_id FROM temp.run_state)",
+            [],
+        )?;
+    }
     conn.execute_batch(
         "DELETE FROM planned_overrides WHERE (computation_id, subject, entity_id) IN
            (SELECT computation_id, subject, entity_id FROM temp.run_state WHERE override = 0);
