@@ -215,6 +215,27 @@ pub struct SandboxArgs {
     /// Accept string values longer than 255 characters instead of refusing them.
     #[arg(long)]
     pub allow_long_strings: bool,
+    /// Simulate an Intercom outage that begins once N API requests have been answered (0: at
+    /// start). Outages can also be begun and ended with POST / DELETE /_sandbox/outage.
+    #[arg(long, value_name = "N")]
+    pub outage_after_requests: Option<u64>,
+    /// Seconds the scheduled outage lasts (fractions allowed); without it, until
+    /// DELETE /_sandbox/outage.
+    #[arg(long, value_name = "S", requires = "outage_after_requests")]
+    pub outage_secs: Option<f64>,
+    /// How the scheduled outage refuses requests: 502/503/504 in turn, dropped connections, or
+    /// the two alternating.
+    #[arg(
+        long,
+        default_value = "errors",
+        value_name = "KIND",
+        requires = "outage_after_requests",
+        value_parser = clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new(["errors", "drops", "mixed"]),
+            |name| name.parse::<intercom_sandbox::OutageKind>(),
+        ),
+    )]
+    pub outage_kind: intercom_sandbox::OutageKind,
 }
 
 /// When an injected fault strikes relative to the request's effect.

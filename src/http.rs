@@ -215,7 +215,10 @@ static STOPPED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// "Intercom unreachable since …" while delivery is paused for an outage. Set by delivery.
 pub fn intercom_unreachable() -> Option<String> {
-    UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    UNREACHABLE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
 }
 
 /// Record that delivery paused for an outage (the text `/healthz` answers with), or, with

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use intercom_sandbox::{
-    FaultPoint, Faults, LongStrings, RateLimitHeaders, Sandbox, SandboxConfig, SlowResponses,
+    FaultPoint, Faults, LongStrings, Outage, RateLimitHeaders, Sandbox, SandboxConfig,
+    ScheduledOutage, SlowResponses,
 };
 
 use crate::cli::{FaultPointArg, SandboxArgs};
@@ -16,6 +17,7 @@ use crate::error::CliError;
 /// SIGINT or SIGTERM.
 pub fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     let config = config(&args)?;
+    let config_outage = config.outage;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -36,6 +38,18 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
             args.window_secs,
             sandbox.base_url()
         );
+        if let Some(scheduled) = config_outage {
+            eprintln!(
+                "An outage ({}, {}) begins after {} answered requests; DELETE {}/_sandbox/outage ends it.",
+                scheduled.outage.kind,
+                scheduled
+                    .outage
+                    .length
+                    .map_or("until ended".to_owned(), |l| format!("{} s", l.as_secs_f64())),
+                scheduled.after_requests,
+                sandbox.base_url()
+            );
+        }
         stopped().await;
         sandbox.shutdown().await;
         anyhow::Ok(())
@@ -95,7 +109,28 @@ fn config(args: &SandboxArgs) -> anyhow::Result<SandboxConfig> {
     } else {
         LongStrings::Refuse
     };
+    config.outage = match args.outage_after_requests {
+        None => None,
+        Some(after_requests) => Some(ScheduledOutage {
+            after_requests,
+            outage: Outage {
+                kind: args.outage_kind,
+                length: args.outage_secs.map(outage_length).transpose()?,
+            },
+        }),
+    };
     Ok(config)
+}
+
+/// `--outage-secs` as a length: a positive, finite number of seconds.
+fn outage_length(secs: f64) -> anyhow::Result<Duration> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(length) if !length.is_zero() => Ok(length),
+        _ => Err(CliError::usage(format!(
+            "--outage-secs must be a positive number of seconds, not {secs}"
+        ))
+        .into()),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.

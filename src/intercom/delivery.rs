@@ -663,12 +663,17 @@ mod tests {
         };
         // With max_attempts = 1, any counted attempt would dead-letter the message.
         for _ in 0..20 {
-            let disposition = disposition::for_error(
-                "POST /contacts/search",
-                &error,
-            );
-            let recorded =
-                record(&db, &mut entry, disposition, &limits(1), false, 0.5, &mut report).unwrap();
+            let disposition = disposition::for_error("POST /contacts/search", &error);
+            let recorded = record(
+                &db,
+                &mut entry,
+                disposition,
+                &limits(1),
+                false,
+                0.5,
+                &mut report,
+            )
+            .unwrap();
             assert!(!recorded.done);
             assert!(recorded.stop.is_none());
         }
@@ -714,8 +719,16 @@ mod tests {
         };
         // With max_attempts = 1, a counted attempt would dead-letter the message at once.
         for _ in 0..50 {
-            let recorded = record(&db, &mut entry, transient(), &limits(1), false, 0.5, &mut report)
-                .unwrap();
+            let recorded = record(
+                &db,
+                &mut entry,
+                transient(),
+                &limits(1),
+                false,
+                0.5,
+                &mut report,
+            )
+            .unwrap();
             assert!(!recorded.done);
         }
         assert_eq!(attempts(&db), (0, "pending".to_string()));
@@ -730,8 +743,16 @@ mod tests {
             .execute("UPDATE outbox SET failing_since = ?1", [old])
             .unwrap();
         entry.message.failing_since = Some(old);
-        let recorded =
-            record(&db, &mut entry, transient(), &limits(1), false, 0.5, &mut report).unwrap();
+        let recorded = record(
+            &db,
+            &mut entry,
+            transient(),
+            &limits(1),
+            false,
+            0.5,
+            &mut report,
+        )
+        .unwrap();
         assert!(recorded.done);
         assert_eq!(report.dead, 1);
         let (status, error): (String, String) = lock(&db)
@@ -740,7 +761,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(status, "dead");
-        assert!(error.contains("Intercom kept failing for 3601 s"), "{error}");
+        assert!(
+            error.contains("Intercom kept failing for 3601 s"),
+            "{error}"
+        );
         assert!(error.contains("intercom.retry_for_secs = 3600"), "{error}");
     }
 
@@ -752,7 +776,16 @@ mod tests {
         let transient = Disposition::Transient {
             reason: "POST /events: connection failed".into(),
         };
-        record(&db, &mut entry, transient, &limits(1), true, 0.5, &mut report).unwrap();
+        record(
+            &db,
+            &mut entry,
+            transient,
+            &limits(1),
+            true,
+            0.5,
+            &mut report,
+        )
+        .unwrap();
         assert!(failing_since(&db).is_some());
         assert_eq!(outbox::clear_transient_failures(&lock(&db)).unwrap(), 1);
         assert_eq!(failing_since(&db), None);

@@ -301,8 +301,7 @@ impl Executor {
                     ),
                 }));
             }
-            self.create_attribute(&need, &mut guard, cancel)
-                .await?;
+            self.create_attribute(&need, &mut guard, cancel).await?;
         }
         let attributes = guard.as_ref().expect("listed above");
         for step in &mut plan.steps {
@@ -318,10 +317,7 @@ impl Executor {
         Ok(())
     }
 
-    async fn list_attributes(
-        &self,
-        cancel: &CancellationToken,
-    ) -> Result<Attributes, Step> {
+    async fn list_attributes(&self, cancel: &CancellationToken) -> Result<Attributes, Step> {
         let mut attributes = Attributes::default();
         for model in [Model::Contact, Model::Company] {
             let request = Request::new(
@@ -331,9 +327,7 @@ impl Executor {
             );
             let answer = self.send(&request, cancel).await?;
             if !answer.is_success() {
-                return Err(Step::Done(
-                    self.error_disposition(&request, &answer),
-                ));
+                return Err(Step::Done(self.error_disposition(&request, &answer)));
             }
             for item in answer
                 .body
@@ -389,9 +383,7 @@ impl Executor {
         }
         let error = ApiError::from_body(answer.status, &answer.body, &answer.text);
         if !error.is_attribute_taken() {
-            return Err(Step::Done(
-                self.error_disposition(&request, &answer),
-            ));
+            return Err(Step::Done(self.error_disposition(&request, &answer)));
         }
         // It exists (an earlier create whose answer was lost, or someone else): list again.
         let fresh = self.list_attributes(cancel).await?;
@@ -571,9 +563,7 @@ impl Executor {
                         // It exists (search lags, or our earlier create lost its answer).
                         Some(id) => id.to_string(),
                         None => {
-                            return Err(Step::Done(
-                                self.error_disposition(create, &answer),
-                            ));
+                            return Err(Step::Done(self.error_disposition(create, &answer)));
                         }
                     }
                 }
@@ -590,11 +580,7 @@ impl Executor {
     }
 
     /// Send through the client; no answer at all becomes a retry (or an interruption).
-    async fn send(
-        &self,
-        request: &Request,
-        cancel: &CancellationToken,
-    ) -> Result<Answer, Step> {
+    async fn send(&self, request: &Request, cancel: &CancellationToken) -> Result<Answer, Step> {
         match self.client.send(request, cancel).await {
             Ok(answer) => Ok(answer),
             Err(Transport::Interrupted) => Err(Step::Interrupted),

@@ -31,9 +31,14 @@ pub enum Transition {
     /// The breaker opened: delivery pauses.
     Opened,
     /// A probe failed; the next one is this far off.
-    ProbeFailed { next_in: Duration },
+    ProbeFailed {
+        next_in: Duration,
+    },
     /// Intercom answered: delivery resumes after this long paused and this many failed probes.
-    Closed { paused: Duration, probes: u64 },
+    Closed {
+        paused: Duration,
+        probes: u64,
+    },
 }
 
 #[derive(Debug)]

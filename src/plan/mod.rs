@@ -938,7 +938,11 @@ impl Emitter<'_, '_> {
             if !comp.replans {
                 continue;
             }
-            let subject = if row.lane_kind == 0 { "account" } else { "user" };
+            let subject = if row.lane_kind == 0 {
+                "account"
+            } else {
+                "user"
+            };
             let Some(replan) = state::replan(self.conn, &comp.id, subject, &row.entity_id)? else {
                 continue;
             };

@@ -852,7 +852,10 @@ fn dead_letters_retry_sends_the_message_itself_and_nothing_is_replanned() {
         .query_row("SELECT count(*) FROM replans", [], |r| r.get(0))
         .unwrap();
     assert_eq!(replans, 0);
-    assert!(db.run().is_empty(), "the retried message carries the change");
+    assert!(
+        db.run().is_empty(),
+        "the retried message carries the change"
+    );
 }
 
 #[test]

@@ -1004,7 +1004,8 @@ pub fn commit_staged_state(conn: &Connection) -> rusqlite::Result<()> {
     // `WHERE true`: SQLite's parser needs it between INSERT … SELECT and ON CONFLICT.
     // A re-planned entity's dead-lettered change is spent (checked first: the table is empty
     // but after dead letters, and the IN list would otherwise walk every staged row).
-    let replans: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM replans)", [], |r| r.get(0))?;
+    let replans: bool =
+        conn.query_row("SELECT EXISTS (SELECT 1 FROM replans)", [], |r| r.get(0))?;
     if replans {
         conn.execute(
             "DELETE FROM replans WHERE (computation_id, subject, entity_id) IN

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use intercom_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use intercom_sandbox::{Outage, OutageKind, Sandbox, SandboxConfig, SandboxHandle};
 
 use super::harness::Env;
 
@@ -26,7 +26,7 @@ fn configure(env: &Env, sandbox: &SandboxHandle, metrics_port: u16, run_on_start
         format!(
             "[database]\npath = \"state/test.db\"\n\
              [schedule]\ncron = \"*/2 * * * * *\"\nrun_on_start = {run_on_start}\n\
-             [intercom]\nbase_url = \"{}\"\naccess_token = \"{TOKEN}\"\nrate_limit = 1000\nrequest_timeout_secs = 5\n\
+             [intercom]\nbase_url = \"{}\"\naccess_token = \"{TOKEN}\"\nrate_limit = 1000\nrequest_timeout_secs = 5\noutage_probe_secs = 0.3\n\
              [http]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
             sandbox.base_url()
         ),
@@ -510,5 +510,129 @@ async fn the_daemon_tells_systemd_it_is_ready_and_pings_the_watchdog() {
         rest.iter().any(|m| m.contains("STOPPING=1")),
         "STOPPING=1 on SIGTERM: {rest:?}"
     );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itself() {
+    let sandbox = Sandbox::start(SandboxConfig::new(TOKEN)).await.unwrap();
+    // Intercom is down from the start.
+    sandbox.begin_outage(Outage::until_ended(OutageKind::Errors));
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, true);
+    let members: String = (0..40)
+        .map(|i| format!("{{\"user_id\": \"user{i:02}\"}}\n"))
+        .collect();
+    load(&env, "vip.ndjson", &members);
+    let mut daemon = start(&env);
+    let client = reqwest::Client::new();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let unreachable = |text: &str| {
+        parse_prometheus(text)
+            .get(&(
+                "audience_sync_intercom_unreachable".to_string(),
+                BTreeMap::new(),
+            ))
+            .copied()
+    };
+
+    // Paused: /healthz 503 naming the outage, the metric, and `status` in another process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Ok(r) = client.get(&healthz).send().await
+            && r.status() == 503
+        {
+            let body = r.text().await.unwrap();
+            if body.contains("Intercom unreachable since") {
+                break body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never reported the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("502") || body.contains("503") || body.contains("504"),
+        "{body}"
+    );
+    let text = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(unreachable(&text), Some(1.0), "{text}");
+    let status = env.run(&["--config", "daemon.toml", "status"]).success();
+    assert!(
+        status.stdout.contains("Intercom: unreachable since"),
+        "{}",
+        status.stdout
+    );
+
+    // Three seconds down: one probe at a time, at least 0.3 s apart once paused.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sandbox.end_outage();
+    let counters = sandbox.snapshot().counters.outage;
+    let late: Vec<u64> = counters
+        .refused_at_ms
+        .iter()
+        .copied()
+        .filter(|ms| *ms >= 1000)
+        .collect();
+    assert!(late.len() >= 4, "{:?}", counters.refused_at_ms);
+    for pair in late.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 250,
+            "probes too close: {:?}",
+            counters.refused_at_ms
+        );
+    }
+
+    // Intercom answers again: everything is delivered without anyone stepping in.
+    wait_for("delivery after the outage", Duration::from_secs(30), || {
+        let state = sandbox.snapshot();
+        (0..40).all(|i| {
+            state
+                .contact_by_external_id(&format!("user{i:02}"))
+                .is_some_and(|c| c.custom_attributes.get("vip") == Some(&serde_json::json!(true)))
+        })
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client.get(&healthz).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz still {}",
+            r.text().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = client
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(unreachable(&text), Some(0.0), "{text}");
+    assert_eq!(
+        env.query("SELECT count(*) FROM outbox WHERE status = 'dead'")[0][0],
+        "0"
+    );
+    let status = env.run(&["--config", "daemon.toml", "status"]).success();
+    assert!(!status.stdout.contains("unreachable"), "{}", status.stdout);
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
     sandbox.shutdown().await;
 }

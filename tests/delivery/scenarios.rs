@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use intercom_sandbox::{FaultPoint, Faults, SandboxConfig, SlowResponses};
+use intercom_sandbox::{FaultPoint, Faults, Outage, OutageKind, SandboxConfig, SlowResponses};
 use serde_json::{Value, json};
 
 use super::oracle::{self, Kind, Load, Scope, Step};
@@ -237,6 +237,168 @@ fn faults_timeouts_and_search_lag_change_nothing() {
         "{c:?}"
     );
     assert_eq!(c.rate_limited, 0, "{c:?}");
+}
+
+/// Probes at most this far apart in the outage tests (`intercom.outage_probe_secs`): short, so
+/// an outage of many probe intervals takes seconds.
+const PROBE_SECS: f64 = 0.25;
+
+#[test]
+fn an_outage_during_the_initial_and_an_incremental_sync_is_waited_out() {
+    let mut world = World::new(clean(400));
+    world.set("INTERCOM__OUTAGE_PROBE_SECS", &PROBE_SECS.to_string());
+    world.set("LOG__LEVEL", "info");
+    let outage = Duration::from_secs(4);
+    let steps = steps(60);
+    // The initial sync (no events), then an incremental run (events): Intercom goes down after
+    // this many requests of each, for 16 probe intervals.
+    for (i, after) in [(0usize, 60u64), (1, 15)] {
+        oracle::load_step(&world, i, &steps[i]);
+        let before = world.state().counters;
+        let sandbox = world.sandbox.as_ref().unwrap();
+        let (output, status) = std::thread::scope(|scope| {
+            let sync = scope.spawn(|| world.run(&["sync"]));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while world.state().counters.total_requests < before.total_requests + after {
+                assert!(
+                    !sync.is_finished(),
+                    "the sync ended before the outage began"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "the sync never sent {after} requests"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sandbox.begin_outage(Outage::lasting(OutageKind::Mixed, outage));
+            std::thread::sleep(Duration::from_millis(1500));
+            let status = world.ok(&["status"]);
+            (sync.join().unwrap(), status)
+        });
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run {i}: {stdout}\n{stderr}");
+        assert!(
+            status.contains("Intercom: unreachable since"),
+            "run {i}: status during the outage:\n{status}"
+        );
+        assert!(
+            stdout.contains("while Intercom was unreachable"),
+            "{stdout}"
+        );
+        // The log says it once when it starts and once when it ends.
+        assert_eq!(
+            stderr.matches("Intercom is unreachable").count(),
+            1,
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("Intercom answers again").count(),
+            1,
+            "{stderr}"
+        );
+        assert_eq!(
+            world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+            0
+        );
+        assert_eq!(world.count("SELECT count(*) FROM intercom_outage"), 0);
+
+        // While Intercom was down: the requests in flight when it went, then one probe per
+        // interval, never closer together than the interval.
+        let counters = world.state().counters.outage;
+        assert!(!counters.active);
+        let refused = &counters.refused_at_ms[before.outage.refused as usize..];
+        let (early, late): (Vec<u64>, Vec<u64>) = refused.iter().partition(|ms| **ms < 500);
+        assert!(early.len() <= 8 + 5 + 2, "run {i}: {refused:?}");
+        let probe_ms = (PROBE_SECS * 1000.0) as u64;
+        assert!(
+            late.len() as u64 <= (outage.as_millis() as u64 - 500) / probe_ms + 2,
+            "run {i}: {refused:?}"
+        );
+        assert!(
+            late.len() >= 8,
+            "run {i}: the probes kept going: {refused:?}"
+        );
+        for pair in late.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= probe_ms - 50,
+                "run {i}: probes {pair:?} ms closer than {probe_ms} ms: {refused:?}"
+            );
+        }
+        // Intercom ends exactly as the snapshots say, with no event beyond the undisturbed
+        // runs' (the oracle counts every event).
+        oracle::check(&world.state(), &oracle::expected(&steps[..=i]));
+    }
+}
+
+#[test]
+fn a_message_dead_lettered_for_a_real_reason_in_an_initial_sync_replans_without_events() {
+    let world = World::new(clean(400));
+    let sandbox = world.sandbox.as_ref().unwrap();
+    // `vip` is already a company attribute in this workspace: Intercom keeps one name on one
+    // model, so a user's `vip` cannot be written. u1 is already a contact.
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let response = world
+            .runtime
+            .block_on(
+                client
+                    .post(format!("{}{path}", sandbox.base_url()))
+                    .bearer_auth(super::world::TOKEN)
+                    .header("Accept", "application/json")
+                    .json(&body)
+                    .send(),
+            )
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+    };
+    post(
+        "/data_attributes",
+        json!({"name": "vip", "model": "company", "data_type": "boolean"}),
+    );
+    post("/contacts", json!({"role": "user", "external_id": "u1"}));
+    let steps = steps(0);
+    oracle::load_step(&world, 0, &steps[0]);
+    let first = world.run(&["sync"]);
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dead-lettered during this sync"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("audience-sync dead-letters list"),
+        "{stderr}"
+    );
+    let dead = world.count("SELECT count(*) FROM outbox WHERE status = 'dead'");
+    assert!(dead >= 8, "every vip member's identify: {dead}");
+
+    // Re-planned by the next sync (the cause is still there: dead again), and retried by hand:
+    // an initial sync's change never turns into Audience Entered or Trait Computed.
+    let again = world.run(&["sync"]);
+    assert_eq!(again.status.code(), Some(1));
+    world.ok(&["dead-letters", "retry", "--all"]);
+    let after_retry = world.run(&["sync"]);
+    assert_eq!(after_retry.status.code(), Some(1));
+    let state = world.state();
+    let events: Vec<_> = state
+        .contacts
+        .iter()
+        .flat_map(|c| {
+            c.events
+                .iter()
+                .map(move |e| (c.external_id.clone(), e.event_name.clone()))
+        })
+        .collect();
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        world.count("SELECT count(*) FROM outbox WHERE type = 'track'"),
+        0
+    );
 }
 
 #[test]

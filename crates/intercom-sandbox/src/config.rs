@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::outage::ScheduledOutage;
+
 /// Everything a sandbox needs to start. Build it with [`SandboxConfig::new`], which gives
 /// Intercom's own figures and no imperfections, then change the fields a test cares about.
 #[derive(Debug, Clone)]
@@ -36,11 +38,15 @@ pub struct SandboxConfig {
     pub long_strings: LongStrings,
     /// Where "now" comes from: the system clock, or a manual clock that tests advance.
     pub clock: Clock,
+    /// An outage that begins by itself after a number of answered API requests. Outages can
+    /// also be begun at any time with `SandboxHandle::begin_outage` or `POST /_sandbox/outage`.
+    pub outage: Option<ScheduledOutage>,
 }
 
 impl SandboxConfig {
     /// Intercom's figures (1,666 requests per 10 s, headers announced, 120 event names, 255
-    /// character strings refused), no faults, no latency, no search lag, on `127.0.0.1:0`.
+    /// character strings refused), no faults, no latency, no search lag, no outage, on
+    /// `127.0.0.1:0`.
     pub fn new(token: impl Into<String>) -> SandboxConfig {
         SandboxConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -55,6 +61,7 @@ impl SandboxConfig {
             event_name_limit: INTERCOM_EVENT_NAME_LIMIT,
             long_strings: LongStrings::Refuse,
             clock: Clock::System,
+            outage: None,
         }
     }
 }
@@ -146,7 +153,7 @@ impl SlowResponses {
 }
 
 /// Where the sandbox reads the time: timestamps, rate-limit windows, search lag.
-/// Latency and slow responses always use real time.
+/// Latency, slow responses and outages always use real time.
 #[derive(Debug, Clone)]
 pub enum Clock {
     /// The system clock.

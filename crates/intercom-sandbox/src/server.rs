@@ -1,5 +1,6 @@
-//! The HTTP face: routes, the middleware chain (auth, rate limit, Accept, faults), the listener
-//! that can drop a connection without a response, and the handle that starts and stops it all.
+//! The HTTP face: routes, the middleware chain (outage, auth, rate limit, Accept, faults), the
+//! listener that can drop a connection without a response, and the handle that starts and stops
+//! it all.
 
 use std::collections::HashMap;
 use std::io;
@@ -8,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -19,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::serve::{IncomingStream, Listener};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,8 +29,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{FaultPoint, RateLimitHeaders, SandboxConfig};
 use crate::error::{ApiError, SandboxError, error_list, json_response};
+use crate::outage::{Outage, OutageKind, Outages, Refusal};
 use crate::rng::Rng;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{OutageCounters, Snapshot};
 use crate::store::{Rules, Store};
 
 /// Entry point of the library: start a sandbox on the current tokio runtime.
@@ -128,7 +131,28 @@ impl SandboxHandle {
 
     /// Everything held and counted, as `GET /_sandbox/state` serves it.
     pub fn snapshot(&self) -> Snapshot {
-        self.shared.lock().store.snapshot()
+        self.shared.lock().snapshot()
+    }
+
+    /// Begin an outage now: every API request is refused until it ends (by itself after
+    /// `outage.length` of real time, or with [`SandboxHandle::end_outage`]). An outage already
+    /// under way ends first; this one counts as a new outage.
+    pub fn begin_outage(&self, outage: Outage) {
+        self.shared.lock().begin_outage(outage);
+    }
+
+    /// End the outage under way, if any: the next request is answered normally.
+    pub fn end_outage(&self) {
+        self.shared.lock().end_outage();
+    }
+
+    /// Whether an outage is under way now (one whose length has passed is not).
+    pub fn outage_active(&self) -> bool {
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        inner
+            .outages
+            .active(&mut inner.store.counters.outage, Instant::now())
     }
 
     /// Stop accepting, let requests in flight finish, and wait for the server task.
@@ -159,6 +183,34 @@ struct Inner {
     store: Store,
     window: RateWindow,
     rng: Rng,
+    outages: Outages,
+}
+
+impl Inner {
+    /// The snapshot, with an outage whose length has passed ended first.
+    fn snapshot(&mut self) -> Snapshot {
+        self.outages
+            .refresh(&mut self.store.counters.outage, Instant::now());
+        self.store.snapshot()
+    }
+
+    fn begin_outage(&mut self, outage: Outage) {
+        tracing::info!(kind = %outage.kind, length = ?outage.length, "Sandbox outage begins.");
+        self.outages
+            .begin(outage, &mut self.store.counters.outage, Instant::now());
+    }
+
+    fn end_outage(&mut self) {
+        self.outages
+            .end(&mut self.store.counters.outage, Instant::now());
+    }
+
+    /// The outage counters, with an outage whose length has passed ended first.
+    fn outage_counters(&mut self) -> OutageCounters {
+        self.outages
+            .refresh(&mut self.store.counters.outage, Instant::now());
+        self.store.counters.outage.clone()
+    }
 }
 
 /// The current fixed rate-limit window.
@@ -176,16 +228,21 @@ impl Shared {
             search_lag: config.search_lag,
         };
         let rng = Rng::seeded(config.faults.seed);
+        let mut store = Store::new(rules);
+        let mut outages = Outages::new(config.outage);
+        // A scheduled outage after 0 requests begins with the sandbox.
+        outages.answered(0, &mut store.counters.outage, Instant::now());
         Shared {
             config,
             inner: Mutex::new(Inner {
-                store: Store::new(rules),
+                store,
                 window: RateWindow {
                     index: 0,
                     arrived: 0,
                     accepted: 0,
                 },
                 rng,
+                outages,
             }),
         }
     }
@@ -231,9 +288,14 @@ fn router(shared: Arc<Shared>) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), accept))
         .layer(middleware::from_fn_with_state(shared.clone(), rate_limit))
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(shared.clone(), outage))
         .layer(middleware::from_fn_with_state(shared.clone(), observe));
     Router::new()
         .route("/_sandbox/state", get(inspect))
+        .route(
+            "/_sandbox/outage",
+            get(outage_state).post(begin_outage).delete(end_outage),
+        )
         .merge(api)
         .with_state(shared)
 }
@@ -245,7 +307,8 @@ fn router(shared: Arc<Shared>) -> Router {
 #[derive(Debug, Clone, Copy)]
 struct DropConnection;
 
-/// Count every API request by endpoint and answer; carry out a dropped connection.
+/// Count every API request by endpoint and answer; carry out a dropped connection; begin the
+/// scheduled outage once its number of requests has been answered.
 async fn observe(State(shared): AppState, request: Request, next: Next) -> Response {
     let endpoint = format!(
         "{} {}",
@@ -286,12 +349,35 @@ async fn observe(State(shared): AppState, request: Request, next: Next) -> Respo
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             counters.rate_limited += 1;
         }
+        let answered = counters.total_requests;
+        let inner = &mut *inner;
+        inner
+            .outages
+            .answered(answered, &mut inner.store.counters.outage, Instant::now());
     }
     if dropped && let Some(connection) = connection {
         tracing::debug!(peer = %connection.peer, "Dropping the connection without a response.");
         connection.kill.store(true, Ordering::SeqCst);
     }
     response
+}
+
+/// During an outage, refuse the request before anything else looks at it: a load-balancer
+/// status without rate-limit headers, or a dropped connection. Nothing is applied and no budget
+/// is spent.
+async fn outage(State(shared): AppState, request: Request, next: Next) -> Response {
+    let refusal = {
+        let mut inner = shared.lock();
+        let inner = &mut *inner;
+        inner
+            .outages
+            .refuse(&mut inner.store.counters.outage, Instant::now())
+    };
+    match refusal {
+        None => next.run(request).await,
+        Some(Refusal::Status(status)) => outage_response(status),
+        Some(Refusal::Drop) => dropped_response(),
+    }
 }
 
 /// `Authorization: Bearer <token>` or 401, with no rate-limit headers.
@@ -468,9 +554,7 @@ async fn faults(State(shared): AppState, request: Request, next: Next) -> Respon
     match fault {
         Fault::Drop => {
             counters.connections_dropped += 1;
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
+            dropped_response()
         }
         Fault::Status(status) => {
             counters.faults_injected += 1;
@@ -480,23 +564,18 @@ async fn faults(State(shared): AppState, request: Request, next: Next) -> Respon
     }
 }
 
+/// A response that `observe` turns into a connection closed without any response.
+fn dropped_response() -> Response {
+    let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    response.extensions_mut().insert(DropConnection);
+    response
+}
+
 /// Intercom answers 500/503/408 with `error.list`; 502/504 come from its load balancers as
 /// HTML, which clients must survive too.
 fn fault_response(status: StatusCode) -> Response {
     match status {
-        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => {
-            let reason = status.canonical_reason().unwrap_or("Error");
-            let html = format!(
-                "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} \
-                 {reason}</h1></center></body></html>\n",
-                code = status.as_u16()
-            );
-            let mut response = (status, html).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-            response
-        }
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => load_balancer_page(status),
         StatusCode::SERVICE_UNAVAILABLE => error_list(
             status,
             "service_unavailable",
@@ -505,6 +584,36 @@ fn fault_response(status: StatusCode) -> Response {
         StatusCode::REQUEST_TIMEOUT => error_list(status, "request_timeout", "Request Timeout"),
         _ => error_list(status, "server_error", "Server Error"),
     }
+}
+
+/// During an outage nothing behind the load balancer answers: 502 and 504 as its HTML page, 503
+/// as plain text. Never `error.list`, never rate-limit headers.
+fn outage_response(status: StatusCode) -> Response {
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let mut response = (status, "503 Service Temporarily Unavailable\n").into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    } else {
+        load_balancer_page(status)
+    }
+}
+
+/// The bare HTML error page a load balancer sends.
+fn load_balancer_page(status: StatusCode) -> Response {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let html = format!(
+        "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} \
+         {reason}</h1></center></body></html>\n",
+        code = status.as_u16()
+    );
+    let mut response = (status, html).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,8 +720,13 @@ async fn unknown_route() -> Response {
 }
 
 async fn inspect(State(shared): AppState) -> Response {
-    let snapshot = shared.lock().store.snapshot();
-    match serde_json::to_value(&snapshot) {
+    let snapshot = shared.lock().snapshot();
+    serialised(&snapshot)
+}
+
+/// `200` with `value` as JSON.
+fn serialised(value: &impl serde::Serialize) -> Response {
+    match serde_json::to_value(value) {
         Ok(value) => json_response(StatusCode::OK, &value),
         Err(error) => error_list(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -620,6 +734,70 @@ async fn inspect(State(shared): AppState) -> Response {
             &error.to_string(),
         ),
     }
+}
+
+/// The body of `POST /_sandbox/outage`; an empty body is `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutageRequest {
+    /// `errors` (the default), `drops` or `mixed`.
+    #[serde(default)]
+    kind: Option<OutageKind>,
+    /// Seconds of real time until the outage ends by itself; absent: until `DELETE`.
+    #[serde(default)]
+    secs: Option<f64>,
+}
+
+/// `GET /_sandbox/outage`: the outage counters, as in the snapshot.
+async fn outage_state(State(shared): AppState) -> Response {
+    let counters = shared.lock().outage_counters();
+    serialised(&counters)
+}
+
+/// `POST /_sandbox/outage`: begin an outage now; answers with the outage counters.
+async fn begin_outage(State(shared): AppState, body: Bytes) -> Response {
+    let request: OutageRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        OutageRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(error) => {
+                return ApiError::invalid(format!("bad outage: {error}")).into_response();
+            }
+        }
+    };
+    let length = match request.secs {
+        None => None,
+        Some(secs) => match Duration::try_from_secs_f64(secs) {
+            Ok(length) if !length.is_zero() => Some(length),
+            _ => {
+                return ApiError::invalid(format!(
+                    "secs must be a positive number of seconds, not {secs}"
+                ))
+                .into_response();
+            }
+        },
+    };
+    let outage = Outage {
+        kind: request.kind.unwrap_or(OutageKind::Errors),
+        length,
+    };
+    let counters = {
+        let mut inner = shared.lock();
+        inner.begin_outage(outage);
+        inner.outage_counters()
+    };
+    serialised(&counters)
+}
+
+/// `DELETE /_sandbox/outage`: end the outage under way, if any; answers with the counters.
+async fn end_outage(State(shared): AppState) -> Response {
+    let counters = {
+        let mut inner = shared.lock();
+        inner.end_outage();
+        inner.outage_counters()
+    };
+    serialised(&counters)
 }
 
 // ---------------------------------------------------------------------------------------------

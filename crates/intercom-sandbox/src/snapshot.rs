@@ -137,4 +137,28 @@ pub struct Counters {
     pub max_requests_in_window: u64,
     /// `Intercom-Version` header values seen (`"none"` when absent).
     pub intercom_versions: BTreeMap<String, u64>,
+    /// Outages and the requests they refused. Refused requests are also in `requests` (as their
+    /// status or `"dropped"`) and `total_requests`, but not in `faults_injected`,
+    /// `connections_dropped` or `max_requests_in_window`.
+    #[serde(default)]
+    pub outage: OutageCounters,
+}
+
+/// What outages did since the sandbox started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutageCounters {
+    /// Whether an outage is under way at the moment of the snapshot.
+    pub active: bool,
+    /// Outages begun (by hand, through `POST /_sandbox/outage`, or scheduled).
+    pub outages: u64,
+    /// API requests refused by an outage, over all outages.
+    pub refused: u64,
+    /// Of those, the ones whose connection was closed without a response.
+    pub dropped: u64,
+    /// For each refused request, in arrival order: milliseconds of real time between the start
+    /// of the outage it fell in and its arrival. Shows how far apart a client's probes were.
+    pub refused_at_ms: Vec<u64>,
+    /// How long the last outage that ended lasted, in milliseconds (its `length` when it ended
+    /// by itself); `None` until one ends.
+    pub last_ended_after_ms: Option<u64>,
 }

@@ -7,6 +7,7 @@ mod contacts;
 mod events;
 mod faults;
 mod inspect;
+mod outages;
 mod rate_limit;
 mod search;
 mod tidy;
