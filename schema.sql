@@ -253,6 +253,21 @@ CREATE TABLE IF NOT EXISTS intercom_event_names (
     first_sent_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+-- Intercom's custom data attributes as last listed (GET /data_attributes) and created since, so a
+-- restart does not list them again: the list is re-read only when Intercom says an attribute is
+-- unknown or already exists. data_type NULL: a type audience-sync does not write. The row of
+-- intercom_attributes_listed says the list was read once (a workspace may have none).
+CREATE TABLE IF NOT EXISTS intercom_data_attributes (
+    model TEXT NOT NULL CHECK (model IN ('contact','company')),
+    name TEXT NOT NULL,
+    data_type TEXT,
+    PRIMARY KEY (model, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS intercom_attributes_listed (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    listed_at INTEGER NOT NULL
+);
+
 -- The last rate-limit budget Intercom announced, so a new process does not overspend a window.
 CREATE TABLE IF NOT EXISTS intercom_rate_limit (
     id INTEGER PRIMARY KEY CHECK (id = 1),

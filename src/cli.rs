@@ -43,6 +43,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect and act on messages that failed for good.
     DeadLetters(DeadLettersArgs),
+    /// Apply the retention settings now and report what was removed.
+    Prune(PruneArgs),
     /// A complete local walk-through against the built-in Intercom-compatible sandbox.
     Demo,
     /// Run the built-in Intercom-compatible sandbox in the foreground.
@@ -165,6 +167,21 @@ pub enum DeadLetterAction {
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Report what would be removed and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also rewrite the database file (VACUUM): switches a database created before retention to
+    /// incremental vacuum so freed space goes back to the file system. Writers wait while it
+    /// runs; it needs free disk space about the size of the database.
+    #[arg(long)]
+    pub vacuum: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

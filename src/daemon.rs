@@ -15,7 +15,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::http::{self, Endpoints};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
@@ -23,7 +23,7 @@ use crate::metrics;
 use crate::notify::{notify, watchdog_interval};
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::Settings;
-use crate::store::{self, Lock, RunLock};
+use crate::store::{self, Lock, RunLock, retention};
 
 /// How long a stop waits for requests in flight (and a run being planned) before it exits anyway.
 /// Exiting mid-plan is safe: the run's transaction is rolled back as a whole.
@@ -114,10 +114,18 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                     }
                 };
                 let run_settings = settings.clone();
+                let delivery_wake = wake.clone();
                 planning = Some((
                     tokio::task::spawn_blocking(move || {
                         let _planning = lock;
-                        plan_once(&run_settings)
+                        let planned = plan_once(&run_settings);
+                        if planned.is_ok() {
+                            // Delivery need not wait for the prune.
+                            delivery_wake.notify_one();
+                        }
+                        // Retention after every scheduled run, under the same plan lock.
+                        prune_after_run(&run_settings);
+                        planned
                     }),
                     Instant::now(),
                 ));
@@ -237,8 +245,48 @@ fn plan_once(settings: &Settings) -> anyhow::Result<Report> {
         mode: RunMode::Incremental,
         computation: None,
         now: store::now_unix(),
+        company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)
+}
+
+/// Apply `[retention]` (SPEC section 9) after a scheduled run; the caller holds the plan lock.
+/// What went is logged; a failure is logged and the next run tries again.
+fn prune_after_run(settings: &Settings) {
+    let pruned = store::open(&settings.database.path).and_then(|mut conn| {
+        retention::prune(
+            &mut conn,
+            &retention::Policy::from(&settings.retention),
+            retention::Options::default(),
+            store::now_unix(),
+        )
+    });
+    match pruned {
+        Ok(report) if report.removed_anything() || report.space.bytes_returned > 0 => {
+            info!(
+                delivered_messages = report.delivered_messages,
+                runs = report.runs,
+                snapshots = report.snapshots.len(),
+                snapshot_rows = report.snapshot_rows(),
+                membership_snapshots = report.membership_snapshots.len(),
+                membership_rows = report.membership_rows(),
+                pages_freed = report.space.pages_freed,
+                bytes_returned = report.space.bytes_returned,
+                vacuumed = report.space.vacuumed,
+                "Pruned."
+            );
+            if report.space.needs_vacuum {
+                info!(
+                    free_pages = report.space.free_pages_after,
+                    "Freed pages stay in the database file for reuse (auto_vacuum = none, a \
+                     database created before retention); `audience-sync prune --vacuum` once \
+                     returns them to the file system."
+                );
+            }
+        }
+        Ok(_) => debug!("Nothing to prune."),
+        Err(e) => error!(error = %format!("{e:#}"), "Pruning failed; the next run tries again."),
+    }
 }
 
 fn record_run(report: &Report, took: Duration) {

@@ -235,6 +235,7 @@ async fn sync(
         mode: RunMode::Incremental,
         computation: None,
         now: store::now_unix(),
+        company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     let report = plan::run(conn, &settings.personas, &options, Output::Enqueue)?;
     let delivery = engine.drain(&CancellationToken::new(), &Quiet).await?;

@@ -37,6 +37,8 @@ pub enum ParseError {
     MissingGroupId,
     #[error("`timestamp` is not an RFC 3339 date-time: {0}")]
     BadTimestamp(String),
+    #[error("`originalTimestamp` is not an RFC 3339 date-time: {0}")]
+    BadOriginalTimestamp(String),
     #[error("invalid UTF-8")]
     InvalidUtf8,
 }
@@ -104,6 +106,9 @@ pub struct Common {
     pub anonymous_id: Option<String>,
     pub message_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
+    /// `originalTimestamp`: when the client says the message happened (Segment's libraries set
+    /// it; `send` sets it to the time it queued a message that has neither).
+    pub original_timestamp: Option<DateTime<Utc>>,
     pub context: Object,
     pub integrations: Object,
 }
@@ -159,7 +164,12 @@ impl Message {
             user_id: identifier(object, "userId")?,
             anonymous_id: identifier(object, "anonymousId")?,
             message_id: identifier(object, "messageId")?,
-            timestamp: timestamp(object)?,
+            timestamp: date_time(object, "timestamp", ParseError::BadTimestamp)?,
+            original_timestamp: date_time(
+                object,
+                "originalTimestamp",
+                ParseError::BadOriginalTimestamp,
+            )?,
             context: sub_object(object, "context")?,
             integrations: sub_object(object, "integrations")?,
         };
@@ -207,6 +217,11 @@ impl Message {
 }
 
 impl Common {
+    /// When the message happened: `timestamp`, else `originalTimestamp`.
+    pub fn event_time(&self) -> Option<DateTime<Utc>> {
+        self.timestamp.or(self.original_timestamp)
+    }
+
     /// `context.traits.email`, trimmed, when it is a non-empty string.
     pub fn context_email(&self) -> Option<String> {
         self.context
@@ -271,14 +286,18 @@ fn sub_object(object: &Object, field: &'static str) -> Result<Object, ParseError
     }
 }
 
-fn timestamp(object: &Object) -> Result<Option<DateTime<Utc>>, ParseError> {
-    match object.get("timestamp") {
+fn date_time(
+    object: &Object,
+    field: &'static str,
+    bad: fn(String) -> ParseError,
+) -> Result<Option<DateTime<Utc>>, ParseError> {
+    match object.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|_| ParseError::BadTimestamp(s.clone())),
+            .map_err(|_| bad(s.clone())),
         Some(_) => Err(ParseError::WrongType {
-            field: "timestamp",
+            field,
             expected: "an RFC 3339 string",
         }),
     }
@@ -313,6 +332,35 @@ mod tests {
         );
         let g = Message::from_json_str(r#"{"type":"group","groupId":"acme"}"#).unwrap();
         assert_eq!(g.kind(), "group");
+    }
+
+    #[test]
+    fn the_event_time_is_timestamp_else_original_timestamp() {
+        let m = Message::from_json_str(
+            r#"{"type":"track","userId":"u","event":"E","originalTimestamp":"2024-05-01T02:00:00+02:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.common().timestamp, None);
+        assert_eq!(
+            m.common().event_time().map(|t| t.timestamp()),
+            Some(1_714_521_600)
+        );
+        let m = Message::from_json_str(
+            r#"{"type":"track","userId":"u","event":"E","timestamp":"2024-05-02T00:00:00Z","originalTimestamp":"2024-05-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m.common().event_time().map(|t| t.timestamp()),
+            Some(1_714_608_000)
+        );
+        let m = Message::from_json_str(r#"{"type":"track","userId":"u","event":"E"}"#).unwrap();
+        assert_eq!(m.common().event_time(), None);
+        assert_eq!(
+            Message::from_json_str(
+                r#"{"type":"track","userId":"u","event":"E","originalTimestamp":"soon"}"#
+            ),
+            Err(ParseError::BadOriginalTimestamp("soon".into()))
+        );
     }
 
     #[test]

@@ -16,6 +16,15 @@ use crate::error::CliError;
 /// The shipped `settings.toml` is the documented default: it is compiled in as the first source.
 pub const DEFAULTS: &str = include_str!("../settings.toml");
 
+/// `intercom.rate_limit = "auto"` in [`IntercomSettings::rate_limit`]: no cap of our own, the
+/// budget is the one Intercom announces (`X-RateLimit-Limit` per window). As a cap it is
+/// "unbounded", so `min(cap, announced)` is the announced budget; when Intercom announces
+/// nothing, the rate limiter assumes the Personas budget instead (see `intercom::ratelimit`).
+pub const RATE_LIMIT_AUTO: u32 = u32::MAX;
+
+/// Intercom's documented budget for a private app: 10,000 requests a minute.
+const INTERCOM_DOCUMENTED_PER_MINUTE: u64 = 10_000;
+
 /// Where settings are looked for when `--config` is not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["settings.toml", "/etc/audience-sync/settings.toml"];
 
@@ -62,6 +71,7 @@ pub struct Settings {
     pub intercom: IntercomSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -98,8 +108,12 @@ pub struct IntercomSettings {
     pub base_url: Url,
     pub access_token: Secret,
     pub api_version: String,
+    /// Requests per window at most (`intercom.rate_limit`), or [`RATE_LIMIT_AUTO`] for
+    /// `"auto"`: whatever Intercom announces.
     pub rate_limit: u32,
     pub rate_limit_window: Duration,
+    /// The most messages in flight at once (`intercom.max_concurrency`): an upper bound; the
+    /// drain keeps about budget rate × latency in flight (`Client::in_flight_target`).
     pub max_concurrency: usize,
     pub request_timeout: Duration,
     /// Counted failures of one message (not 429s, not transient errors) before it is
@@ -116,12 +130,54 @@ pub struct IntercomSettings {
     pub company_attribute_prefix: String,
 }
 
+impl IntercomSettings {
+    /// Whether `intercom.rate_limit = "auto"`.
+    pub fn rate_limit_is_auto(&self) -> bool {
+        self.rate_limit == RATE_LIMIT_AUTO
+    }
+
+    /// `intercom.rate_limit` as written in settings: `auto` or the number.
+    pub fn rate_limit_text(&self) -> String {
+        if self.rate_limit_is_auto() {
+            "auto".to_string()
+        } else {
+            self.rate_limit.to_string()
+        }
+    }
+
+    /// Requests per `rate_limit_window` to estimate with before Intercom has announced a
+    /// budget: the number, or for `"auto"` what Intercom documents for a private app (10,000 a
+    /// minute, 1,666 per 10 s), scaled to the window. An estimate, never a limit.
+    pub fn rate_limit_estimate(&self) -> u32 {
+        if self.rate_limit_is_auto() {
+            let per_window = INTERCOM_DOCUMENTED_PER_MINUTE * self.rate_limit_window.as_secs() / 60;
+            per_window.clamp(1, u64::from(RATE_LIMIT_AUTO - 1)) as u32
+        } else {
+            self.rate_limit
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     /// `None` when `http.listen = ""`: no metrics endpoint.
     pub listen: Option<SocketAddr>,
     /// `/healthz` fails when the oldest undelivered message is older than this.
     pub max_pending_age: Duration,
+}
+
+/// `[retention]`: what `audience-sync prune` and the daemon (after each run) remove (SPEC section
+/// 9; the rules are in `store::retention`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Delivered outbox rows are kept this long after they were delivered (`delivered_days`).
+    /// Dead letters and pending messages are never removed.
+    pub delivered_for: Duration,
+    /// Run records kept: the newest this many (besides runs a kept message still refers to).
+    pub runs: u64,
+    /// Complete snapshots kept per computation, and membership snapshots, besides any a planned
+    /// base still needs.
+    pub snapshots_per_computation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -151,6 +207,7 @@ struct Raw {
     intercom: RawIntercom,
     http: RawHttp,
     log: RawLog,
+    retention: RawRetention,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,7 +240,7 @@ struct RawIntercom {
     access_token: String,
     access_token_file: String,
     api_version: String,
-    rate_limit: u32,
+    rate_limit: RawRateLimit,
     rate_limit_window_secs: u64,
     max_concurrency: usize,
     request_timeout_secs: u64,
@@ -192,6 +249,83 @@ struct RawIntercom {
     outage_probe_secs: f64,
     long_strings: LongStrings,
     company_attribute_prefix: String,
+}
+
+/// `intercom.rate_limit` as written: `"auto"`, a number, or (from the environment) a string
+/// holding one. Anything scalar is taken here and judged in [`parse_rate_limit`], so that a
+/// wrong value is refused with a message naming the key.
+#[derive(Debug)]
+enum RawRateLimit {
+    Integer(i128),
+    Float(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawRateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawRateLimit;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a positive number of requests per window")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Integer(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Integer(v.into()))
+            }
+            fn visit_i128<E>(self, v: i128) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Integer(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Float(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Text(v.to_string()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawRateLimit, E> {
+                Ok(RawRateLimit::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `intercom.rate_limit`: `"auto"` ([`RATE_LIMIT_AUTO`]) or a positive whole number.
+fn parse_rate_limit(raw: &RawRateLimit) -> anyhow::Result<u32> {
+    const KEY: &str = "intercom.rate_limit";
+    let number = |n: i128| -> anyhow::Result<u32> {
+        if n <= 0 {
+            anyhow::bail!("{KEY}: {n} must be \"auto\" or a number greater than 0");
+        }
+        match u32::try_from(n) {
+            Ok(n) if n < RATE_LIMIT_AUTO => Ok(n),
+            _ => anyhow::bail!(
+                "{KEY}: {n} is more than any budget; use \"auto\" for Intercom's announced budget"
+            ),
+        }
+    };
+    match raw {
+        RawRateLimit::Integer(n) => number(*n),
+        RawRateLimit::Float(x) if x.fract() == 0.0 && x.is_finite() => number(*x as i128),
+        RawRateLimit::Float(x) => {
+            anyhow::bail!("{KEY}: {x} must be \"auto\" or a whole number of requests per window")
+        }
+        RawRateLimit::Text(text) => {
+            let text = text.trim();
+            if text.eq_ignore_ascii_case("auto") {
+                Ok(RATE_LIMIT_AUTO)
+            } else if let Ok(n) = text.parse::<i128>() {
+                number(n)
+            } else {
+                anyhow::bail!(
+                    "{KEY}: {text:?} is neither \"auto\" (Intercom's announced budget) nor a \
+                     positive number of requests per window"
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +340,39 @@ struct RawHttp {
 struct RawLog {
     format: LogFormat,
     level: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    delivered_days: u64,
+    runs: u64,
+    snapshots_per_computation: u64,
+}
+
+/// The longest `retention.delivered_days` (a century: "keep them").
+const MAX_DELIVERED_DAYS: u64 = 36_500;
+
+/// `[retention]`: `delivered_days` may be 0 (delivered rows go at the next prune); `runs` and
+/// `snapshots_per_computation` must keep at least one (the newest snapshot is what the next run
+/// plans from).
+fn parse_retention(raw: &RawRetention) -> anyhow::Result<RetentionSettings> {
+    if raw.delivered_days > MAX_DELIVERED_DAYS {
+        anyhow::bail!(
+            "retention.delivered_days: {} is more than {MAX_DELIVERED_DAYS} days",
+            raw.delivered_days
+        );
+    }
+    positive("retention.runs", raw.runs)?;
+    positive(
+        "retention.snapshots_per_computation",
+        raw.snapshots_per_computation,
+    )?;
+    Ok(RetentionSettings {
+        delivered_for: Duration::from_secs(raw.delivered_days * 86_400),
+        runs: raw.runs,
+        snapshots_per_computation: raw.snapshots_per_computation,
+    })
 }
 
 impl Settings {
@@ -305,7 +472,7 @@ impl Settings {
             })?;
             Secret::new(text.trim())
         };
-        positive("intercom.rate_limit", raw.intercom.rate_limit as u64)?;
+        let rate_limit = parse_rate_limit(&raw.intercom.rate_limit)?;
         positive(
             "intercom.rate_limit_window_secs",
             raw.intercom.rate_limit_window_secs,
@@ -374,6 +541,7 @@ impl Settings {
         if raw.database.path.trim().is_empty() {
             anyhow::bail!("database.path: must not be empty");
         }
+        let retention = parse_retention(&raw.retention)?;
         Ok(Settings {
             database: DatabaseSettings {
                 path: PathBuf::from(raw.database.path),
@@ -393,7 +561,7 @@ impl Settings {
                 base_url,
                 access_token,
                 api_version: raw.intercom.api_version,
-                rate_limit: raw.intercom.rate_limit,
+                rate_limit,
                 rate_limit_window: Duration::from_secs(raw.intercom.rate_limit_window_secs),
                 max_concurrency: raw.intercom.max_concurrency,
                 request_timeout: Duration::from_secs(raw.intercom.request_timeout_secs),
@@ -411,6 +579,7 @@ impl Settings {
                 format: raw.log.format,
                 level: raw.log.level,
             },
+            retention,
         })
     }
 }
@@ -453,9 +622,12 @@ mod tests {
         assert_eq!(s.intercom.base_url.as_str(), "https://api.intercom.io/");
         assert!(s.intercom.access_token.is_empty());
         assert_eq!(s.intercom.api_version, "2.14");
-        assert_eq!(s.intercom.rate_limit, 83);
+        assert_eq!(s.intercom.rate_limit, RATE_LIMIT_AUTO);
+        assert!(s.intercom.rate_limit_is_auto());
+        assert_eq!(s.intercom.rate_limit_text(), "auto");
+        assert_eq!(s.intercom.rate_limit_estimate(), 1666);
         assert_eq!(s.intercom.rate_limit_window, Duration::from_secs(10));
-        assert_eq!(s.intercom.max_concurrency, 8);
+        assert_eq!(s.intercom.max_concurrency, 64);
         assert_eq!(s.intercom.request_timeout, Duration::from_secs(30));
         assert_eq!(s.intercom.max_attempts, 10);
         assert_eq!(s.intercom.retry_for, Duration::from_secs(14_400));
@@ -594,5 +766,105 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("access_token_file"), "{err:#}");
+    }
+
+    #[test]
+    fn rate_limit_is_auto_or_a_positive_number() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, expected) in [
+            ("rate_limit = \"auto\"", RATE_LIMIT_AUTO),
+            ("rate_limit = \"AUTO\"", RATE_LIMIT_AUTO),
+            ("rate_limit = 83", 83),
+            ("rate_limit = 1666", 1666),
+            ("rate_limit = 1", 1),
+            ("rate_limit = \"120\"", 120),
+            ("rate_limit = 40.0", 40),
+        ] {
+            let path = write(&dir, &format!("[intercom]\n{file}\n"));
+            let s = Settings::load_from(Some(&path), env(&[])).unwrap();
+            assert_eq!(s.intercom.rate_limit, expected, "{file}");
+        }
+        for (value, expected) in [("auto", RATE_LIMIT_AUTO), ("50", 50), (" 7 ", 7)] {
+            let s =
+                Settings::load_from(None, env(&[("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", value)]))
+                    .unwrap();
+            assert_eq!(s.intercom.rate_limit, expected, "{value:?}");
+        }
+        let s = Settings::load_from(None, env(&[("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", "83")]))
+            .unwrap();
+        assert!(!s.intercom.rate_limit_is_auto());
+        assert_eq!(s.intercom.rate_limit_text(), "83");
+        assert_eq!(s.intercom.rate_limit_estimate(), 83);
+    }
+
+    #[test]
+    fn other_rate_limits_are_refused_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in [
+            "rate_limit = \"lots\"",
+            "rate_limit = \"\"",
+            "rate_limit = \"automatic\"",
+            "rate_limit = 0",
+            "rate_limit = -5",
+            "rate_limit = 1.5",
+            "rate_limit = true",
+            "rate_limit = 4294967295",
+            "rate_limit = 99999999999",
+        ] {
+            let path = write(&dir, &format!("[intercom]\n{file}\n"));
+            let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("intercom.rate_limit"), "{file}: {text}");
+        }
+        for value in ["lots", "0", "-1", "auto-ish", ""] {
+            let err =
+                Settings::load_from(None, env(&[("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", value)]))
+                    .unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains("intercom.rate_limit"), "{value:?}: {text}");
+            if !value.is_empty() && value != "0" && value != "-1" {
+                assert!(text.contains(value), "{value:?}: {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn retention_defaults_and_limits() {
+        let s = Settings::defaults().unwrap();
+        assert_eq!(
+            s.retention,
+            RetentionSettings {
+                delivered_for: Duration::from_secs(7 * 86_400),
+                runs: 1000,
+                snapshots_per_computation: 2,
+            }
+        );
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("AUDIENCE_SYNC__RETENTION__DELIVERED_DAYS", "0"),
+                ("AUDIENCE_SYNC__RETENTION__RUNS", "5"),
+                ("AUDIENCE_SYNC__RETENTION__SNAPSHOTS_PER_COMPUTATION", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.retention.delivered_for, Duration::ZERO);
+        assert_eq!(s.retention.runs, 5);
+        assert_eq!(s.retention.snapshots_per_computation, 1);
+        let dir = tempfile::tempdir().unwrap();
+        for (file, key) in [
+            ("runs = 0", "retention.runs"),
+            (
+                "snapshots_per_computation = 0",
+                "retention.snapshots_per_computation",
+            ),
+            ("delivered_days = 36501", "retention.delivered_days"),
+            ("delivered_days = -1", "delivered_days"),
+            ("keep_everything = true", "keep_everything"),
+        ] {
+            let path = write(&dir, &format!("[retention]\n{file}\n"));
+            let err = Settings::load_from(Some(&path), env(&[])).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{file}: {err:#}");
+        }
     }
 }

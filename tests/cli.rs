@@ -5,6 +5,7 @@ mod cli {
     mod demo;
     pub mod harness;
     mod load;
+    mod prune;
     mod sandbox;
     mod settings;
     mod status;

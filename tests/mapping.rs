@@ -1,7 +1,8 @@
 //! Table-driven tests of the Intercom mapping: every rule of SPEC section 6, with exact request bodies.
 //!
-//! Each case is a Segment message and the requests its plan makes, as the `send --dry-run`
-//! lines (`{"method", "path", "body"}`) would show them. The seed document's examples come first.
+//! Each case is a Segment message and the requests its plan's steps make, as `{"method",
+//! "path", "body"}` lines (the create a resolve step may send is checked apart, and what `send
+//! --dry-run` prints too). The seed document's examples come first.
 
 use std::collections::BTreeMap;
 
@@ -277,9 +278,12 @@ fn when_a_contact_may_be_created() {
     // (what, message, the POST /contacts body the resolve step may send, or None = never create)
     let cases: Vec<(&str, Value, Option<Value>)> = vec![
         (
-            "an audience entry creates a missing contact, as a user, never a lead",
+            "an audience entry creates a missing contact, as a user, never a lead, with its values",
             json!({"type": "identify", "userId": "u1", "traits": {"vip": true, "email": "a@example.com"}}),
-            Some(json!({"role": "user", "external_id": "u1", "email": "a@example.com"})),
+            Some(
+                json!({"role": "user", "external_id": "u1", "email": "a@example.com",
+                        "custom_attributes": {"vip": true}}),
+            ),
         ),
         (
             "an exit (false) creates none",
@@ -297,15 +301,17 @@ fn when_a_contact_may_be_created() {
             None,
         ),
         (
-            "an exit plus a new value creates (the new value must land)",
+            "an exit plus a new value creates (the new value must land), with both values",
             json!({"type": "identify", "userId": "u1", "traits": {"vip": false, "ltv": 5}}),
-            Some(json!({"role": "user", "external_id": "u1"})),
+            Some(json!({"role": "user", "external_id": "u1",
+                        "custom_attributes": {"vip": false, "ltv": 5}})),
         ),
         (
             "a Personas trait whose value is false creates (it is a value, not an exit)",
             json!({"type": "identify", "userId": "u1", "traits": {"power_user": false},
                    "context": {"personas": {"computation_class": "trait", "computation_key": "power_user"}}}),
-            Some(json!({"role": "user", "external_id": "u1"})),
+            Some(json!({"role": "user", "external_id": "u1",
+                        "custom_attributes": {"power_user": false}})),
         ),
         (
             "a Personas audience exit (false) creates none",
@@ -320,7 +326,8 @@ fn when_a_contact_may_be_created() {
                        "computations": [
                            {"computation_class": "audience", "computation_key": "vip"},
                            {"computation_class": "trait", "computation_key": "power_user"}]}}}),
-            Some(json!({"role": "user", "external_id": "u1"})),
+            Some(json!({"role": "user", "external_id": "u1",
+                        "custom_attributes": {"vip": false, "power_user": false}})),
         ),
         (
             "a coalesced Personas identify of exits only creates none",
@@ -334,7 +341,28 @@ fn when_a_contact_may_be_created() {
         (
             "an email-only user is created by email",
             json!({"type": "identify", "traits": {"email": "a@example.com", "name": "Ann"}}),
-            Some(json!({"role": "user", "email": "a@example.com"})),
+            Some(json!({"role": "user", "email": "a@example.com", "name": "Ann"})),
+        ),
+        (
+            "the create carries every field the update writes; clears (null) are left out",
+            json!({"type": "identify", "userId": "u1", "timestamp": "2024-05-01T00:00:00Z",
+                   "traits": {"email": "a@example.com", "firstName": "Ann", "lastName": "Lee",
+                              "phone": 353_871_234_567_i64, "avatar": "https://example.com/a.png",
+                              "createdAt": "2020-01-01T00:00:00Z", "vip": true, "gone": null,
+                              "tags": ["a", "b"]},
+                   "context": {"active": true, "Intercom": {"unsubscribedFromEmails": true}}}),
+            Some(
+                json!({"role": "user", "external_id": "u1", "email": "a@example.com",
+                        "name": "Ann Lee", "phone": "353871234567",
+                        "avatar": "https://example.com/a.png", "signed_up_at": 1_577_836_800,
+                        "last_seen_at": 1_714_521_600, "unsubscribed_from_emails": true,
+                        "custom_attributes": {"vip": true, "tags": "a, b"}}),
+            ),
+        ),
+        (
+            "a value with a cleared field: the clear is not in the create",
+            json!({"type": "identify", "userId": "u1", "traits": {"name": null, "ltv": 5}}),
+            Some(json!({"role": "user", "external_id": "u1", "custom_attributes": {"ltv": 5}})),
         ),
         (
             "a plain identify (identity only) creates",
@@ -367,10 +395,15 @@ fn the_plan_says_what_depends_on_what_and_what_each_step_produces() {
         .iter()
         .map(|s| (s.op.clone(), s.depends_on.clone(), s.produces.clone()))
         .collect();
+    // The create carries what the update writes, and the update says it is done by it.
     let create = create_body(&plan).unwrap();
     assert_eq!(
         create,
         json!({"role": "user", "external_id": "su3r73", "email": "avenger@example.com"})
+    );
+    assert_eq!(
+        plan.steps[1].request.body,
+        Some(json!({"external_id": "su3r73", "email": "avenger@example.com"}))
     );
     assert_eq!(
         shape,
@@ -383,7 +416,13 @@ fn the_plan_says_what_depends_on_what_and_what_each_step_produces() {
                 vec![],
                 Some(Produces::ContactId),
             ),
-            (Op::UpdateContact, vec![StepId(0)], None),
+            (
+                Op::UpdateContact {
+                    done_by_create: true
+                },
+                vec![StepId(0)],
+                None
+            ),
             (
                 Op::UpsertCompany {
                     company_id: "123".into()
@@ -437,6 +476,162 @@ fn known_ids_skip_the_lookups() {
         vec![event(
             json!({"event_name": "Signed Up", "created_at": 1_714_521_600, "id": "65f0c0ffee"})
         )]
+    );
+}
+
+#[test]
+fn a_company_only_attached_to_is_not_upserted_when_its_id_is_known() {
+    let known = KnownIds {
+        contact_id: None,
+        company_ids: BTreeMap::from([("acme".to_string(), "6600aa".to_string())]),
+    };
+    let attach_to = |contact: &str| json!({"method": "POST", "path": format!("/contacts/{contact}/companies"), "body": {"id": "6600aa"}});
+    // A Personas membership group: a user, no traits.
+    let membership = json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {},
+        "context": {"traits": {"email": "u1@example.com"},
+                    "personas": {"computation_class": "audience", "computation_key": "high_value"}}});
+    let plan = plan_with(membership.clone(), &known, LongStrings::Truncate).unwrap();
+    assert_eq!(
+        requests(&plan),
+        vec![search("external_id", "u1"), attach_to("{contact_id}")]
+    );
+    assert_eq!(plan.steps[1].depends_on, vec![StepId(0)]);
+    assert!(plan.attributes.is_empty());
+    // With the contact's id known too: the attach is the whole message.
+    let both = KnownIds {
+        contact_id: Some("65f0c0ffee".into()),
+        ..known.clone()
+    };
+    let plan = plan_with(membership.clone(), &both, LongStrings::Truncate).unwrap();
+    assert_eq!(requests(&plan), vec![attach_to("65f0c0ffee")]);
+    assert_eq!(
+        plan.steps[0].op,
+        Op::AttachCompany {
+            company_id: "acme".into()
+        }
+    );
+    assert!(plan.steps[0].depends_on.is_empty());
+    // An identify's `company` that names only the id: the same.
+    let identify = plan_with(
+        json!({"type": "identify", "userId": "u1", "traits": {"vip": true, "company": {"id": "acme"}}}),
+        &both,
+        LongStrings::Truncate,
+    )
+    .unwrap();
+    assert_eq!(
+        requests(&identify),
+        vec![
+            json!({"method": "PUT", "path": "/contacts/65f0c0ffee",
+                   "body": {"external_id": "u1", "custom_attributes": {"vip": true}}}),
+            attach_to("65f0c0ffee"),
+        ]
+    );
+    // Without the id: upserted, and attached by the id the upsert answers with.
+    let unknown = plan_with(membership, &KnownIds::nothing(), LongStrings::Truncate).unwrap();
+    assert_eq!(
+        requests(&unknown),
+        vec![
+            search("external_id", "u1"),
+            upsert_company(json!({"company_id": "acme"})),
+            attach()
+        ]
+    );
+    // A group carrying traits still upserts, with the id known; the attach then takes the
+    // upsert's answer (`{company_id}`), not the cached id.
+    for message in [
+        json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"name": "Acme"}}),
+        json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"high_value": true},
+               "context": {"personas": {"computation_class": "audience", "computation_key": "high_value"}}}),
+        json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"gone": null}}),
+    ] {
+        let plan = plan_with(message.clone(), &both, LongStrings::Truncate).unwrap();
+        let requests = requests(&plan);
+        assert_eq!(requests.len(), 2, "{message}");
+        assert_eq!(requests[0]["path"], "/companies", "{message}");
+        assert_eq!(
+            requests[1],
+            json!({"method": "POST", "path": "/contacts/65f0c0ffee/companies", "body": {"id": "{company_id}"}}),
+            "{message}"
+        );
+    }
+    // An account's own group (no user) upserts, known id or not.
+    let account = plan_with(
+        json!({"type": "group", "groupId": "acme", "traits": {}}),
+        &both,
+        LongStrings::Truncate,
+    )
+    .unwrap();
+    assert_eq!(
+        requests(&account),
+        vec![upsert_company(json!({"company_id": "acme"}))]
+    );
+}
+
+#[test]
+fn the_update_is_done_by_the_create_only_when_the_resolve_step_may_create() {
+    let update_flags = |plan: &Plan| -> Vec<bool> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match s.op {
+                Op::UpdateContact { done_by_create } => Some(done_by_create),
+                _ => None,
+            })
+            .collect()
+    };
+    let entry = json!({"type": "identify", "userId": "u1", "traits": {"vip": true}});
+    assert_eq!(update_flags(&plan(entry.clone())), vec![true]);
+    // An exit may not create: its update always runs (on a contact the search found).
+    let exit = json!({"type": "identify", "userId": "u1", "traits": {"vip": false}});
+    assert_eq!(update_flags(&plan(exit)), vec![false]);
+    // A known contact id: no resolve step, nothing creates, the update runs.
+    let known = KnownIds {
+        contact_id: Some("65f0c0ffee".into()),
+        company_ids: BTreeMap::new(),
+    };
+    let plan = plan_with(entry, &known, LongStrings::Truncate).unwrap();
+    assert_eq!(update_flags(&plan), vec![false]);
+    assert_eq!(plan.contact_create(), None);
+}
+
+#[test]
+fn the_dry_run_shows_the_create_with_its_values_in_place_of_the_update() {
+    let dry_run = |plan: &Plan| -> Vec<Value> {
+        plan.dry_run_requests()
+            .into_iter()
+            .map(|r| r.to_json())
+            .collect()
+    };
+    let entry = plan(json!({"type": "identify", "userId": "u1", "traits": {
+        "email": "a@example.com", "vip": true, "company": {"id": "acme", "name": "Acme"}}}));
+    assert_eq!(
+        dry_run(&entry),
+        vec![
+            search("external_id", "u1"),
+            json!({"method": "POST", "path": "/contacts", "body": {"role": "user",
+                   "external_id": "u1", "email": "a@example.com", "custom_attributes": {"vip": true}}}),
+            upsert_company(json!({"company_id": "acme", "name": "Acme"})),
+            attach(),
+        ]
+    );
+    // An exit creates nothing: the update an existing contact gets.
+    let exit = plan(json!({"type": "identify", "userId": "u1", "traits": {"vip": false}}));
+    assert_eq!(
+        dry_run(&exit),
+        vec![
+            search("external_id", "u1"),
+            put(json!({"external_id": "u1", "custom_attributes": {"vip": false}})),
+        ]
+    );
+    // A group attach creates a missing member with its identity.
+    let group = plan(json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {}}));
+    assert_eq!(
+        dry_run(&group),
+        vec![
+            search("external_id", "u1"),
+            json!({"method": "POST", "path": "/contacts", "body": {"role": "user", "external_id": "u1"}}),
+            upsert_company(json!({"company_id": "acme"})),
+            attach(),
+        ]
     );
 }
 
@@ -506,6 +701,56 @@ fn track_rules() {
             json!({"type": "track", "userId": "u1", "event": "E"}),
             json!({"event_name": "E", "created_at": NOW, "user_id": "u1"}),
         ),
+        (
+            "no timestamp: created_at is originalTimestamp",
+            json!({"type": "track", "userId": "u1", "event": "E",
+                   "originalTimestamp": "2024-05-01T02:00:00+02:00"}),
+            json!({"event_name": "E", "created_at": t, "user_id": "u1"}),
+        ),
+        (
+            "timestamp wins over originalTimestamp",
+            json!({"type": "track", "userId": "u1", "event": "E", "timestamp": ts,
+                   "originalTimestamp": "2020-01-01T00:00:00Z"}),
+            json!({"event_name": "E", "created_at": t, "user_id": "u1"}),
+        ),
+        (
+            "Intercom's typed metadata objects pass: Monetary Amount and Rich Link",
+            json!({"type": "track", "userId": "u1", "event": "Invoice Paid", "timestamp": ts,
+                   "properties": {
+                       "price": {"amount": 34_999, "currency": "eur"},
+                       "invoice": {"url": "https://example.com/i/1", "value": "Invoice 1"}}}),
+            json!({"event_name": "Invoice Paid", "created_at": t, "user_id": "u1",
+                   "metadata": {
+                       "price": {"amount": 34_999, "currency": "eur"},
+                       "invoice": {"url": "https://example.com/i/1", "value": "Invoice 1"}}}),
+        ),
+        (
+            "typed objects of the wrong shape are dropped, as are arrays holding them",
+            json!({"type": "track", "userId": "u1", "event": "E", "timestamp": ts,
+                   "properties": {
+                       "float_cents": {"amount": 99.95, "currency": "usd"},
+                       "text_cents": {"amount": "9995", "currency": "usd"},
+                       "no_currency": {"amount": 9995},
+                       "extra_key": {"amount": 9995, "currency": "usd", "tax": 1},
+                       "link_number": {"url": "https://example.com", "value": 1},
+                       "links": [{"url": "https://example.com", "value": "x"}],
+                       "kept": "yes"}}),
+            json!({"event_name": "E", "created_at": t, "user_id": "u1",
+                   "metadata": {"kept": "yes"}}),
+        ),
+        (
+            "revenue + currency still become price, and a typed object counts toward the 10 keys",
+            json!({"type": "track", "userId": "u1", "event": "E", "timestamp": ts,
+                   "properties": {"link": {"url": "https://example.com", "value": "x"},
+                                  "k02": 2, "k03": 3, "k04": 4, "k05": 5, "k06": 6, "k07": 7,
+                                  "k08": 8, "k09": 9, "revenue": 1.5, "currency": "gbp",
+                                  "k11": 11}}),
+            json!({"event_name": "E", "created_at": t, "user_id": "u1",
+                   "metadata": {"link": {"url": "https://example.com", "value": "x"},
+                                "k02": 2, "k03": 3, "k04": 4, "k05": 5, "k06": 6, "k07": 7,
+                                "k08": 8, "k09": 9,
+                                "price": {"amount": 150, "currency": "gbp"}}}),
+        ),
     ];
     for (what, message, body) in cases {
         let plan = plan(message);
@@ -564,6 +809,31 @@ fn group_rules() {
             ],
         ),
         (
+            "Intercom's standard company fields are fields: size (or employees) truncated, \
+             remote_created_at, monthly_spend from a numeric string",
+            json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {
+                "name": "Acme", "size": 51.9, "employees": 7, "remote_created_at": 1_577_836_800,
+                "monthlySpend": "99.5", "plan": "Pro", "website": "https://acme.test",
+                "industry": "Anvils", "seats": 3}}),
+            vec![
+                search("external_id", "u1"),
+                upsert_company(json!({"company_id": "acme", "name": "Acme", "plan": "Pro",
+                                      "website": "https://acme.test", "industry": "Anvils",
+                                      "size": 51, "monthly_spend": 99,
+                                      "remote_created_at": 1_577_836_800,
+                                      "custom_attributes": {"seats": 3}})),
+                attach(),
+            ],
+        ),
+        (
+            "a standard field of a type it cannot take is left out, not made a custom attribute",
+            json!({"type": "group", "groupId": "acme", "traits": {
+                "size": "51-200", "plan": {"tier": 1}, "industry": true, "vip": true}}),
+            vec![upsert_company(
+                json!({"company_id": "acme", "custom_attributes": {"vip": true}}),
+            )],
+        ),
+        (
             "a generic group keeps its trait names",
             json!({"type": "group", "groupId": "acme", "traits": {"high_value": true}}),
             vec![upsert_company(
@@ -613,6 +883,20 @@ fn the_data_attributes_a_message_needs() {
             DataType::Boolean
         )]
     );
+    // Intercom's standard company fields are never data attributes to create.
+    let standard = plan(json!({"type": "group", "groupId": "acme", "traits": {
+        "name": "Acme", "plan": "Pro", "size": 10, "employees": 12, "website": "https://a.test",
+        "industry": "Anvils", "monthly_spend": 5, "monthlySpend": 6, "remote_created_at": 1,
+        "createdAt": 2, "created_at": 3, "seats": 4}}));
+    assert_eq!(
+        standard.attributes,
+        vec![need(Model::Company, "seats", DataType::Float)]
+    );
+    let body = standard.steps[0].request.body.clone().unwrap();
+    assert_eq!(body["custom_attributes"], json!({"seats": 4}));
+    assert_eq!(body["size"], json!(10));
+    assert_eq!(body["monthly_spend"], json!(5));
+    assert_eq!(body["remote_created_at"], json!(1));
 }
 
 #[test]
@@ -637,6 +921,38 @@ fn warnings_name_what_was_changed() {
                 field: "company".into()
             },
         ]
+    );
+    let group = self::plan(json!({"type": "group", "groupId": "acme", "traits": {
+        "size": "51-200", "plan": {"tier": 1}, "industry": true}}));
+    assert_eq!(
+        group.warnings,
+        vec![
+            Warning::WrongFieldType {
+                field: "plan".into(),
+                expected: "a string"
+            },
+            Warning::WrongFieldType {
+                field: "industry".into(),
+                expected: "a string"
+            },
+            Warning::WrongFieldType {
+                field: "size".into(),
+                expected: "a number"
+            },
+        ]
+    );
+    let metadata = self::plan(json!({"type": "track", "userId": "u1", "event": "E",
+        "properties": {"price": {"amount": 99.95, "currency": "usd"}}}));
+    assert_eq!(
+        metadata.warnings,
+        vec![Warning::DroppedMetadataObject {
+            field: "price".into()
+        }]
+    );
+    assert!(
+        metadata.warnings[0]
+            .to_string()
+            .contains("neither a Monetary Amount")
     );
     let track = self::plan(
         json!({"type": "track", "userId": "u1", "event": "E", "properties": {

@@ -64,9 +64,11 @@ fn dry_run_prints_one_request_a_line() {
                    "body": {"name": "vip", "model": "contact", "data_type": "boolean"}}),
             json!({"method": "POST", "path": "/contacts/search",
                    "body": {"query": {"field": "external_id", "operator": "=", "value": "su3r73"}}}),
-            json!({"method": "PUT", "path": "/contacts/{contact_id}",
-                   "body": {"external_id": "su3r73", "email": "avenger@example.com", "name": "Iñigo Montoya",
-                            "signed_up_at": 1_522_086_291, "custom_attributes": {"vip": true}}}),
+            // A contact new to Intercom is created with every value: no PUT follows.
+            json!({"method": "POST", "path": "/contacts",
+                   "body": {"role": "user", "external_id": "su3r73", "email": "avenger@example.com",
+                            "name": "Iñigo Montoya", "signed_up_at": 1_522_086_291,
+                            "custom_attributes": {"vip": true}}}),
             json!({"method": "POST", "path": "/companies",
                    "body": {"company_id": "123", "name": "Iñigo & Friends"}}),
             json!({"method": "POST", "path": "/contacts/{contact_id}/companies",
@@ -77,6 +79,7 @@ fn dry_run_prints_one_request_a_line() {
                             "metadata": {"price": {"amount": 9995, "currency": "EUR"}}}}),
             json!({"method": "POST", "path": "/contacts/search",
                    "body": {"query": {"field": "external_id", "operator": "=", "value": "u2"}}}),
+            // An exit creates no contact: the update an existing one gets.
             json!({"method": "PUT", "path": "/contacts/{contact_id}",
                    "body": {"external_id": "u2", "custom_attributes": {"vip": false}}}),
         ]

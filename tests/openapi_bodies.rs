@@ -38,15 +38,18 @@ fn patch_known_deviations(spec: &mut Value) {
     let scalar = json!({"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]});
 
     // Event metadata: 2.16 says `additionalProperties: {type: string}`, yet its own description
-    // lists Number and Monetary Amount (`{amount: int cents, currency}`) metadata; the Preview
-    // spec widened it (Intercom-OpenAPI PR #586). Allow strings, numbers and the money object only.
+    // lists Number, Monetary Amount (`{amount: int cents, currency}`) and Rich Link (`{url,
+    // value}`) metadata; the Preview spec widened it (Intercom-OpenAPI PR #586). Allow strings,
+    // numbers and those two objects only.
     let metadata = &mut schemas["create_data_event_request"]["properties"]["metadata"];
     assert_eq!(metadata["additionalProperties"], json!({"type": "string"}));
     metadata["additionalProperties"] = json!({"anyOf": [
         {"type": "string"},
         {"type": "number"},
         {"type": "object", "required": ["amount", "currency"], "additionalProperties": false,
-         "properties": {"amount": {"type": "integer"}, "currency": {"type": "string"}}}
+         "properties": {"amount": {"type": "integer"}, "currency": {"type": "string"}}},
+        {"type": "object", "required": ["url", "value"], "additionalProperties": false,
+         "properties": {"url": {"type": "string"}, "value": {"type": "string"}}}
     ]});
 
     // Company custom attributes: `additionalProperties: {type: string}`, yet its own example holds
@@ -363,6 +366,57 @@ fn every_planned_request_fits_the_official_schema() {
     assert!(checked > 60, "only {checked} requests checked");
 }
 
+/// Messages beyond the mapping data file that reach every field a body can carry: a create with
+/// every standard contact field, the standard company fields, Intercom's typed metadata
+/// objects, a membership attach.
+const MORE_MESSAGES: &[&str] = &[
+    r#"{"type":"identify","userId":"u9","timestamp":"2024-05-01T00:00:00Z","traits":{"email":"u9@example.com","firstName":"Ann","lastName":"Lee","phone":"+353871234567","avatar":"https://example.com/a.png","createdAt":"2020-01-01T00:00:00Z","vip":true,"ltv":12.5,"tags":["a","b"],"gone":null,"company":{"id":"acme"}},"context":{"active":true,"Intercom":{"unsubscribedFromEmails":true}}}"#,
+    r#"{"type":"identify","traits":{"email":"e9@example.com","name":null,"plan":"Gold"}}"#,
+    r#"{"type":"group","userId":"u9","groupId":"acme","traits":{"name":"Acme","plan":"Pro","size":51.9,"website":"https://acme.test","industry":"Anvils","monthlySpend":"99.5","remote_created_at":1577836800,"seats":3}}"#,
+    r#"{"type":"group","userId":"u9","groupId":"acme","traits":{},"context":{"traits":{"email":"u9@example.com"},"personas":{"computation_class":"audience","computation_key":"high_value"}}}"#,
+    r#"{"type":"track","userId":"u9","event":"Invoice Paid","originalTimestamp":"2024-05-01T00:00:00Z","properties":{"price":{"amount":34999,"currency":"eur"},"invoice":{"url":"https://example.com/i/1","value":"Invoice 1"},"bad":{"amount":1.5,"currency":"eur"},"paid":true}}"#,
+];
+
+#[test]
+fn every_contact_create_company_upsert_and_event_of_more_messages_fits() {
+    let known = KnownIds {
+        contact_id: None,
+        company_ids: [("acme".to_string(), "6600aa".to_string())].into(),
+    };
+    let options = MapOptions {
+        long_strings: LongStrings::Truncate,
+        company_attribute_prefix: "account_".into(),
+        now: 1_700_000_000,
+    };
+    let mut creates = 0;
+    for line in MORE_MESSAGES {
+        let message = Message::from_json_str(line).unwrap();
+        for known in [&KnownIds::nothing(), &known] {
+            let plan = map_message(&message, &options, known).unwrap();
+            for request in plan.dry_run_requests().into_iter().chain(plan.requests()) {
+                assert_valid(request);
+                if request.path == "/contacts" {
+                    creates += 1;
+                }
+            }
+        }
+    }
+    // The two identifies and the two group attaches, each with and without known companies.
+    assert_eq!(creates, 8);
+    // The create with every standard field, validated above, is this one.
+    let message = Message::from_json_str(MORE_MESSAGES[0]).unwrap();
+    let plan = map_message(&message, &options, &KnownIds::nothing()).unwrap();
+    let create = plan.contact_create().unwrap();
+    assert_eq!(
+        create.body.as_ref().unwrap(),
+        &json!({"role": "user", "external_id": "u9", "email": "u9@example.com",
+                "name": "Ann Lee", "phone": "+353871234567", "avatar": "https://example.com/a.png",
+                "signed_up_at": 1_577_836_800, "last_seen_at": 1_714_521_600,
+                "unsubscribed_from_emails": true,
+                "custom_attributes": {"vip": true, "ltv": 12.5, "tags": "a, b"}})
+    );
+}
+
 #[test]
 fn the_validator_refuses_wrong_bodies() {
     let post = |path: &str, body: Value| Request::new(Method::Post, path, Some(body));
@@ -421,6 +475,44 @@ fn the_validator_refuses_wrong_bodies() {
                 "/companies",
                 json!({"company_id": "a", "monthly_spend": 155.98}),
             ),
+            "expected integer",
+        ),
+        (
+            "a contact create with a nested custom attribute",
+            post(
+                "/contacts",
+                json!({"role": "user", "external_id": "u", "custom_attributes": {"a": {"b": 1}}}),
+            ),
+            "anyOf",
+        ),
+        (
+            "a contact create with a misspelt field",
+            post(
+                "/contacts",
+                json!({"role": "user", "external_id": "u", "signed_up": 1}),
+            ),
+            "not a field",
+        ),
+        (
+            "a contact create with a date as text",
+            post(
+                "/contacts",
+                json!({"role": "user", "external_id": "u", "last_seen_at": "2024-05-01"}),
+            ),
+            "expected integer",
+        ),
+        (
+            "a rich link with a number as its value",
+            post(
+                "/events",
+                json!({"event_name": "E", "created_at": 1, "user_id": "u",
+                       "metadata": {"link": {"url": "https://example.com", "value": 1}}}),
+            ),
+            "anyOf",
+        ),
+        (
+            "a float company size",
+            post("/companies", json!({"company_id": "a", "size": 51.9})),
             "expected integer",
         ),
         (
@@ -504,6 +596,17 @@ fn the_validator_refuses_wrong_bodies() {
         post(
             "/data_attributes",
             json!({"name": "vip", "model": "company", "data_type": "boolean"}),
+        ),
+        post(
+            "/contacts",
+            json!({"role": "user", "external_id": "u", "email": "a@example.com", "name": "A",
+                   "signed_up_at": 1, "last_seen_at": 2, "unsubscribed_from_emails": false,
+                   "custom_attributes": {"a": 1, "b": "x", "c": true}}),
+        ),
+        post(
+            "/events",
+            json!({"event_name": "E", "created_at": 1, "user_id": "u",
+                   "metadata": {"link": {"url": "https://example.com", "value": "Example"}}}),
         ),
         Request::new(Method::Get, "/companies?company_id=a", None),
     ] {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rusqlite::{Connection, params};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -118,7 +118,21 @@ fn plan_reports_and_changes_nothing() {
     let json: Value = serde_json::from_str(&env.ok(&["plan", "--json"])).unwrap();
     assert_eq!(json["messages"]["identify"], 10, "{json:#}");
     assert_eq!(json["messages"]["track"], 0, "initial sync: no tracks");
-    assert_eq!(json["intercom"]["requests"], 10);
+    // Ten new users: one bulk lookup, ten creates carrying every value, the attribute list
+    // (contacts and companies) and the two attributes this workspace needs.
+    let requests = &json["requests"];
+    assert_eq!(
+        (
+            &requests["lookups"],
+            &requests["creates"],
+            &requests["attribute_lists"],
+            &requests["attributes"]
+        ),
+        (&json!(1), &json!(10), &json!(2), &json!(2)),
+        "{json:#}"
+    );
+    assert_eq!(json["intercom"]["requests"], 15);
+    assert_eq!(requests["total"], 15);
     let vip = json["computations"]
         .as_array()
         .unwrap()

@@ -4,6 +4,7 @@ mod dead_letters;
 mod deliver;
 mod load;
 mod plan;
+mod prune;
 mod sandbox;
 mod send;
 mod send_deliver;
@@ -24,6 +25,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
         Command::Send(args) => send::send(&settings(&cli.config)?, args),
         Command::DeadLetters(args) => dead_letters::dead_letters(&settings(&cli.config)?, args),
+        Command::Prune(args) => prune::prune(&settings(&cli.config)?, args),
         Command::Demo => {
             crate::logging::init(&Settings::defaults()?.log);
             crate::demo::run()

@@ -20,6 +20,7 @@ pub fn plan(settings: &Settings, args: PlanArgs) -> anyhow::Result<()> {
         },
         computation: None,
         now: store::now_unix(),
+        company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     let report = plan::run(&mut conn, &settings.personas, &options, Output::Plan)?;
     let budget = EtaBudget::current(settings, store::intercom::rate_limit(&conn)?);
@@ -48,7 +49,11 @@ pub struct EtaBudget {
 pub enum BudgetSource {
     /// `intercom.rate_limit`.
     Settings,
-    /// The budget Intercom announced last (`intercom_rate_limit`), lower than the settings.
+    /// `intercom.rate_limit = "auto"` before Intercom announced a budget: what Intercom
+    /// documents for a private app (10,000 a minute).
+    Documented,
+    /// The budget Intercom announced last (`intercom_rate_limit`): with `"auto"` the budget,
+    /// with a number when lower than it.
     Announced,
 }
 
@@ -56,27 +61,33 @@ impl BudgetSource {
     pub fn as_str(self) -> &'static str {
         match self {
             BudgetSource::Settings => "settings",
+            BudgetSource::Documented => "documented",
             BudgetSource::Announced => "announced",
         }
     }
 }
 
 impl EtaBudget {
-    /// The settings' budget.
+    /// The settings' budget (for `"auto"`, Intercom's documented one).
     pub fn settings(settings: &Settings) -> EtaBudget {
         EtaBudget {
-            requests: settings.intercom.rate_limit.max(1),
+            requests: settings.intercom.rate_limit_estimate().max(1),
             window_secs: settings.intercom.rate_limit_window.as_secs().max(1),
-            source: BudgetSource::Settings,
+            source: if settings.intercom.rate_limit_is_auto() {
+                BudgetSource::Documented
+            } else {
+                BudgetSource::Settings
+            },
         }
     }
 
-    /// The last budget Intercom announced (persisted by delivery) when it is lower than the
-    /// settings, else the settings.
+    /// The last budget Intercom announced (persisted by delivery): with `"auto"` that is the
+    /// budget; with a number, when it is lower than the number. Else the settings'.
     pub fn current(settings: &Settings, persisted: Option<Persisted>) -> EtaBudget {
         let configured = EtaBudget::settings(settings);
+        let auto = settings.intercom.rate_limit_is_auto();
         match persisted {
-            Some(p) if p.limit > 0 && p.limit < configured.requests => EtaBudget {
+            Some(p) if p.limit > 0 && (auto || p.limit < configured.requests) => EtaBudget {
                 requests: p.limit,
                 source: BudgetSource::Announced,
                 ..configured
@@ -96,16 +107,17 @@ pub fn report_json_with(
     report: &Report,
     budget: &EtaBudget,
 ) -> serde_json::Value {
-    let requests = report.messages.requests();
+    let requests = report.requests.total();
     let mut value = serde_json::to_value(report).expect("a report serialises");
     value["messages"]["group"] = json!(report.messages.group());
     value["messages"]["total"] = json!(report.messages.total());
+    value["requests"]["total"] = json!(requests);
     value["intercom"] = json!({
         "requests": requests,
         "rate_limit": budget.requests,
         "rate_limit_window_secs": budget.window_secs,
         "rate_limit_source": budget.source.as_str(),
-        "settings_rate_limit": settings.intercom.rate_limit,
+        "settings_rate_limit": settings.intercom.rate_limit_text(),
         "seconds": budget.secs(requests).ceil() as u64,
     });
     value
@@ -118,7 +130,21 @@ pub fn report_text(settings: &Settings, report: &Report) -> String {
 
 pub fn report_text_with(settings: &Settings, report: &Report, budget: &EtaBudget) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{} run", capitalised(report.mode.as_str()));
+    // A run whose every planned computation has its initial sync is the initial sync.
+    let planned: Vec<_> = report
+        .computations
+        .iter()
+        .filter(|c| c.skipped.is_none())
+        .collect();
+    let heading = if report.mode == RunMode::Incremental
+        && !planned.is_empty()
+        && planned.iter().all(|c| c.mode == RunMode::Full)
+    {
+        "Initial sync".to_string()
+    } else {
+        format!("{} run", capitalised(report.mode.as_str()))
+    };
+    let _ = writeln!(out, "{heading}");
     if report.computations.is_empty() {
         let _ = writeln!(out, "  no enabled computations");
     } else {
@@ -188,9 +214,35 @@ pub fn report_text_with(settings: &Settings, report: &Report, budget: &EtaBudget
         n.group_account,
         n.total()
     );
-    let requests = n.requests();
+    let r = &report.requests;
+    let requests = r.total();
+    let _ = writeln!(
+        out,
+        "Requests: {} contact lookups ({} users without a known id), {} contacts created, {} \
+         updated, {} events, {} company upserts, {} attaches, {} detaches, {} data attributes{}",
+        r.lookups,
+        r.unknown_users,
+        r.creates,
+        r.updates,
+        r.events,
+        r.companies,
+        r.attaches,
+        r.detaches + r.company_lookups,
+        r.attributes,
+        if r.attribute_lists > 0 {
+            " (and the attribute list)"
+        } else {
+            ""
+        }
+    );
     let source = match budget.source {
         BudgetSource::Settings => "the settings' budget".to_string(),
+        BudgetSource::Documented => {
+            "Intercom's documented 10,000 a minute, until it announces the app's budget".to_string()
+        }
+        BudgetSource::Announced if settings.intercom.rate_limit_is_auto() => {
+            "the budget Intercom announced last".to_string()
+        }
         BudgetSource::Announced => format!(
             "the budget Intercom announced last, below the settings' {}",
             settings.intercom.rate_limit
@@ -236,8 +288,26 @@ mod tests {
     }
 
     #[test]
-    fn the_estimate_uses_a_lower_announced_budget() {
+    fn with_auto_the_estimate_is_the_announced_budget_or_the_documented_one() {
         let settings = Settings::defaults().unwrap();
+        assert!(settings.intercom.rate_limit_is_auto());
+        let window = settings.intercom.rate_limit_window.as_secs();
+        let before = EtaBudget::current(&settings, None);
+        assert_eq!(before.source, BudgetSource::Documented);
+        assert_eq!(before.requests, 1666, "10,000 a minute in 10 s windows");
+        // Announced: that is the budget, higher or lower.
+        for limit in [83, 5000] {
+            let announced = EtaBudget::current(&settings, persisted(limit));
+            assert_eq!(announced.requests, limit);
+            assert_eq!(announced.source, BudgetSource::Announced);
+            assert_eq!(announced.window_secs, window);
+        }
+    }
+
+    #[test]
+    fn the_estimate_uses_a_lower_announced_budget() {
+        let mut settings = Settings::defaults().unwrap();
+        settings.intercom.rate_limit = 83;
         let configured = settings.intercom.rate_limit;
         let window = settings.intercom.rate_limit_window.as_secs();
         assert_eq!(

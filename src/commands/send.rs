@@ -3,8 +3,10 @@
 //! `--dry-run` assumes nothing is known about Intercom: every contact is resolved by a search
 //! first, every company id is a `{company_id}` placeholder, and every custom attribute is
 //! created (`POST /data_attributes`, once per attribute in the file) before its first write.
-//! A contact write is printed as the `PUT`; a contact the search does not find is created with
-//! `POST /contacts` only when the message allows it (see `intercom::plan::OnMissing`).
+//! A message that may create its contact (see `intercom::plan::OnMissing`) is printed as what a
+//! contact new to Intercom costs: the search, then the `POST /contacts` carrying every value
+//! (no `PUT` follows it). A message that may not (an exit) is printed with the `PUT` an
+//! existing contact gets (see `Plan::dry_run_requests`).
 //!
 //! A line that cannot be mapped is reported on standard error with its line number; the other
 //! lines are still printed, and the command then exits 2.
@@ -99,7 +101,7 @@ fn dry_run(
                 writeln!(out, "{}", need.create_request().to_json())?;
             }
         }
-        for request in plan.requests() {
+        for request in plan.dry_run_requests() {
             writeln!(out, "{}", request.to_json())?;
         }
     }

@@ -9,6 +9,10 @@
 //! A line that is not a message Intercom can take (bad JSON, no `userId` nor email, …) is
 //! reported with its line number and not queued; the others are queued and delivered, and the
 //! command then exits 2.
+//!
+//! A `track` with neither `timestamp` nor `originalTimestamp` is queued with the time it was
+//! queued as its `originalTimestamp` (SPEC section 6: `created_at` is fixed then), so every
+//! attempt to deliver it sends the same `created_at` and Intercom de-duplicates a retry.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
@@ -48,7 +52,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         messages += 1;
         match line
             .map_err(|e| e.to_string())
-            .and_then(|line| queueable(&line, &options).map(|queued| (line, queued)))
+            .and_then(|line| queueable(&line, &options, now).map(|queued| (line, queued)))
         {
             Err(reason) => {
                 refused += 1;
@@ -96,10 +100,24 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The message and its JSON text, or why Intercom cannot take it.
-fn queueable(line: &str, options: &MapOptions) -> Result<(Message, String), String> {
-    let value = parse_json_line(line).map_err(|e| e.to_string())?;
-    let message = Message::from_value(&value).map_err(|e| e.to_string())?;
+/// The message and the JSON text to queue (a track without a time gets `now`, the time it is
+/// queued, as its `originalTimestamp`), or why Intercom cannot take it.
+fn queueable(line: &str, options: &MapOptions, now: i64) -> Result<(Message, String), String> {
+    let mut value = parse_json_line(line).map_err(|e| e.to_string())?;
+    let mut message = Message::from_value(&value).map_err(|e| e.to_string())?;
+    if let Message::Track(track) = &mut message
+        && track.common.event_time().is_none()
+        && let Some(queued_at) = chrono::DateTime::from_timestamp(now, 0)
+        && let Some(object) = value.as_object_mut()
+    {
+        object.insert(
+            "originalTimestamp".into(),
+            queued_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .into(),
+        );
+        track.common.original_timestamp = Some(queued_at);
+    }
     map_message(&message, options, &KnownIds::nothing()).map_err(|e| e.to_string())?;
     Ok((message, value.to_string()))
 }
@@ -110,5 +128,58 @@ fn lane(message: &Message) -> String {
         (Some(key), _) => key,
         (None, Message::Group(group)) => format!("account:{}", group.group_id),
         (None, _) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::LongStrings;
+    use serde_json::{Value, json};
+
+    fn options() -> MapOptions {
+        MapOptions {
+            long_strings: LongStrings::Truncate,
+            company_attribute_prefix: "account_".into(),
+            now: 1,
+        }
+    }
+
+    fn queued(line: &str, now: i64) -> Value {
+        let (_, body) = queueable(line, &options(), now).unwrap();
+        serde_json::from_str(&body).unwrap()
+    }
+
+    #[test]
+    fn a_track_without_a_time_is_queued_with_the_time_it_was_queued() {
+        let body = queued(
+            r#"{"type":"track","userId":"u1","event":"E"}"#,
+            1_714_521_600,
+        );
+        assert_eq!(body["originalTimestamp"], json!("2024-05-01T00:00:00Z"));
+        // Delivered later (a retry, another process), it still has that created_at.
+        let message = Message::from_value(&body).unwrap();
+        let later = MapOptions {
+            now: 1_800_000_000,
+            ..options()
+        };
+        let plan = map_message(&message, &later, &KnownIds::nothing()).unwrap();
+        assert_eq!(
+            plan.steps[0].request.body.as_ref().unwrap()["created_at"],
+            json!(1_714_521_600)
+        );
+    }
+
+    #[test]
+    fn a_message_with_a_time_or_not_a_track_is_queued_as_it_is() {
+        for line in [
+            r#"{"type":"track","userId":"u1","event":"E","timestamp":"2024-05-01T00:00:00Z"}"#,
+            r#"{"type":"track","userId":"u1","event":"E","originalTimestamp":"2024-05-01T00:00:00Z"}"#,
+            r#"{"type":"identify","userId":"u1","traits":{"vip":true}}"#,
+            r#"{"type":"group","userId":"u1","groupId":"acme"}"#,
+        ] {
+            let expected: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(queued(line, 1_714_521_600), expected, "{line}");
+        }
     }
 }

@@ -18,6 +18,7 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         },
         computation: args.computation.as_deref(),
         now: store::now_unix(),
+        company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     if args.dry_run {
         // Changes nothing, so it needs no run lock: it may run beside the daemon.

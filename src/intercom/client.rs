@@ -1,10 +1,14 @@
 //! The HTTP client for Intercom's REST API: headers, timeout, the shared rate limiter, and
-//! answers reduced to status + JSON.
+//! answers reduced to status + JSON. It also measures how long Intercom takes to answer (an
+//! EWMA of response times, [`Latency`]), from which [`Client::in_flight_target`] says how many
+//! requests the drain keeps in flight to spend the whole budget.
 //!
 //! Architecture Invariant: this is the only place that sends HTTP to Intercom. The token goes
 //! into a header marked sensitive and nowhere else.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::Value;
@@ -74,6 +78,49 @@ pub enum Transport {
     Interrupted,
 }
 
+/// How long Intercom takes to answer: an exponentially weighted moving average of response
+/// times (each new one weighs [`Latency::WEIGHT`]), lock-free so the drain can read it at every
+/// turn. Only answers count: a timeout or a dropped connection says nothing about the latency
+/// (the outage breaker deals with those), and a 429 is answered without doing the work.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Microseconds; 0 until the first answer.
+    micros: AtomicU64,
+}
+
+impl Latency {
+    /// The weight of each new response time.
+    pub const WEIGHT: f64 = 0.1;
+
+    pub fn new() -> Latency {
+        Latency::default()
+    }
+
+    /// One response took `took`.
+    pub fn record(&self, took: Duration) {
+        let sample = (took.as_micros().min(u128::from(u64::MAX / 2)) as u64).max(1);
+        let _ = self
+            .micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample
+                } else {
+                    let next =
+                        old as f64 * (1.0 - Latency::WEIGHT) + sample as f64 * Latency::WEIGHT;
+                    (next.round() as u64).max(1)
+                })
+            });
+    }
+
+    /// The average so far; `None` before the first answer.
+    pub fn get(&self) -> Option<Duration> {
+        match self.micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -81,6 +128,7 @@ pub struct Client {
     headers: HeaderMap,
     timeout_secs: u64,
     limiter: Arc<RateLimiter>,
+    latency: Arc<Latency>,
 }
 
 impl Client {
@@ -115,11 +163,24 @@ impl Client {
             headers,
             timeout_secs: settings.request_timeout.as_secs(),
             limiter,
+            latency: Arc::new(Latency::new()),
         })
     }
 
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
+    }
+
+    /// Intercom's response time, averaged (`None` before the first answer).
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency.get()
+    }
+
+    /// How many messages to have in flight, at most `max` (`intercom.max_concurrency`), so that
+    /// the budget is spent at the latency measured: budget rate × latency with some headroom
+    /// (see `ratelimit::in_flight_target`). Cheap (no lock): the drain asks at every turn.
+    pub fn in_flight_target(&self, max: usize) -> usize {
+        self.limiter.in_flight_target(self.latency.get(), max)
     }
 
     /// Send one request within the rate limit. Waiting for the budget ends early when `cancel`
@@ -170,6 +231,7 @@ impl Client {
             builder = builder.json(body);
         }
         let endpoint = endpoint(request);
+        let sent_at = Instant::now();
         let response = match builder.send().await {
             Ok(response) => response,
             Err(error) => {
@@ -198,6 +260,9 @@ impl Client {
             Ok(text) => text,
             Err(error) => return Err(self.transport(&error)),
         };
+        if status != 429 {
+            self.latency.record(sent_at.elapsed());
+        }
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Ok(Answer { status, body, text })
     }
@@ -249,6 +314,35 @@ mod tests {
                 reset: 1_700_000_010
             })
         );
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn latency_is_a_moving_average_of_answers() {
+        let latency = Latency::new();
+        assert_eq!(latency.get(), None);
+        latency.record(Duration::from_millis(150));
+        assert_eq!(latency.get(), Some(Duration::from_millis(150)));
+        // One slow answer moves it by a tenth of the difference.
+        latency.record(Duration::from_millis(1150));
+        assert_eq!(latency.get(), Some(Duration::from_millis(250)));
+        // A steady latency is reached again.
+        for _ in 0..200 {
+            latency.record(Duration::from_millis(300));
+        }
+        let settled = latency.get().unwrap();
+        assert!(
+            settled.abs_diff(Duration::from_millis(300)) < Duration::from_millis(1),
+            "{settled:?}"
+        );
+        // Never back to "nothing measured".
+        let fast = Latency::new();
+        fast.record(Duration::ZERO);
+        assert!(fast.get().is_some());
     }
 }
 

@@ -38,12 +38,14 @@ use tracing::{debug, error, info, warn};
 
 use super::client::Client;
 use super::disposition::{self, Disposition};
-use super::executor::{Executor, Outcome};
+use super::executor::{Executor, Outcome, contact_key};
 use super::outage::{Breaker, Transition};
 use super::ratelimit::RateLimiter;
+use super::resolve;
 use crate::error::CliError;
 use crate::http;
 use crate::metrics;
+use crate::segment::Message;
 use crate::settings::IntercomSettings;
 use crate::store::{self, delivery as queue, intercom as cache, outbox};
 
@@ -68,6 +70,8 @@ pub struct DeliveryReport {
     pub requests: u64,
     /// Of which answered 429.
     pub rate_limited: u64,
+    /// Of the requests, bulk contact lookups (`POST /contacts/search` with `IN`).
+    pub lookups: u64,
     /// Times delivery paused because Intercom was unreachable, and for how long in all.
     pub outages: u64,
     pub paused_ms: u64,
@@ -93,6 +97,107 @@ struct Held {
     /// Not before this instant (a scheduled retry).
     due: Option<Instant>,
     running: bool,
+    /// The user whose contact id a bulk lookup is finding for this message (it waits for it).
+    lookup: Option<String>,
+}
+
+/// Bulk contact lookups of one drain (`resolve.rs`): users of pending messages whose Intercom id
+/// is not cached are asked about [`resolve::BATCH`] at a time before their messages start.
+#[derive(Default)]
+struct Lookups {
+    /// Users asked about (or to be) in this drain.
+    asked: HashSet<String>,
+    /// Users whose lookup has not answered yet: their messages wait.
+    waiting: HashSet<String>,
+    /// Users to ask about, by field.
+    queued: Vec<(resolve::Field, String)>,
+    tasks: JoinSet<resolve::Found>,
+}
+
+/// Lookups in flight at once.
+const LOOKUPS_IN_FLIGHT: usize = 2;
+
+impl Lookups {
+    /// The user `message` needs a contact id for, when a bulk lookup should find it first: an
+    /// identify or an attach (a track addresses its contact by `user_id` / email, and an
+    /// account's own group call has none) whose id is not cached.
+    fn needs(
+        conn: &Connection,
+        message: &outbox::OutboxMessage,
+    ) -> Option<(resolve::Field, String)> {
+        let attach = message.kind == "group" && message.body.get("userId").is_some();
+        if message.kind != "identify" && !attach {
+            return None;
+        }
+        let parsed = Message::from_value(&message.body).ok()?;
+        let key = contact_key(&parsed)?;
+        if cache::contact_id(conn, &key).ok()?.is_some() {
+            return None;
+        }
+        let field = if parsed.common().user_id.is_some() {
+            resolve::Field::ExternalId
+        } else {
+            resolve::Field::Email
+        };
+        Some((field, key))
+    }
+
+    /// Note a message's user; returns the key the message waits for.
+    fn note(&mut self, conn: &Connection, message: &outbox::OutboxMessage) -> Option<String> {
+        let (field, key) = Self::needs(conn, message)?;
+        if self.asked.insert(key.clone()) {
+            self.waiting.insert(key.clone());
+            self.queued.push((field, key.clone()));
+        }
+        self.waiting.contains(&key).then_some(key)
+    }
+
+    /// Start lookups of what is queued, [`LOOKUPS_IN_FLIGHT`] at most.
+    fn start(&mut self, client: &Client, cancel: &CancellationToken) {
+        while self.tasks.len() < LOOKUPS_IN_FLIGHT && !self.queued.is_empty() {
+            let field = self.queued[0].0;
+            let mut keys = Vec::with_capacity(resolve::BATCH);
+            self.queued.retain(|(f, key)| {
+                if *f == field && keys.len() < resolve::BATCH {
+                    keys.push(key.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            let client = client.clone();
+            let cancel = cancel.clone();
+            self.tasks
+                .spawn(async move { resolve::lookup(&client, field, keys, &cancel).await });
+        }
+    }
+
+    /// What a lookup found: ids into the cache, absent users to the executor; their messages
+    /// may start.
+    fn finished(
+        &mut self,
+        db: &Mutex<Connection>,
+        executor: &Executor,
+        found: resolve::Found,
+    ) -> anyhow::Result<()> {
+        {
+            let conn = lock(db);
+            for (key, id) in &found.ids {
+                cache::set_contact_id(&conn, key, id)?;
+            }
+        }
+        for key in found
+            .ids
+            .iter()
+            .map(|(k, _)| k)
+            .chain(&found.absent)
+            .chain(&found.unresolved)
+        {
+            self.waiting.remove(key);
+        }
+        executor.mark_absent(found.absent);
+        Ok(())
+    }
 }
 
 /// What a process keeps between drains (the daemon drains again after every scheduled run):
@@ -218,6 +323,8 @@ async fn drain(
     let mut running: HashMap<tokio::task::Id, (i64, String)> = HashMap::new();
     let mut stopping = false;
     let mut last_persist = Instant::now();
+    let mut lookups = Lookups::default();
+    executor.clear_absent();
 
     loop {
         if !stopping && shutdown.is_cancelled() {
@@ -242,15 +349,20 @@ async fn drain(
                     .next_attempt_at
                     .filter(|at| *at > now_unix)
                     .map(|at| Instant::now() + Duration::from_secs((at - now_unix) as u64));
+                let lookup = lookups.note(&lock(db), &message);
                 held.insert(
                     message.seq,
                     Held {
                         message,
                         due,
                         running: false,
+                        lookup,
                     },
                 );
             }
+        }
+        if !stopping && !breaker.is_open() {
+            lookups.start(executor.client(), &stop_requests);
         }
 
         // Start every lane head that is free and due, up to the concurrency; while Intercom is
@@ -263,11 +375,23 @@ async fn drain(
             let mut to_start = Vec::new();
             if !probing || (breaker.probe_due(now) && tasks.len() < max_concurrency) {
                 for (seq, entry) in held.iter() {
-                    if tasks.len() + to_start.len() >= max_concurrency {
+                    if tasks.len() + to_start.len()
+                        >= executor.client().in_flight_target(max_concurrency)
+                    {
                         break;
                     }
                     let lane = entry.message.lane.as_str();
                     if entry.running || busy.contains(lane) || blocked.contains(lane) {
+                        blocked.insert(lane);
+                        continue;
+                    }
+                    if !probing
+                        && entry
+                            .lookup
+                            .as_ref()
+                            .is_some_and(|key| lookups.waiting.contains(key))
+                    {
+                        // Its contact id is being looked up in bulk.
                         blocked.insert(lane);
                         continue;
                     }
@@ -319,7 +443,7 @@ async fn drain(
                 }
                 continue;
             }
-            if next_due.is_none() {
+            if next_due.is_none() && lookups.tasks.is_empty() {
                 // Held messages but none startable and nothing running cannot happen; guard.
                 continue;
             }
@@ -403,6 +527,19 @@ async fn drain(
                             stop_requests.cancel();
                             report.stopped = Some(reason);
                         }
+                    }
+                }
+            }
+            Some(found) = lookups.tasks.join_next(), if !lookups.tasks.is_empty() => {
+                match found {
+                    Ok(found) => {
+                        report.lookups += found.requests;
+                        lookups.finished(db, executor, found)?;
+                    }
+                    Err(join_error) => {
+                        // Its users are left to their messages' own searches.
+                        error!(%join_error, "A bulk contact lookup failed.");
+                        lookups.waiting.clear();
                     }
                 }
             }
@@ -640,6 +777,7 @@ mod tests {
             message,
             due: None,
             running: false,
+            lookup: None,
         }
     }
 
@@ -717,19 +855,12 @@ mod tests {
         let transient = || Disposition::Transient {
             reason: "POST /contacts/search: 503: Service Unavailable".into(),
         };
+        let fail = |entry: &mut Held, report: &mut DeliveryReport| {
+            record(&db, entry, transient(), &limits(1), false, 0.5, report).unwrap()
+        };
         // With max_attempts = 1, a counted attempt would dead-letter the message at once.
         for _ in 0..50 {
-            let recorded = record(
-                &db,
-                &mut entry,
-                transient(),
-                &limits(1),
-                false,
-                0.5,
-                &mut report,
-            )
-            .unwrap();
-            assert!(!recorded.done);
+            assert!(!fail(&mut entry, &mut report).done);
         }
         assert_eq!(attempts(&db), (0, "pending".to_string()));
         assert_eq!(report.retries, 50);
@@ -743,17 +874,7 @@ mod tests {
             .execute("UPDATE outbox SET failing_since = ?1", [old])
             .unwrap();
         entry.message.failing_since = Some(old);
-        let recorded = record(
-            &db,
-            &mut entry,
-            transient(),
-            &limits(1),
-            false,
-            0.5,
-            &mut report,
-        )
-        .unwrap();
-        assert!(recorded.done);
+        assert!(fail(&mut entry, &mut report).done);
         assert_eq!(report.dead, 1);
         let (status, error): (String, String) = lock(&db)
             .query_row("SELECT status, last_error FROM outbox", [], |r| {

@@ -16,7 +16,7 @@
 //! Every step is idempotent (contact and company writes are upserts, events carry a fixed
 //! `created_at` Intercom de-duplicates on), so a retried message is simply run again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,6 +65,17 @@ pub struct Executor {
     attributes: tokio::sync::Mutex<Option<Attributes>>,
     event_names: Mutex<EventNames>,
     rng: Mutex<u64>,
+    /// Users a bulk lookup did not find (`resolve.rs`): their next resolve step goes straight
+    /// to its create (or to nothing) without a search of its own. Taken when used.
+    absent: Mutex<HashSet<String>>,
+}
+
+/// The contact a resolve step found or created.
+struct Resolved {
+    id: String,
+    /// Created by this step's `POST /contacts`, which carried every value of the updates marked
+    /// `done_by_create` (not found by the search, nor named by a 409).
+    created: bool,
 }
 
 /// Why a pass over the plan has to be run again with fresher ids.
@@ -85,10 +96,28 @@ impl Executor {
         db: Arc<Mutex<Connection>>,
         settings: &IntercomSettings,
     ) -> anyhow::Result<Executor> {
-        let names = {
+        let (names, listed) = {
             let conn = db.lock().unwrap_or_else(|p| p.into_inner());
-            cache::event_names(&conn)?
+            (cache::event_names(&conn)?, cache::data_attributes(&conn)?)
         };
+        // The attribute list a previous process read (and what it created since): a restart
+        // lists nothing until Intercom says an attribute is unknown or already exists.
+        let attributes = listed.map(|rows| Attributes {
+            known: rows
+                .into_iter()
+                .filter_map(|(model, name, data_type)| {
+                    let model = match model.as_str() {
+                        "contact" => Model::Contact,
+                        "company" => Model::Company,
+                        _ => return None,
+                    };
+                    Some((
+                        (model, name),
+                        data_type.as_deref().and_then(DataType::parse),
+                    ))
+                })
+                .collect(),
+        });
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -98,14 +127,41 @@ impl Executor {
             client,
             db,
             settings: settings.clone(),
-            attributes: tokio::sync::Mutex::new(None),
+            attributes: tokio::sync::Mutex::new(attributes),
             event_names: Mutex::new(EventNames::new(names.iter().map(String::as_str))),
             rng: Mutex::new(seed),
+            absent: Mutex::new(HashSet::new()),
         })
     }
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// A bulk lookup found no contact for these users.
+    pub fn mark_absent(&self, keys: impl IntoIterator<Item = String>) {
+        self.absent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(keys);
+    }
+
+    /// Forget what bulk lookups found absent (a new drain looks again).
+    pub fn clear_absent(&self) {
+        self.absent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Whether a bulk lookup found no contact for `key`; the answer is used once.
+    fn take_absent(&self, key: Option<&str>) -> bool {
+        key.is_some_and(|key| {
+            self.absent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key)
+        })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -305,12 +361,17 @@ impl Executor {
         }
         let attributes = guard.as_ref().expect("listed above");
         for step in &mut plan.steps {
-            let model = match step.op {
-                Op::UpdateContact => Model::Contact,
-                Op::UpsertCompany { .. } => Model::Company,
+            let (model, body) = match &mut step.op {
+                Op::UpdateContact { .. } => (Model::Contact, step.request.body.as_mut()),
+                Op::UpsertCompany { .. } => (Model::Company, step.request.body.as_mut()),
+                // The create carries the update's values: fitted the same way.
+                Op::ResolveContact {
+                    on_missing: OnMissing::Create(create),
+                    ..
+                } => (Model::Contact, create.body.as_mut()),
                 _ => continue,
             };
-            if let Some(body) = step.request.body.as_mut() {
+            if let Some(body) = body {
                 fit_body(body, model, attributes).map_err(Step::Done)?;
             }
         }
@@ -355,6 +416,20 @@ impl Executor {
             attributes = attributes.known.len(),
             "Listed Intercom's custom data attributes."
         );
+        let rows: Vec<(&str, &str, Option<&str>)> = attributes
+            .known
+            .iter()
+            .map(|((model, name), data_type)| {
+                (
+                    model.as_str(),
+                    name.as_str(),
+                    data_type.map(DataType::as_str),
+                )
+            })
+            .collect();
+        if let Err(error) = cache::replace_data_attributes(&mut self.db(), &rows) {
+            warn!(%error, "Could not keep Intercom's attribute list in the database.");
+        }
         Ok(attributes)
     }
 
@@ -377,6 +452,14 @@ impl Executor {
                 attributes
                     .known
                     .insert((need.model, need.name.clone()), data_type);
+            }
+            if let Err(error) = cache::add_data_attribute(
+                &self.db(),
+                need.model.as_str(),
+                &need.name,
+                data_type.map(DataType::as_str),
+            ) {
+                warn!(%error, "Could not keep a created attribute in the database.");
             }
             tracing::info!(attribute = %need.name, model = need.model.as_str(), data_type = need.data_type.as_str(), "Created a custom data attribute in Intercom.");
             return Ok(());
@@ -412,6 +495,11 @@ impl Executor {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Companies whose Intercom id an upsert or lookup of this pass answered with (not the
+        // cache's).
+        let mut learned: HashSet<String> = HashSet::new();
+        // Whether the resolve step created the contact, with every value the update writes.
+        let mut created = false;
         let mut skipped = vec![false; plan.steps.len()];
         for (index, step) in plan.steps.iter().enumerate() {
             if step.depends_on.iter().any(|d| skipped[d.0]) {
@@ -423,10 +511,24 @@ impl Executor {
                     .resolve_contact(&step.request, lookup, on_missing, key, attempt, cancel)
                     .await
                 {
-                    Ok(Some(id)) => contact_id = Some(id),
+                    Ok(Some(resolved)) => {
+                        contact_id = Some(resolved.id);
+                        created = resolved.created;
+                    }
                     Ok(None) => skipped[index] = true,
                     Err(step) => return step,
                 }
+                continue;
+            }
+            if created
+                && matches!(
+                    step.op,
+                    Op::UpdateContact {
+                        done_by_create: true
+                    }
+                )
+            {
+                // The create carried these values: done, with no request of its own.
                 continue;
             }
             let company = op_company(&step.op);
@@ -446,7 +548,7 @@ impl Executor {
                     });
                 }
             };
-            if matches!(step.op, Op::UpdateContact)
+            if matches!(step.op, Op::UpdateContact { .. })
                 && request
                     .body
                     .as_ref()
@@ -475,6 +577,7 @@ impl Executor {
                             return Step::Done(retry_db(&error, attempt, self.jitter()));
                         }
                         company_ids.insert(company_id.clone(), id);
+                        learned.insert(company_id.clone());
                     }
                     _ => {}
                 }
@@ -482,7 +585,9 @@ impl Executor {
             }
             let error = ApiError::from_body(answer.status, &answer.body, &answer.text);
             let cached_contact = known.contact_id.is_some();
-            let cached_company = company.is_some_and(|c| known.company_ids.contains_key(c));
+            // The step used the cache's id for its company (no answer of this pass gave one).
+            let cached_company =
+                company.is_some_and(|c| known.company_ids.contains_key(c) && !learned.contains(c));
             match &step.op {
                 Op::ResolveCompany { .. } if error.is_company_not_found() => {
                     // No such company: nothing to detach from.
@@ -496,9 +601,11 @@ impl Executor {
                 Op::AttachCompany { company_id }
                     if error.is_company_not_found() && cached_company =>
                 {
+                    // An attach-only plan used a cached company id Intercom no longer has:
+                    // forget it and map again, which upserts the company.
                     return Step::Stale(Stale::Company(company_id.clone()));
                 }
-                Op::UpdateContact
+                Op::UpdateContact { .. }
                 | Op::AttachCompany { .. }
                 | Op::DetachCompany { .. }
                 | Op::CreateEvent { .. }
@@ -530,12 +637,18 @@ impl Executor {
         key: Option<&str>,
         attempt: u32,
         cancel: &CancellationToken,
-    ) -> Result<Option<String>, Step> {
-        let answer = self.send(search, cancel).await?;
-        if !answer.is_success() {
-            return Err(Step::Done(self.error_disposition(search, &answer)));
-        }
-        let found = search_hit(&answer.body);
+    ) -> Result<Option<Resolved>, Step> {
+        // A bulk lookup of this drain found no contact (`resolve.rs`): no search of its own.
+        let found = if self.take_absent(key) {
+            None
+        } else {
+            let answer = self.send(search, cancel).await?;
+            if !answer.is_success() {
+                return Err(Step::Done(self.error_disposition(search, &answer)));
+            }
+            search_hit(&answer.body)
+        };
+        let mut created = false;
         let id = match (found, on_missing) {
             (Some(id), _) => id,
             (None, OnMissing::Skip) => {
@@ -548,6 +661,7 @@ impl Executor {
             (None, OnMissing::Create(create)) => {
                 let answer = self.send(create, cancel).await?;
                 if answer.is_success() {
+                    created = true;
                     match answer.body.get("id").and_then(Value::as_str) {
                         Some(id) => id.to_string(),
                         None => {
@@ -560,7 +674,8 @@ impl Executor {
                 } else {
                     let error = ApiError::from_body(answer.status, &answer.body, &answer.text);
                     match error.conflicting_contact_id() {
-                        // It exists (search lags, or our earlier create lost its answer).
+                        // It exists (search lags, our earlier create lost its answer, or
+                        // another client created it): the update steps still run.
                         Some(id) => id.to_string(),
                         None => {
                             return Err(Step::Done(self.error_disposition(create, &answer)));
@@ -576,7 +691,7 @@ impl Executor {
         if let Err(error) = cache::set_contact_id(&self.db(), &cache_key, &id) {
             return Err(Step::Done(retry_db(&error, attempt, self.jitter())));
         }
-        Ok(Some(id))
+        Ok(Some(Resolved { id, created }))
     }
 
     /// Send through the client; no answer at all becomes a retry (or an interruption).
@@ -859,5 +974,250 @@ mod tests {
             "/contacts/{id}/companies"
         );
         assert_eq!(path_shape("/companies?company_id=acme"), "/companies");
+    }
+}
+
+/// The request floor, end to end against the sandbox: what one message costs.
+#[cfg(test)]
+mod request_floor {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use intercom_sandbox::{Sandbox, SandboxConfig, SandboxHandle, Snapshot};
+    use serde_json::{Value, json};
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Executor, Outcome};
+    use crate::intercom::client::Client;
+    use crate::intercom::disposition::Disposition;
+    use crate::intercom::ratelimit::RateLimiter;
+    use crate::settings::{Secret, Settings};
+    use crate::store::intercom as cache;
+
+    const TOKEN: &str = "floor-token";
+
+    struct World {
+        sandbox: SandboxHandle,
+        executor: Executor,
+        db: Arc<Mutex<rusqlite::Connection>>,
+    }
+
+    async fn world(search_lag: Duration) -> World {
+        let mut config = SandboxConfig::new(TOKEN);
+        config.search_lag = search_lag;
+        let sandbox = Sandbox::start(config).await.unwrap();
+        let mut settings = Settings::defaults().unwrap().intercom;
+        settings.base_url = sandbox.base_url().parse().unwrap();
+        settings.access_token = Secret::new(TOKEN);
+        settings.rate_limit = 1000;
+        let limiter = Arc::new(RateLimiter::new(
+            settings.rate_limit,
+            settings.rate_limit_window,
+            None,
+        ));
+        let client = Client::new(&settings, limiter).unwrap();
+        let db = Arc::new(Mutex::new(crate::store::open_in_memory().unwrap()));
+        let executor = Executor::new(client, db.clone(), &settings).unwrap();
+        World {
+            sandbox,
+            executor,
+            db,
+        }
+    }
+
+    impl World {
+        async fn deliver(&self, message: Value) {
+            let outcome = self
+                .executor
+                .execute(&message, 1, &CancellationToken::new())
+                .await;
+            assert_eq!(
+                outcome,
+                Outcome::Finished(Disposition::Delivered),
+                "{message}"
+            );
+        }
+
+        /// The requests (`"POST /contacts 200"` → count) `message` costs.
+        async fn cost(&self, message: Value) -> BTreeMap<String, u64> {
+            let before = calls(&self.sandbox.snapshot());
+            self.deliver(message).await;
+            let mut after = calls(&self.sandbox.snapshot());
+            for (call, n) in before {
+                *after.get_mut(&call).unwrap() -= n;
+            }
+            after.retain(|_, n| *n > 0);
+            after
+        }
+    }
+
+    fn calls(snapshot: &Snapshot) -> BTreeMap<String, u64> {
+        snapshot
+            .counters
+            .requests
+            .iter()
+            .flat_map(|(endpoint, answers)| {
+                answers
+                    .iter()
+                    .map(move |(status, n)| (format!("{endpoint} {status}"), *n))
+            })
+            .collect()
+    }
+
+    fn expect(calls: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        calls.iter().map(|(c, n)| (c.to_string(), *n)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_new_contact_costs_the_search_and_one_create_carrying_every_value() {
+        let world = world(Duration::ZERO).await;
+        // Without custom attributes: nothing to list or create first.
+        let cost = world
+            .cost(json!({"type": "identify", "userId": "u1",
+                "traits": {"email": "u1@example.com", "name": "Ann Lee", "phone": "+353871234567"}}))
+            .await;
+        assert_eq!(
+            cost,
+            expect(&[("POST /contacts/search 200", 1), ("POST /contacts 200", 1)])
+        );
+        let state = world.sandbox.snapshot();
+        let contact = state.contact_by_external_id("u1").unwrap();
+        assert_eq!(contact.email.as_deref(), Some("u1@example.com"));
+        assert_eq!(contact.name.as_deref(), Some("Ann Lee"));
+        assert_eq!(contact.phone.as_deref(), Some("+353871234567"));
+
+        // With one: the attribute is made first (the list, once per process, and its create),
+        // then the create writes it; still no PUT.
+        let cost = world
+            .cost(json!({"type": "identify", "userId": "u2",
+                "traits": {"vip": true, "createdAt": "2020-01-01T00:00:00Z"}}))
+            .await;
+        assert_eq!(
+            cost,
+            expect(&[
+                ("GET /data_attributes 200", 2),
+                ("POST /data_attributes 200", 1),
+                ("POST /contacts/search 200", 1),
+                ("POST /contacts 200", 1),
+            ])
+        );
+        let state = world.sandbox.snapshot();
+        let contact = state.contact_by_external_id("u2").unwrap();
+        assert_eq!(contact.custom_attributes["vip"], json!(true));
+        assert_eq!(contact.signed_up_at, Some(1_577_836_800));
+
+        // The id is cached: the next identify is its one PUT.
+        let cost = world
+            .cost(json!({"type": "identify", "userId": "u2", "traits": {"vip": false}}))
+            .await;
+        assert_eq!(cost, expect(&[("PUT /contacts/{id} 200", 1)]));
+        let state = world.sandbox.snapshot();
+        assert_eq!(
+            state
+                .contact_by_external_id("u2")
+                .unwrap()
+                .custom_attributes["vip"],
+            json!(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_contact_another_client_created_costs_search_create_409_and_the_update() {
+        // Intercom's search lags a new contact: ours misses the one another client just made.
+        let world = world(Duration::from_secs(600)).await;
+        let other = reqwest::Client::new()
+            .post(format!("{}/contacts", world.sandbox.base_url()))
+            .bearer_auth(TOKEN)
+            .header("Accept", "application/json")
+            .json(&json!({"role": "user", "external_id": "u1"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(other.status().is_success());
+        let id = world
+            .sandbox
+            .snapshot()
+            .contact_by_external_id("u1")
+            .unwrap()
+            .id
+            .clone();
+        let cost = world
+            .cost(json!({"type": "identify", "userId": "u1",
+                "traits": {"email": "u1@example.com", "name": "Ann"}}))
+            .await;
+        assert_eq!(
+            cost,
+            expect(&[
+                ("POST /contacts/search 200", 1),
+                ("POST /contacts 409", 1),
+                ("PUT /contacts/{id} 200", 1),
+            ])
+        );
+        let state = world.sandbox.snapshot();
+        assert_eq!(state.contacts.len(), 1);
+        let contact = state.contact_by_external_id("u1").unwrap();
+        assert_eq!(contact.name.as_deref(), Some("Ann"));
+        assert_eq!(contact.email.as_deref(), Some("u1@example.com"));
+        let cached = cache::contact_id(&world.db.lock().unwrap(), "u1").unwrap();
+        assert_eq!(cached, Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_membership_attach_with_a_cached_company_id_is_one_request() {
+        let world = world(Duration::ZERO).await;
+        // The account's own values upsert the company (its id is cached), and the member is
+        // known (its id is cached).
+        world
+            .deliver(json!({"type": "group", "groupId": "acme", "traits": {"name": "Acme"}}))
+            .await;
+        world
+            .deliver(
+                json!({"type": "identify", "userId": "u1", "traits": {"email": "u1@example.com"}}),
+            )
+            .await;
+        let membership = json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {},
+            "context": {"traits": {"email": "u1@example.com"},
+                        "personas": {"computation_class": "audience", "computation_key": "high_value"}}});
+        let cost = world.cost(membership.clone()).await;
+        assert_eq!(cost, expect(&[("POST /contacts/{id}/companies 200", 1)]));
+        let state = world.sandbox.snapshot();
+        assert_eq!(
+            state.contact_by_external_id("u1").unwrap().companies,
+            vec!["acme".to_string()]
+        );
+
+        // A group with traits still upserts (and attaches by the upsert's answer).
+        let cost = world
+            .cost(json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"plan": "Pro"}}))
+            .await;
+        assert_eq!(
+            cost,
+            expect(&[
+                ("POST /companies 200", 1),
+                ("POST /contacts/{id}/companies 200", 1),
+            ])
+        );
+
+        // A cached company id Intercom no longer has: the attach's 404 makes the cache stale,
+        // and the message is mapped again, upserting the company.
+        let real = state.company_by_company_id("acme").unwrap().id.clone();
+        cache::set_company_id(
+            &world.db.lock().unwrap(),
+            "acme",
+            "0123456789abcdef01234567",
+        )
+        .unwrap();
+        let cost = world.cost(membership).await;
+        assert_eq!(
+            cost,
+            expect(&[
+                ("POST /contacts/{id}/companies 404", 1),
+                ("POST /companies 200", 1),
+                ("POST /contacts/{id}/companies 200", 1),
+            ])
+        );
+        let cached = cache::company_id(&world.db.lock().unwrap(), "acme").unwrap();
+        assert_eq!(cached, Some(real));
     }
 }

@@ -117,7 +117,9 @@ const CONTACT_SPECIAL: [&str; 14] = [
 ];
 
 /// identify → resolve the contact (search by `external_id` = `userId`, else `email`), `PUT
-/// /contacts/{contact_id}`, then per company: upsert + attach, or resolve + detach.
+/// /contacts/{contact_id}`, then per company: upsert + attach, or resolve + detach. A contact
+/// the search does not find is created, when the message may create it, by one `POST
+/// /contacts` carrying every value (the update is then done by it, see [`OnMissing::Create`]).
 pub fn map_identify(
     message: &Identify,
     options: &MapOptions,
@@ -225,10 +227,13 @@ pub fn map_identify(
     // An identify that carries only its identity (a plain "this user exists") may create too.
     let only_identity =
         body.keys().all(|k| k == "email" || k == "external_id") && companies.is_empty();
-    let on_missing = if enters || only_identity {
-        OnMissing::Create(create_contact_request(
-            common.user_id.as_deref(),
-            email.as_deref(),
+    let creates = enters || only_identity;
+    let on_missing = if creates {
+        // One request for a new contact: the create carries every value the update writes.
+        OnMissing::Create(Request::new(
+            Method::Post,
+            "/contacts",
+            Some(create_contact_body(&body)),
         ))
     } else {
         OnMissing::Skip
@@ -244,7 +249,10 @@ pub fn map_identify(
     let writes_nothing = body.keys().all(|k| k == found_by);
     if !writes_nothing {
         let id = plan.push(
-            Op::UpdateContact,
+            Op::UpdateContact {
+                // Only a resolve step creates; with a known id there is none.
+                done_by_create: creates && contact_step.is_some(),
+            },
             Request::new(Method::Put, contact_path.clone(), Some(Value::Object(body))),
             contact_step.into_iter().collect(),
             None,
@@ -272,6 +280,34 @@ fn contact_lookup(user_id: Option<&str>, email: Option<&str>) -> Result<ContactL
     }
 }
 
+/// The `POST /contacts` body of an identify: `role: "user"`, then the update body's fields and
+/// custom attributes in its order, without its clears (`null`: a new contact has nothing to
+/// clear, and an attribute Intercom does not have need not exist for one).
+fn create_contact_body(update: &Map<String, Value>) -> Value {
+    let mut body = Map::new();
+    body.insert("role".into(), json!("user"));
+    for (field, value) in update {
+        match value {
+            Value::Null => {}
+            Value::Object(custom) if field == "custom_attributes" => {
+                let custom: Map<String, Value> = custom
+                    .iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !custom.is_empty() {
+                    body.insert(field.clone(), Value::Object(custom));
+                }
+            }
+            _ => {
+                body.insert(field.clone(), value.clone());
+            }
+        }
+    }
+    Value::Object(body)
+}
+
+/// The identity-only `POST /contacts` of a group attach (it writes no contact values).
 fn create_contact_request(user_id: Option<&str>, email: Option<&str>) -> Request {
     let mut body = Map::new();
     body.insert("role".into(), json!("user"));
@@ -311,6 +347,14 @@ fn resolve_contact(
         Some(Produces::ContactId),
     );
     (format!("/contacts/{CONTACT_ID}"), Some(step))
+}
+
+/// A number, or a string holding one (`"155.98"`).
+fn number(value: &Value) -> Option<f64> {
+    value
+        .as_f64()
+        .or_else(|| value.as_str()?.trim().parse().ok())
+        .filter(|n: &f64| n.is_finite())
 }
 
 /// `name`, else `firstName` + `lastName` (each trimmed), when there is any.
@@ -432,6 +476,14 @@ fn identify_companies(
     Ok(changes)
 }
 
+/// Upsert the company (unless it is only attached to and its Intercom id is known), then
+/// attach the contact to it.
+///
+/// A company body holding nothing but `company_id` writes nothing: with a cached Intercom id
+/// the attach alone goes, with that id literally (a 404 `company_not_found` then means the
+/// cache is stale, and the executor maps the message again without it). A company with values
+/// is upserted, and the attach takes the id the upsert answers with (`{company_id}`), so a
+/// stale cached id is never used after an upsert corrected it.
 fn attach_company(
     plan: &mut Plan,
     known: &KnownIds,
@@ -439,23 +491,27 @@ fn attach_company(
     contact_step: Option<StepId>,
     company: CompanyUpsert,
 ) {
-    let upsert = plan.push(
-        Op::UpsertCompany {
-            company_id: company.company_id.clone(),
-        },
-        Request::new(Method::Post, "/companies", Some(company.body)),
-        Vec::new(),
-        Some(Produces::CompanyId {
-            company_id: company.company_id.clone(),
-        }),
-    );
-    // The upsert answers with the Intercom id; a cached one may stand in while it runs.
-    let intercom_id = known
+    let mut depends_on: Vec<StepId> = contact_step.into_iter().collect();
+    let cached = known
         .company_ids
         .get(&company.company_id)
-        .cloned()
-        .unwrap_or_else(|| COMPANY_ID.to_string());
-    let depends_on = contact_step.into_iter().chain([upsert]).collect();
+        .filter(|_| only_company_id(&company.body));
+    let intercom_id = match cached {
+        Some(id) => id.clone(),
+        None => {
+            depends_on.push(plan.push(
+                Op::UpsertCompany {
+                    company_id: company.company_id.clone(),
+                },
+                Request::new(Method::Post, "/companies", Some(company.body)),
+                Vec::new(),
+                Some(Produces::CompanyId {
+                    company_id: company.company_id.clone(),
+                }),
+            ));
+            COMPANY_ID.to_string()
+        }
+    };
     plan.push(
         Op::AttachCompany {
             company_id: company.company_id,
@@ -468,6 +524,12 @@ fn attach_company(
         depends_on,
         None,
     );
+}
+
+/// Whether a company body carries nothing to write but the company's own id.
+fn only_company_id(body: &Value) -> bool {
+    body.as_object()
+        .is_some_and(|b| b.keys().all(|k| k == "company_id"))
 }
 
 fn detach_company(
@@ -512,23 +574,30 @@ fn detach_company(
 // ---------------------------------------------------------------------------------------------
 // group
 
-/// Company traits with a field of their own in `POST /companies`.
-const COMPANY_SPECIAL: [&str; 9] = [
+/// Company traits with a field of their own in `POST /companies` (Intercom's standard company
+/// fields `name`, `plan`, `size`, `website`, `industry`, `monthly_spend`, `remote_created_at`,
+/// and the Segment names that map to them): never custom attributes, never data attributes to
+/// create.
+const COMPANY_SPECIAL: [&str; 11] = [
     "name",
     "plan",
-    "monthly_spend",
-    "monthlySpend",
-    "createdAt",
-    "created_at",
+    "size",
+    "employees",
     "website",
     "industry",
-    "employees",
+    "monthly_spend",
+    "monthlySpend",
+    "remote_created_at",
+    "createdAt",
+    "created_at",
 ];
 
 /// group → `POST /companies` (upsert by `company_id` = `groupId`), then, when the message names
-/// a user (`userId`, else `context.traits.email`), resolve that contact (never creating it)
-/// and attach it: `POST /contacts/{contact_id}/companies` `{"id": "{company_id}"}`. A group
-/// without a user upserts the company only.
+/// a user (`userId`, else `context.traits.email`), resolve that contact (creating a missing
+/// member with its identity) and attach it: `POST /contacts/{contact_id}/companies` `{"id":
+/// "{company_id}"}`. A group without a user upserts the company only. A membership group (a
+/// user, no traits) whose company's Intercom id is known attaches with that id and upserts
+/// nothing (see [`attach_company`]).
 ///
 /// "One name, one model": a message carrying `context.personas` is a Personas account message
 /// (the emitter decides that by setting it, as Personas does). Its computation keys
@@ -655,25 +724,50 @@ fn company_body(
         ("website", &["website"]),
         ("industry", &["industry"]),
     ] {
-        if let Some(Value::String(s)) = keys.iter().find_map(|k| scalar_text(own(k))) {
-            let s = fit_string(field, &s, options.long_strings, &mut plan.warnings)?;
-            body.insert(field.into(), json!(s));
+        let Some((key, value)) = keys
+            .iter()
+            .find_map(|k| own(k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+        else {
+            continue;
+        };
+        match scalar_text(Some(value)) {
+            Some(Value::String(s)) => {
+                let s = fit_string(field, &s, options.long_strings, &mut plan.warnings)?;
+                body.insert(field.into(), json!(s));
+            }
+            // An empty string: nothing to write.
+            _ if value.is_string() => {}
+            _ => plan.warnings.push(Warning::WrongFieldType {
+                field: key.to_string(),
+                expected: "a string",
+            }),
         }
     }
-    if let Some(size) = own("employees").and_then(Value::as_f64) {
-        body.insert("size".into(), json!(size.trunc() as i64));
+    // Integer fields: Intercom truncates a float itself; the request schema wants an integer.
+    for (field, keys) in [
+        ("size", &["size", "employees"][..]),
+        ("monthly_spend", &["monthly_spend", "monthlySpend"]),
+    ] {
+        let Some((key, value)) = keys
+            .iter()
+            .find_map(|k| own(k).filter(|v| !v.is_null()).map(|v| (*k, v)))
+        else {
+            continue;
+        };
+        match number(value) {
+            Some(n) => {
+                body.insert(
+                    field.into(),
+                    json!(n.trunc().clamp(0.0, f64::from(i32::MAX)) as i64),
+                );
+            }
+            None => plan.warnings.push(Warning::WrongFieldType {
+                field: key.to_string(),
+                expected: "a number",
+            }),
+        }
     }
-    // Intercom truncates a float monthly_spend itself; the request schema wants an integer.
-    if let Some(spend) = own("monthly_spend")
-        .or_else(|| own("monthlySpend"))
-        .and_then(|v| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()))
-    {
-        body.insert(
-            "monthly_spend".into(),
-            json!(spend.trunc().clamp(0.0, f64::from(i32::MAX)) as i64),
-        );
-    }
-    let created = ["createdAt", "created_at"]
+    let created = ["remote_created_at", "createdAt", "created_at"]
         .iter()
         .find_map(|k| own(k).filter(|v| !v.is_null()).map(|v| (*k, v)));
     if let Some((key, value)) = created {
@@ -720,9 +814,12 @@ fn company_body(
 /// track → `POST /events` `{event_name, created_at, id | user_id | email, metadata}`.
 /// The identifier is the known Intercom contact id, else `userId`, else the email
 /// (`context.traits.email`, else `properties.email`). `created_at` is the message's
-/// `timestamp` in unix seconds (else [`MapOptions::now`]). Metadata: see
-/// [`metadata_value`]; `revenue` (with `currency`, default `usd`) becomes `price:
-/// {amount: cents, currency}` in `revenue`'s place; the first 10 keys are kept.
+/// `timestamp` in unix seconds, else its `originalTimestamp`, else [`MapOptions::now`] (a
+/// message `send` queues carries the time it was queued as `originalTimestamp`, so a retry
+/// sends the same `created_at` and Intercom de-duplicates it). Metadata: see
+/// [`metadata_value`] (scalars, and Intercom's Monetary Amount and Rich Link objects);
+/// `revenue` (with `currency`, default `usd`) becomes `price: {amount: cents, currency}` in
+/// `revenue`'s place; the first 10 keys are kept.
 ///
 /// The 120-active-event-names guard is [`EventNames`], which the caller holds (it is
 /// workspace state); it is not applied here.
@@ -739,7 +836,7 @@ pub fn map_track(
         "created_at".into(),
         json!(
             common
-                .timestamp
+                .event_time()
                 .map(|t| t.timestamp())
                 .unwrap_or(options.now)
         ),
@@ -867,6 +964,137 @@ fn fold(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn options() -> MapOptions {
+        MapOptions {
+            long_strings: LongStrings::Truncate,
+            company_attribute_prefix: "account_".into(),
+            now: 1_700_000_000,
+        }
+    }
+
+    fn message(value: Value) -> Message {
+        Message::from_value(&value).unwrap()
+    }
+
+    #[test]
+    fn the_create_body_is_the_update_body_as_a_user_without_its_clears() {
+        let update = json!({"external_id": "u1", "email": "a@example.com", "name": null,
+            "phone": "1", "signed_up_at": 5, "unsubscribed_from_emails": false,
+            "custom_attributes": {"vip": false, "gone": null, "ltv": 5}});
+        assert_eq!(
+            create_contact_body(update.as_object().unwrap()),
+            json!({"role": "user", "external_id": "u1", "email": "a@example.com", "phone": "1",
+                   "signed_up_at": 5, "unsubscribed_from_emails": false,
+                   "custom_attributes": {"vip": false, "ltv": 5}})
+        );
+        let only_clears = json!({"external_id": "u1", "custom_attributes": {"gone": null}});
+        assert_eq!(
+            create_contact_body(only_clears.as_object().unwrap()),
+            json!({"role": "user", "external_id": "u1"})
+        );
+    }
+
+    #[test]
+    fn an_identify_for_a_new_contact_is_one_create_and_the_update_done_by_it() {
+        let plan = map_message(
+            &message(json!({"type": "identify", "userId": "u1",
+                "traits": {"email": "a@example.com", "vip": true}})),
+            &options(),
+            &KnownIds::nothing(),
+        )
+        .unwrap();
+        let [resolve, update] = &plan.steps[..] else {
+            panic!("{plan:?}")
+        };
+        let Op::ResolveContact {
+            on_missing: OnMissing::Create(create),
+            ..
+        } = &resolve.op
+        else {
+            panic!("{resolve:?}")
+        };
+        assert_eq!(create.method, Method::Post);
+        assert_eq!(create.path, "/contacts");
+        let mut expected = update.request.body.clone().unwrap();
+        expected
+            .as_object_mut()
+            .unwrap()
+            .shift_insert(0, "role".into(), json!("user"));
+        assert_eq!(create.body, Some(expected));
+        assert_eq!(
+            update.op,
+            Op::UpdateContact {
+                done_by_create: true
+            }
+        );
+        assert_eq!(
+            plan.dry_run_requests(),
+            vec![&resolve.request, create],
+            "the dry run shows the create in place of the update"
+        );
+    }
+
+    #[test]
+    fn only_a_bare_company_with_a_known_id_skips_the_upsert() {
+        assert!(only_company_id(&json!({"company_id": "acme"})));
+        assert!(!only_company_id(
+            &json!({"company_id": "acme", "name": "Acme"})
+        ));
+        assert!(!only_company_id(
+            &json!({"company_id": "acme", "custom_attributes": {"x": null}})
+        ));
+        let known = KnownIds {
+            contact_id: Some("c1".into()),
+            company_ids: BTreeMap::from([("acme".to_string(), "i1".to_string())]),
+        };
+        let attach = map_message(
+            &message(json!({"type": "group", "userId": "u1", "groupId": "acme"})),
+            &options(),
+            &known,
+        )
+        .unwrap();
+        assert_eq!(
+            attach.requests().cloned().collect::<Vec<_>>(),
+            vec![Request::new(
+                Method::Post,
+                "/contacts/c1/companies",
+                Some(json!({"id": "i1"}))
+            )]
+        );
+    }
+
+    #[test]
+    fn a_group_size_trait_is_the_company_size() {
+        let mut plan = Plan::default();
+        let traits = json!({"size": 12.7, "remote_created_at": "2020-01-01T00:00:00Z"});
+        let body = company_body(
+            "acme",
+            traits.as_object().unwrap(),
+            &BTreeSet::new(),
+            &options(),
+            &mut plan,
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({"company_id": "acme", "size": 12, "remote_created_at": 1_577_836_800})
+        );
+        assert!(plan.attributes.is_empty() && plan.warnings.is_empty());
+        // A Personas account computation named `size` is the prefixed custom attribute.
+        let body = company_body(
+            "acme",
+            json!({"size": 3}).as_object().unwrap(),
+            &BTreeSet::from(["size".to_string()]),
+            &options(),
+            &mut plan,
+        )
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({"company_id": "acme", "custom_attributes": {"account_size": 3}})
+        );
+    }
 
     #[test]
     fn the_121st_new_event_name_is_refused_case_insensitively() {

@@ -8,4 +8,5 @@ pub mod mapping;
 pub mod outage;
 pub mod plan;
 pub mod ratelimit;
+pub mod resolve;
 pub mod values;

@@ -86,8 +86,13 @@ pub enum ContactLookup {
 /// `role: "user"`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OnMissing {
-    /// `POST /contacts` with this request (identity only; the update step writes the values).
-    /// A 409 "already exists with id=X" means the contact exists: X is the id.
+    /// `POST /contacts` with this request: `role: "user"` and every value the plan's
+    /// [`Op::UpdateContact`] writes (Intercom's create takes the standard fields and
+    /// `custom_attributes`; a clear, `null`, has nothing to clear on a new contact and is left
+    /// out), so a new contact costs the search and this one request. When it creates the
+    /// contact, the update step marked `done_by_create` is done without a request. A 409
+    /// "already exists with id=X" means the contact exists: X is the id, and the update runs.
+    /// A group attach creates with the identity only (it writes no contact values).
     Create(Request),
     /// Not found means there is nothing to do: every step that needs `{contact_id}` is skipped
     /// and counts as done.
@@ -105,7 +110,10 @@ pub enum Op {
         on_missing: OnMissing,
     },
     /// `PUT /contacts/{contact_id}` with the contact's fields and custom attributes.
-    UpdateContact,
+    /// `done_by_create`: the resolve step's [`OnMissing::Create`] carries these same values, so
+    /// when that step creates the contact this one is done without a request; when the contact
+    /// is found (search, cache or a 409 on the create) it runs.
+    UpdateContact { done_by_create: bool },
     /// `POST /companies` (an upsert by `company_id`); produces `{company_id}` for it.
     UpsertCompany { company_id: String },
     /// `GET /companies?company_id=…`, only to learn the Intercom id for a detach; a 404 means
@@ -197,6 +205,27 @@ impl Plan {
     /// The requests in order (the resolve steps' searches; a create is in [`OnMissing`]).
     pub fn requests(&self) -> impl Iterator<Item = &Request> {
         self.steps.iter().map(|step| &step.request)
+    }
+
+    /// The requests `send --dry-run` shows, for a contact Intercom does not hold: the resolve
+    /// step's search, then, where the message may create the contact, the `POST /contacts`
+    /// carrying every value in place of the update it makes unnecessary; where it may not (an
+    /// exit), the update an existing contact gets. The other steps in order.
+    pub fn dry_run_requests(&self) -> Vec<&Request> {
+        let mut requests = Vec::with_capacity(self.steps.len() + 1);
+        for step in &self.steps {
+            match &step.op {
+                Op::ResolveContact {
+                    on_missing: OnMissing::Create(create),
+                    ..
+                } => requests.extend([&step.request, create]),
+                Op::UpdateContact {
+                    done_by_create: true,
+                } => {}
+                _ => requests.push(&step.request),
+            }
+        }
+        requests
     }
 
     /// The `POST /contacts` this plan may send, when its resolve step allows a create.

@@ -7,9 +7,11 @@
 //! state machine (time comes in as an argument, so tests drive it); [`RateLimiter`] shares one
 //! budget between every request in flight and makes callers wait.
 //!
-//! - Budget per window: `min(intercom.rate_limit, X-RateLimit-Limit)`. Each request takes one
-//!   unit when it is sent; a response lowers what is left to what Intercom says is left, less
-//!   the requests sent after it that may not have arrived yet.
+//! - Budget per window: `min(intercom.rate_limit, X-RateLimit-Limit)`; with the default
+//!   `intercom.rate_limit = "auto"` ([`RATE_LIMIT_AUTO`]) there is no cap of our own and the budget
+//!   is the one Intercom announces (a private app: 10,000 a minute, about 1,666 per 10 s). Each
+//!   request takes one unit when it is sent; a response lowers what is left to what Intercom
+//!   says is left, less the requests sent after it that may not have arrived yet.
 //! - Pacing: within an announced window, requests are admitted at `remaining / time left`, so
 //!   what is left is spread over the window instead of spent in a burst. Intercom's limit is per
 //!   app: other integrations (or a second audience-sync) spend the same budget, and every
@@ -27,14 +29,56 @@
 //!   window so competing clients do not all fire at the boundary, and nobody sleeps longer.
 //! - When Intercom does not announce the budget, windows are assumed aligned to the epoch with
 //!   the configured length and spent as a burst; the first 429 teaches the real budget (the
-//!   requests the window took before it), and later windows stay within it.
+//!   requests the window took before it), and later windows stay within it. A number in
+//!   `intercom.rate_limit` is the first guess; `"auto"` has none, so it assumes the Personas
+//!   destination's budget, [`AUTO_UNANNOUNCED_LIMIT`] (83) per `intercom.rate_limit_window_secs`:
+//!   a twentieth of what Intercom documents for an app (10,000 a minute), so the guess is safe
+//!   (a guess above the real budget would cost a window of 429s), and a real budget below it
+//!   is learned from the first 429 as above. Learning only ever lowers it: an unannounced
+//!   budget larger than 83 is not discovered (set the number to use it).
+//! - In flight: [`in_flight_target`] is how many requests the drain keeps going so that the
+//!   budget is spent at the latency measured (budget rate × latency, with headroom, within
+//!   `[1, intercom.max_concurrency]`); the budget still admits each of them and keeps the pace.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::settings::RATE_LIMIT_AUTO;
+
+/// The budget `intercom.rate_limit = "auto"` assumes per window while Intercom announces none
+/// (no `X-RateLimit-*` headers): the Personas destination's 83 per 10 s, far below what
+/// Intercom documents for any app. A smaller real budget is learned from the first 429.
+pub const AUTO_UNANNOUNCED_LIMIT: u32 = 83;
+
+/// [`in_flight_target`]: requests in flight per request the latency needs (a quarter more, for
+/// the pace to catch up after the one-request start of every window).
+const IN_FLIGHT_HEADROOM: f64 = 1.25;
+/// [`in_flight_target`]: a couple more for the time a message spends between its requests
+/// (the database, the coordinator recording the last one).
+const IN_FLIGHT_EXTRA: usize = 2;
+
+/// How many requests to keep in flight so that a budget of `rate_per_sec` is spent when a
+/// request takes `latency` (Little's law: in flight = rate × latency), with a quarter more and
+/// [`IN_FLIGHT_EXTRA`] on top, within `[1, max]`. Before any latency was measured: one (a window
+/// carries one request until an answer is seen anyway). More in flight than this would only
+/// wait in the limiter; fewer leave the budget unspent.
+pub fn in_flight_target(rate_per_sec: f64, latency: Option<Duration>, max: usize) -> usize {
+    let max = max.max(1);
+    let Some(latency) = latency else {
+        return 1;
+    };
+    let needed = rate_per_sec.max(0.0) * latency.as_secs_f64();
+    if !needed.is_finite() {
+        return max;
+    }
+    let target = (needed * IN_FLIGHT_HEADROOM).ceil() as usize;
+    target.saturating_add(IN_FLIGHT_EXTRA).clamp(1, max)
+}
 
 /// What one response said about the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +130,8 @@ pub struct LimiterStats {
 /// The shared budget, a pure state machine over "now" (time since the epoch).
 #[derive(Debug)]
 pub struct Budget {
-    /// `intercom.rate_limit`: never more than this per window, whatever Intercom announces.
+    /// `intercom.rate_limit`: never more than this per window, whatever Intercom announces
+    /// ([`RATE_LIMIT_AUTO`]: no cap, the announced budget).
     cap: u32,
     /// `intercom.rate_limit_window_secs`.
     window: Duration,
@@ -126,23 +171,33 @@ pub struct Budget {
     stats: LimiterStats,
 }
 
+/// The most requests a window sends at once ahead of the pace (see [`Budget::burst`]).
+const MAX_BURST: u32 = 10;
+
 /// How long past a reset to wait before sending into the new window (clocks differ a little).
 fn default_margin(window: Duration) -> Duration {
     (window / 40).clamp(Duration::from_millis(25), Duration::from_millis(250))
 }
 
 impl Budget {
-    /// A fresh budget of `cap` requests per `window`, optionally seeded with what a previous
-    /// process saw last.
+    /// A fresh budget of `cap` requests per `window` ([`RATE_LIMIT_AUTO`]: what Intercom
+    /// announces), optionally seeded with what a previous process saw last.
     pub fn new(cap: u32, window: Duration, persisted: Option<Persisted>, now: Duration) -> Budget {
         let cap = cap.max(1);
         let margin = default_margin(window);
+        // Until an answer announces the budget: the cap, or for "auto" the safe assumption
+        // (which only matters if the answer announces nothing).
+        let first_guess = if cap == RATE_LIMIT_AUTO {
+            AUTO_UNANNOUNCED_LIMIT
+        } else {
+            cap
+        };
         let mut budget = Budget {
             cap,
             window,
-            limit: cap,
+            limit: first_guess,
             window_end: Duration::ZERO,
-            remaining: cap,
+            remaining: first_guess,
             confirmed: false,
             confirmed_end: Duration::ZERO,
             mode: Mode::Announced,
@@ -175,6 +230,11 @@ impl Budget {
 
     pub fn stats(&self) -> LimiterStats {
         self.stats
+    }
+
+    /// The budget believed, in requests per second (the limit per window over the window).
+    pub fn rate_per_sec(&self) -> f64 {
+        f64::from(self.limit) / self.window.as_secs_f64().max(0.001)
     }
 
     /// When requests may go into the window after the current one.
@@ -217,9 +277,13 @@ impl Budget {
         self.foreign.div_ceil(self.sent_in_window.max(1))
     }
 
-    /// Requests sent ahead of the pace that an unshared budget allows (a small burst).
+    /// Requests sent ahead of the pace that an unshared budget allows (a small burst): a tenth
+    /// of the budget, at most [`MAX_BURST`]. Requests sent at the same moment reach Intercom in
+    /// any order, and an answer's correction (less the requests sent after it) then counts those
+    /// that overtook it twice: a burst of a tenth of 1,666 left tens of units of every window
+    /// unspent.
     fn burst(&self) -> u32 {
-        (self.limit / 10).max(1)
+        (self.limit / 10).clamp(1, MAX_BURST)
     }
 
     /// Other clients spend the budget: strict pacing and the reserve for a while.
@@ -278,7 +342,19 @@ impl Budget {
         {
             return Admit::Wait(wait);
         }
-        self.last_sent = Some(now);
+        // A paced request counts as sent at its slot when it is at most one interval late (a
+        // timer that fired late, a worker busy for a moment), so such delays do not add up over
+        // a window of a thousand slots and leave its end unspent; later than that (nobody was
+        // waiting), the pace starts again from now, with no catching up in a burst.
+        let sent_at = match self.slot(now) {
+            Some((slot, interval))
+                if self.mode == Mode::Announced && now.saturating_sub(slot) <= interval =>
+            {
+                slot.min(now)
+            }
+            _ => now,
+        };
+        self.last_sent = Some(sent_at);
         self.sent_in_window += 1;
         self.remaining -= 1;
         let ticket = self.next_ticket;
@@ -327,12 +403,24 @@ impl Budget {
                     .max(Duration::from_millis(1)),
             );
         }
-        if !contended && self.sent_in_window < self.burst() {
+        let (slot, _) = self.slot(now)?;
+        (now < slot).then(|| slot - now)
+    }
+
+    /// When the next request is due by the pace, and the interval since the last one: what is
+    /// left to spend (less the reserve while the budget is shared) spread evenly over the time
+    /// left since the last request. `None` while requests go unpaced (the first few of a window
+    /// when the budget is not shared, or nothing sent yet in the window).
+    fn slot(&self, now: Duration) -> Option<(Duration, Duration)> {
+        let contended = self.contended(now);
+        let reserve = if contended { self.reserve() } else { 0 };
+        let spendable = self.remaining.saturating_sub(reserve);
+        if spendable == 0 || (!contended && self.sent_in_window < self.burst()) {
             return None;
         }
         let last = self.last_sent?;
-        let slot = last + self.window_end.saturating_sub(last) / (spendable + 1);
-        (now < slot).then(|| slot - now)
+        let interval = self.window_end.saturating_sub(last) / (spendable + 1);
+        Some((last + interval, interval))
     }
 
     /// The request of `ticket` is over: `answer` is its status and headers, `None` when it got
@@ -390,7 +478,13 @@ impl Budget {
                             self.mark_contended();
                         }
                     }
-                    self.remaining = self.remaining.min(left);
+                    // The window's first answer replaces our guess (for "auto", the assumed
+                    // budget of a new process); later ones only lower what is left.
+                    self.remaining = if self.confirmed {
+                        self.remaining.min(left)
+                    } else {
+                        left
+                    };
                     self.confirmed = true;
                 }
                 if rate_limited {
@@ -422,6 +516,14 @@ impl Budget {
                     // Nothing to wait for: Intercom does not announce its budget.
                     self.mode = Mode::Unannounced;
                     self.confirmed = true;
+                    if self.cap == RATE_LIMIT_AUTO && self.limit > AUTO_UNANNOUNCED_LIMIT {
+                        // "auto" with nothing announced: no more than the safe assumption (an
+                        // earlier announced budget may no longer hold).
+                        self.limit = AUTO_UNANNOUNCED_LIMIT;
+                        self.remaining = self
+                            .remaining
+                            .min(AUTO_UNANNOUNCED_LIMIT.saturating_sub(self.sent_in_window));
+                    }
                 }
             }
         }
@@ -433,6 +535,8 @@ impl Budget {
 pub struct RateLimiter {
     budget: Mutex<Budget>,
     changed: Notify,
+    /// [`Budget::rate_per_sec`] as of the last answer (`f64` bits), read without the lock.
+    rate: AtomicU64,
 }
 
 /// Time since the epoch by the system clock (what `X-RateLimit-Reset` is measured against).
@@ -444,8 +548,10 @@ pub fn unix_now() -> Duration {
 
 impl RateLimiter {
     pub fn new(cap: u32, window: Duration, persisted: Option<Persisted>) -> RateLimiter {
+        let budget = Budget::new(cap, window, persisted, unix_now());
         RateLimiter {
-            budget: Mutex::new(Budget::new(cap, window, persisted, unix_now())),
+            rate: AtomicU64::new(budget.rate_per_sec().to_bits()),
+            budget: Mutex::new(budget),
             changed: Notify::new(),
         }
     }
@@ -474,8 +580,23 @@ impl RateLimiter {
 
     /// Hand back a ticket with what its response said (see [`Budget::observe`]).
     pub fn observe(&self, ticket: Ticket, answer: Option<(u16, Option<Announced>)>) {
-        self.lock().observe(ticket, answer, unix_now());
+        let rate = {
+            let mut budget = self.lock();
+            budget.observe(ticket, answer, unix_now());
+            budget.rate_per_sec()
+        };
+        self.rate.store(rate.to_bits(), Ordering::Relaxed);
         self.changed.notify_waiters();
+    }
+
+    /// The budget believed, in requests per second (cheap: no lock).
+    pub fn rate_per_sec(&self) -> f64 {
+        f64::from_bits(self.rate.load(Ordering::Relaxed))
+    }
+
+    /// How many requests to keep in flight when one takes `latency` (see [`in_flight_target`]).
+    pub fn in_flight_target(&self, latency: Option<Duration>, max: usize) -> usize {
+        in_flight_target(self.rate_per_sec(), latency, max)
     }
 
     pub fn persisted(&self) -> Persisted {
@@ -735,12 +856,33 @@ mod tests {
         window_secs: u64,
         windows: u64,
     ) -> Simulated {
-        let latency = Duration::from_millis(20);
+        simulate_at(
+            83,
+            Duration::from_millis(20),
+            &|_| lanes,
+            clients,
+            limit,
+            window_secs,
+            windows,
+        )
+    }
+
+    /// [`simulate`] with the settings' cap, the latency, and the requests each client keeps in
+    /// flight (asked of its budget at every step).
+    fn simulate_at(
+        cap: u32,
+        latency: Duration,
+        lanes: &dyn Fn(&Budget) -> usize,
+        clients: usize,
+        limit: u32,
+        window_secs: u64,
+        windows: u64,
+    ) -> Simulated {
         let step = Duration::from_millis(1);
         let start = at(0.0);
         let end = start + Duration::from_secs(window_secs * windows);
         let mut budgets: Vec<Budget> = (0..clients)
-            .map(|c| Budget::new(83, Duration::from_secs(10), None, start + step * c as u32))
+            .map(|c| Budget::new(cap, Duration::from_secs(10), None, start + step * c as u32))
             .collect();
         // In flight: (client, ticket, arrives, answered, answer)
         let mut flight: Vec<InFlight> = Vec::new();
@@ -780,7 +922,7 @@ mod tests {
             });
             for (c, budget) in budgets.iter_mut().enumerate() {
                 let busy = flight.iter().filter(|f| f.0 == c).count();
-                for _ in busy..lanes {
+                for _ in busy..lanes(budget) {
                     match budget.admit(now) {
                         Admit::Go(t) => flight.push((c, t, now + latency / 2, now + latency, None)),
                         Admit::Wait(_) => break,
@@ -824,5 +966,182 @@ mod tests {
                 s.accepted
             );
         }
+    }
+
+    #[test]
+    fn auto_takes_the_budget_intercom_announces() {
+        let mut b = Budget::new(RATE_LIMIT_AUTO, Duration::from_secs(10), None, at(0.5));
+        // Until an answer is seen, one request.
+        let t = go(&mut b, at(0.5));
+        assert!(matches!(b.admit(at(0.5)), Admit::Wait(_)));
+        b.observe(t, headers(1666, 1665, T0 + 10), at(0.6));
+        assert_eq!(b.limit, 1666);
+        assert_eq!(b.remaining, 1665);
+        assert!((b.rate_per_sec() - 166.6).abs() < 1e-9);
+        // The next window again opens with one request, then the announced budget.
+        let open = b.opens_at();
+        let t = go(&mut b, open);
+        assert!(matches!(b.admit(open), Admit::Wait(_)));
+        b.observe(t, headers(1666, 1665, T0 + 20), open);
+        let mut now = open;
+        let mut sent = 1;
+        while now < at(20.0) {
+            match b.admit(now) {
+                Admit::Go(_) => sent += 1,
+                Admit::Wait(w) => now += w,
+            }
+        }
+        assert_eq!(sent, 1666);
+        // A number still caps it.
+        let mut b = Budget::new(83, Duration::from_secs(10), None, at(0.5));
+        let t = go(&mut b, at(0.5));
+        b.observe(t, headers(1666, 1665, T0 + 10), at(0.6));
+        assert_eq!(b.limit, 83);
+    }
+
+    #[test]
+    fn auto_without_headers_assumes_the_personas_budget_then_learns_from_a_429() {
+        let mut b = Budget::new(RATE_LIMIT_AUTO, Duration::from_secs(10), None, at(0.5));
+        let t = go(&mut b, at(0.5));
+        b.observe(t, Some((200, None)), at(0.6));
+        assert_eq!(b.limit, AUTO_UNANNOUNCED_LIMIT);
+        let mut sent = 1;
+        while let Admit::Go(_) = b.admit(at(0.7)) {
+            sent += 1;
+        }
+        assert_eq!(
+            sent, AUTO_UNANNOUNCED_LIMIT,
+            "a burst of the assumed budget, no more"
+        );
+        // A server that allows only 40: the 41st request of a window meets the 429.
+        let open = b.opens_at();
+        let tickets: Vec<Ticket> = (0..50).map(|_| go(&mut b, open)).collect();
+        for t in &tickets[..40] {
+            b.observe(*t, Some((200, None)), open);
+        }
+        b.observe(tickets[40], Some((429, None)), open);
+        assert_eq!(b.limit, 40);
+        let next = b.opens_at();
+        for _ in 0..40 {
+            go(&mut b, next);
+        }
+        assert!(matches!(b.admit(next), Admit::Wait(_)));
+
+        // A budget persisted from an announcing Intercom does not hold once headers are gone.
+        let persisted = Persisted {
+            limit: 1666,
+            remaining: 1600,
+            reset_at: (T0 + 10) as i64,
+        };
+        let mut b = Budget::new(
+            RATE_LIMIT_AUTO,
+            Duration::from_secs(10),
+            Some(persisted),
+            at(2.0),
+        );
+        assert_eq!(b.limit, 1666);
+        let t = go(&mut b, at(2.0));
+        b.observe(t, Some((200, None)), at(2.1));
+        assert_eq!(b.limit, AUTO_UNANNOUNCED_LIMIT);
+        assert!(b.remaining < AUTO_UNANNOUNCED_LIMIT);
+    }
+
+    #[test]
+    fn in_flight_is_budget_rate_times_latency_within_bounds() {
+        let ms = Duration::from_millis;
+        // 1,666 per 10 s: 25 needed at 150 ms, with headroom 32 + 2.
+        assert_eq!(in_flight_target(166.6, Some(ms(150)), 64), 34);
+        assert_eq!(in_flight_target(166.6, Some(ms(50)), 64), 13);
+        // 300 ms needs 50: capped by intercom.max_concurrency.
+        assert_eq!(in_flight_target(166.6, Some(ms(300)), 64), 64);
+        assert_eq!(in_flight_target(166.6, Some(ms(300)), 100), 65);
+        // The Personas budget at 20 ms: a request or two is plenty.
+        assert_eq!(in_flight_target(8.3, Some(ms(20)), 64), 3);
+        // Bounds: never 0, never above the maximum, one before anything is measured.
+        assert_eq!(in_flight_target(0.0, Some(ms(100)), 64), 2);
+        assert_eq!(in_flight_target(166.6, Some(Duration::ZERO), 64), 2);
+        assert_eq!(in_flight_target(166.6, Some(ms(150)), 0), 1);
+        assert_eq!(in_flight_target(166.6, Some(ms(150)), 1), 1);
+        assert_eq!(in_flight_target(166.6, None, 64), 1);
+        assert_eq!(in_flight_target(f64::INFINITY, Some(ms(10)), 64), 64);
+        assert_eq!(
+            in_flight_target(1e12, Some(Duration::from_secs(30)), 64),
+            64
+        );
+        // Grows with the latency and with the budget.
+        let mut last = 0;
+        for latency in [10, 50, 100, 150, 200, 300] {
+            let n = in_flight_target(166.6, Some(ms(latency)), 1000);
+            assert!(n > last, "{latency} ms: {n}");
+            last = n;
+        }
+        assert!(
+            in_flight_target(8.3, Some(ms(150)), 64) < in_flight_target(166.6, Some(ms(150)), 64)
+        );
+
+        let limiter = RateLimiter::new(RATE_LIMIT_AUTO, Duration::from_secs(10), None);
+        assert!(
+            (limiter.rate_per_sec() - 8.3).abs() < 1e-9,
+            "the assumption until told"
+        );
+        assert_eq!(limiter.in_flight_target(None, 64), 1);
+    }
+
+    #[test]
+    fn the_in_flight_target_fills_an_announced_budget_at_any_latency() {
+        for latency in [50, 150, 300] {
+            let latency = Duration::from_millis(latency);
+            let s = simulate_at(
+                RATE_LIMIT_AUTO,
+                latency,
+                &|b: &Budget| in_flight_target(b.rate_per_sec(), Some(latency), 64),
+                1,
+                1666,
+                10,
+                5,
+            );
+            assert_eq!(s.rejected, 0, "{latency:?}: 429s at {:?}", s.rejected_at);
+            let used: u64 = s.accepted[1..].iter().sum();
+            assert!(used * 100 >= 1666 * 4 * 97, "{latency:?}: {:?}", s.accepted);
+        }
+        // A fixed 8 in flight cannot at 150 ms: at most 8 / 0.15 s = 53 a second of 166.
+        let latency = Duration::from_millis(150);
+        let s = simulate_at(RATE_LIMIT_AUTO, latency, &|_| 8, 1, 1666, 10, 3);
+        let used: u64 = s.accepted[1..].iter().sum();
+        assert!(used * 100 < 1666 * 2 * 40, "{:?}", s.accepted);
+    }
+
+    #[test]
+    fn a_large_budget_bursts_little_and_late_timers_do_not_add_up() {
+        let mut b = Budget::new(RATE_LIMIT_AUTO, Duration::from_secs(10), None, at(0.0));
+        let t = go(&mut b, at(0.0));
+        b.observe(t, headers(1666, 1665, T0 + 10), at(0.3));
+        // Requests sent together reach Intercom in any order: only a few at once.
+        let mut now = at(0.3);
+        let mut sent = 1;
+        while let Admit::Go(_) = b.admit(now) {
+            sent += 1;
+        }
+        assert_eq!(sent, MAX_BURST, "the window's first request and the burst");
+        // Every waiting request is admitted 2 ms after its slot (a timer firing late, a busy
+        // worker): the lateness does not add up, the whole window is spent before its end.
+        while now < at(10.0) {
+            match b.admit(now) {
+                Admit::Go(_) => sent += 1,
+                Admit::Wait(w) => now += w + Duration::from_millis(2),
+            }
+        }
+        assert_eq!(sent, 1666);
+        // Nobody waiting for a while: the pace starts again from then, without a burst.
+        let open = b.opens_at();
+        let t = go(&mut b, open);
+        b.observe(t, headers(1666, 1665, T0 + 20), open);
+        for _ in 1..MAX_BURST {
+            go(&mut b, open);
+        }
+        assert!(matches!(b.admit(open), Admit::Wait(_)));
+        let idle = open + Duration::from_secs(2);
+        go(&mut b, idle);
+        assert!(matches!(b.admit(idle), Admit::Wait(_)));
     }
 }

@@ -88,6 +88,14 @@ pub enum Warning {
     UnparsableDate { field: String },
     /// A `company` object with neither `id`, `company_id` nor `name`.
     CompanyWithoutId { field: String },
+    /// A value for one of Intercom's own fields (a company's `size`, `plan`…) of a type that
+    /// field cannot take.
+    WrongFieldType {
+        field: String,
+        expected: &'static str,
+    },
+    /// An event-metadata object that is neither of Intercom's two typed objects.
+    DroppedMetadataObject { field: String },
 }
 
 impl fmt::Display for Warning {
@@ -118,6 +126,14 @@ impl fmt::Display for Warning {
             Warning::CompanyWithoutId { field } => write!(
                 f,
                 "`{field}` has neither `id`, `company_id` nor `name`: no company written"
+            ),
+            Warning::WrongFieldType { field, expected } => write!(
+                f,
+                "`{field}` is not {expected}, as Intercom's field needs: left out"
+            ),
+            Warning::DroppedMetadataObject { field } => write!(
+                f,
+                "`{field}` is an object but neither a Monetary Amount {{\"amount\": integer cents, \"currency\": string}} nor a Rich Link {{\"url\": string, \"value\": string}}, the only objects Intercom's event metadata holds: dropped"
             ),
         }
     }
@@ -225,8 +241,9 @@ pub fn attribute_value(
 }
 
 /// An event-metadata value (SPEC section 6): strings cut to 255 characters, numbers kept,
-/// booleans as `"true"` / `"false"`, arrays of scalars joined by `, `, null left out, objects
-/// and nested arrays dropped with a warning.
+/// booleans as `"true"` / `"false"`, arrays of scalars joined by `, `, null left out,
+/// Intercom's two typed objects (see [`is_typed_metadata`]) kept as they are, other objects and
+/// arrays holding objects or arrays dropped with a warning.
 pub fn metadata_value(field: &str, value: &Value, warnings: &mut Vec<Warning>) -> Option<Value> {
     match value {
         Value::Null => None,
@@ -242,13 +259,25 @@ pub fn metadata_value(field: &str, value: &Value, warnings: &mut Vec<Warning>) -
                 None
             }
         },
+        Value::Object(object) if is_typed_metadata(object) => Some(value.clone()),
         Value::Object(_) => {
-            warnings.push(Warning::DroppedObject {
+            warnings.push(Warning::DroppedMetadataObject {
                 field: field.to_string(),
             });
             None
         }
     }
+}
+
+/// Whether an object is one of the two typed objects Intercom's event metadata holds, exactly:
+/// a Monetary Amount `{"amount": <integer cents>, "currency": <string>}` or a Rich Link
+/// `{"url": <string>, "value": <string>}` (no other keys).
+pub fn is_typed_metadata(object: &serde_json::Map<String, Value>) -> bool {
+    let has = |key: &str, ok: fn(&Value) -> bool| object.get(key).is_some_and(ok);
+    let integer = |v: &Value| v.is_i64() || v.is_u64();
+    object.len() == 2
+        && ((has("amount", integer) && has("currency", Value::is_string))
+            || (has("url", Value::is_string) && has("value", Value::is_string)))
 }
 
 /// A plain string for Intercom's string fields (name, plan, phone…): numbers as their text.
@@ -430,6 +459,50 @@ mod tests {
             );
         }
         assert_eq!(warnings.len(), 2);
+    }
+
+    #[test]
+    fn metadata_keeps_intercoms_two_typed_objects_of_the_right_shape() {
+        let kept = [
+            json!({"amount": 34_999, "currency": "eur"}),
+            json!({"currency": "usd", "amount": 0}),
+            json!({"url": "https://example.com/i/1", "value": "Invoice 1"}),
+        ];
+        for value in kept {
+            let mut warnings = Vec::new();
+            assert_eq!(
+                metadata_value("k", &value, &mut warnings),
+                Some(value.clone())
+            );
+            assert!(warnings.is_empty(), "{value}");
+        }
+        let dropped = [
+            json!({"amount": 99.95, "currency": "usd"}),
+            json!({"amount": "9995", "currency": "usd"}),
+            json!({"amount": 9995, "currency": 840}),
+            json!({"amount": 9995}),
+            json!({"amount": 9995, "currency": "usd", "tax": 5}),
+            json!({"url": "https://example.com", "value": 1}),
+            json!({"url": null, "value": "x"}),
+            json!({"url": "https://example.com", "value": "x", "amount": 1}),
+            json!({}),
+        ];
+        for value in dropped {
+            let mut warnings = Vec::new();
+            assert_eq!(metadata_value("k", &value, &mut warnings), None, "{value}");
+            assert_eq!(
+                warnings,
+                vec![Warning::DroppedMetadataObject { field: "k".into() }]
+            );
+        }
+        // An array holding typed objects is still an array holding objects.
+        let mut warnings = Vec::new();
+        let links = json!([{"url": "https://example.com", "value": "x"}]);
+        assert_eq!(metadata_value("k", &links, &mut warnings), None);
+        assert_eq!(
+            warnings,
+            vec![Warning::DroppedNestedArray { field: "k".into() }]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod diff;
 pub mod message;
 
+use std::collections::HashSet;
 use std::io::Write;
 
 use anyhow::Context;
@@ -75,6 +76,9 @@ pub struct RunOptions<'a> {
     pub computation: Option<&'a str>,
     /// Unix seconds: when the run starts (recorded; never used for message times).
     pub now: i64,
+    /// `intercom.company_attribute_prefix`: the company attribute an account computation
+    /// writes (for the request estimate).
+    pub company_attribute_prefix: &'a str,
 }
 
 /// Messages of a run, by type.
@@ -101,6 +105,57 @@ impl MessageCounts {
     /// identify and track, two per group with a user (upsert + attach), one per account group.
     pub fn requests(&self) -> u64 {
         self.identify + self.track + 2 * self.group_user + self.group_account
+    }
+}
+
+/// The Intercom requests a run's messages will take (SPEC section 6, "Request floor"), as
+/// delivery makes them: contacts without a cached id are looked up in bulk ([`LOOKUP_BATCH`] a
+/// search) and created with every value in one request; a known contact is one write; a company
+/// is upserted once a run (an account's own values, or the first attach of a company whose id is
+/// not cached); one request per attach, detach, event and data attribute created. A user the
+/// cache does not know is counted as new: if Intercom has it after all, its create is an update,
+/// the same one request (only an exit for such a user costs one more than predicted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RequestEstimate {
+    /// Bulk searches for the users below.
+    pub lookups: u64,
+    /// Users with a message that needs their contact and no cached contact id.
+    pub unknown_users: u64,
+    /// `POST /contacts` for new users (carrying every value).
+    pub creates: u64,
+    /// `PUT /contacts/{id}` for known users.
+    pub updates: u64,
+    /// `POST /events`.
+    pub events: u64,
+    /// `POST /companies`.
+    pub companies: u64,
+    /// `POST /contacts/{id}/companies`.
+    pub attaches: u64,
+    /// `DELETE /contacts/{id}/companies/{id}`, and `GET /companies` for a company whose id is
+    /// not cached.
+    pub detaches: u64,
+    pub company_lookups: u64,
+    /// `GET /data_attributes` (twice, once per model, when this database never listed them)
+    /// and `POST /data_attributes` for attributes Intercom does not have yet.
+    pub attribute_lists: u64,
+    pub attributes: u64,
+}
+
+/// Users one bulk lookup asks about (`intercom::resolve::BATCH`).
+pub const LOOKUP_BATCH: u64 = crate::intercom::resolve::BATCH as u64;
+
+impl RequestEstimate {
+    pub fn total(&self) -> u64 {
+        self.lookups
+            + self.creates
+            + self.updates
+            + self.events
+            + self.companies
+            + self.attaches
+            + self.detaches
+            + self.company_lookups
+            + self.attribute_lists
+            + self.attributes
     }
 }
 
@@ -137,6 +192,8 @@ pub struct Report {
     pub computations: Vec<ComputationReport>,
     pub membership: Option<MembershipReport>,
     pub messages: MessageCounts,
+    /// The Intercom requests the messages will take.
+    pub requests: RequestEstimate,
 }
 
 struct Comp {
@@ -283,6 +340,7 @@ pub fn run(
         membership,
         stage: enqueue,
         counts: MessageCounts::default(),
+        estimate: Estimator::default(),
         output: &mut output,
     };
 
@@ -373,6 +431,11 @@ pub fn run(
         Ok(())
     })?;
     let messages = emitter.counts;
+    let requests = std::mem::take(&mut emitter.estimate).finish(
+        &tx,
+        &comps,
+        options.company_attribute_prefix,
+    )?;
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "Diff done, messages built."
@@ -387,6 +450,7 @@ pub fn run(
             computations: reports,
             membership: membership_report,
             messages,
+            requests,
         });
     }
 
@@ -440,6 +504,7 @@ pub fn run(
         computations: reports,
         membership: membership_report,
         messages: messages.0,
+        requests,
     })
 }
 
@@ -770,7 +835,9 @@ impl Stream<'_> {
                             let change = match (pair.attached, pair.in_snapshot) {
                                 (false, true) => Change::Attach,
                                 (true, false) => Change::Detach,
-                                (true, true) if full => Change::Attach,
+                                // `--full` attaches again what Intercom has not
+                                // confirmed; a confirmed attach would change nothing there.
+                                (true, true) if full && !pair.delivered => Change::Attach,
                                 _ => return None,
                             };
                             if change == Change::Attach {
@@ -888,7 +955,126 @@ struct Emitter<'a, 'o> {
     /// Enqueue: stage messages and planned state (`store::state::create_staging`).
     stage: bool,
     counts: MessageCounts,
+    estimate: Estimator,
     output: &'a mut Output<'o>,
+}
+
+/// Counts the requests a run's messages will take, entity by entity (see [`RequestEstimate`]).
+#[derive(Default)]
+struct Estimator {
+    requests: RequestEstimate,
+    /// Companies this run upserts (their first upsert caches the id for the rest).
+    companies: HashSet<String>,
+    /// Per computation index: it writes a user value / an account value (its data attributes).
+    user_values: HashSet<usize>,
+    account_values: HashSet<usize>,
+}
+
+/// A value that is written as such (not an exit's `false` or a clear).
+fn writes_value(value: Option<&str>) -> bool {
+    !matches!(value, None | Some("false") | Some("null"))
+}
+
+impl Estimator {
+    fn entity(&mut self, conn: &Connection, rows: &[ChangeRow]) -> anyhow::Result<()> {
+        let entity_id = rows[0].entity_id.as_str();
+        if rows[0].lane_kind == 0 {
+            // An account's own group call: one upsert of its company.
+            self.requests.companies += 1;
+            self.companies.insert(entity_id.to_string());
+            for row in rows {
+                if let Some(index) = row.computation {
+                    self.account_values.insert(index as usize);
+                }
+            }
+            return Ok(());
+        }
+        let attach = Change::Attach.code();
+        let detach = Change::Detach.code();
+        let values: Vec<&ChangeRow> = rows
+            .iter()
+            .filter(|r| r.change != attach && r.change != detach)
+            .collect();
+        let detaches = rows.iter().filter(|r| r.change == detach);
+        let attaches: Vec<&ChangeRow> = rows.iter().filter(|r| r.change == attach).collect();
+        let identify = !values.is_empty() || rows.iter().any(|r| r.change == detach);
+        let creates = values.iter().any(|r| writes_value(r.value.as_deref()));
+        for row in &values {
+            if let Some(index) = row.computation
+                && row.value.is_some()
+            {
+                self.user_values.insert(index as usize);
+            }
+        }
+        let known = crate::store::intercom::contact_id(conn, entity_id)?.is_some();
+        if !known && (identify || !attaches.is_empty()) {
+            self.requests.unknown_users += 1;
+        }
+        // The identify: one write, unless it only exits a user Intercom has no contact for.
+        let mut contact = known;
+        if identify {
+            if known {
+                self.requests.updates += 1;
+            } else if creates {
+                self.requests.creates += 1;
+                contact = true;
+            }
+        }
+        for row in detaches {
+            let group_id = row.group_id.as_deref().unwrap_or_default();
+            self.requests.detaches += 1;
+            if !self.companies.contains(group_id)
+                && crate::store::intercom::company_id(conn, group_id)?.is_none()
+            {
+                self.requests.company_lookups += 1;
+            }
+        }
+        for row in attaches {
+            let group_id = row.group_id.as_deref().unwrap_or_default();
+            if !contact {
+                // Joining an account creates the contact.
+                self.requests.creates += 1;
+                contact = true;
+            }
+            if !self.companies.contains(group_id) {
+                if crate::store::intercom::company_id(conn, group_id)?.is_none() {
+                    self.requests.companies += 1;
+                }
+                self.companies.insert(group_id.to_string());
+            }
+            self.requests.attaches += 1;
+        }
+        self.requests.events += rows.iter().filter(|r| r.track).count() as u64;
+        Ok(())
+    }
+
+    /// The run's totals: lookups for the unknown users, the data attributes its values need.
+    fn finish(
+        mut self,
+        conn: &Connection,
+        comps: &[Comp],
+        company_prefix: &str,
+    ) -> anyhow::Result<RequestEstimate> {
+        self.requests.lookups = self.requests.unknown_users.div_ceil(LOOKUP_BATCH);
+        let listed = crate::store::intercom::data_attributes(conn)?;
+        if listed.is_none() && !(self.user_values.is_empty() && self.account_values.is_empty()) {
+            self.requests.attribute_lists = 2;
+        }
+        let has = |model: &str, name: &str| {
+            listed
+                .as_ref()
+                .is_some_and(|rows| rows.iter().any(|(m, n, _)| m == model && n == name))
+        };
+        let mut needed: Vec<(&str, String)> = Vec::new();
+        for index in &self.user_values {
+            needed.push(("contact", comps[*index].key.clone()));
+        }
+        for index in &self.account_values {
+            needed.push(("company", format!("{company_prefix}{}", comps[*index].key)));
+        }
+        self.requests.attributes = needed.iter().filter(|(m, n)| !has(m, n)).count() as u64;
+        Ok(self.requests)
+    }
 }
 
 impl Emitter<'_, '_> {
@@ -914,6 +1100,7 @@ impl Emitter<'_, '_> {
 
     fn entity(&mut self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
         self.replan(rows)?;
+        self.estimate.entity(self.conn, rows)?;
         if matches!(self.output, Output::Plan) {
             return self.count_only(rows);
         }

@@ -112,6 +112,7 @@ impl Db {
             mode,
             computation,
             now: self.clock,
+            company_attribute_prefix: "account_",
         };
         let report = run(&mut self.conn, &self.personas, &options, Output::Enqueue).unwrap();
         let mut stmt = self
@@ -136,6 +137,7 @@ impl Db {
             mode,
             computation: None,
             now: self.clock,
+            company_attribute_prefix: "account_",
         };
         run(
             &mut self.conn,
@@ -914,6 +916,7 @@ fn plan_and_dry_run_change_nothing_and_match_the_run() {
         mode: RunMode::Incremental,
         computation: None,
         now: 0,
+        company_attribute_prefix: "account_",
     };
     let report = run(&mut db.conn, &db.personas, &options, Output::Plan).unwrap();
     assert_eq!(count(&db), before);

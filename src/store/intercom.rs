@@ -109,6 +109,66 @@ pub fn save_rate_limit(conn: &Connection, budget: &Persisted) -> rusqlite::Resul
     Ok(())
 }
 
+/// One kept data attribute: (model, name, data type).
+pub type DataAttribute = (String, String, Option<String>);
+
+/// Intercom's custom data attributes as last listed and created since; `None` when the list was
+/// never read.
+pub fn data_attributes(conn: &Connection) -> rusqlite::Result<Option<Vec<DataAttribute>>> {
+    let listed: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM intercom_attributes_listed)",
+        [],
+        |r| r.get(0),
+    )?;
+    if !listed {
+        return Ok(None);
+    }
+    let rows = conn
+        .prepare(
+            "SELECT model, name, data_type FROM intercom_data_attributes ORDER BY model, name",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(rows))
+}
+
+/// Replace the attribute list with a fresh one, in one transaction.
+pub fn replace_data_attributes(
+    conn: &mut Connection,
+    rows: &[(&str, &str, Option<&str>)],
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM intercom_data_attributes", [])?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT OR REPLACE INTO intercom_data_attributes (model, name, data_type) VALUES (?1, ?2, ?3)",
+        )?;
+        for (model, name, data_type) in rows {
+            insert.execute(params![model, name, data_type])?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO intercom_attributes_listed (id, listed_at) VALUES (1, ?1) \
+         ON CONFLICT (id) DO UPDATE SET listed_at = excluded.listed_at",
+        [now_unix()],
+    )?;
+    tx.commit()
+}
+
+/// Remember an attribute just created.
+pub fn add_data_attribute(
+    conn: &Connection,
+    model: &str,
+    name: &str,
+    data_type: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO intercom_data_attributes (model, name, data_type) VALUES (?1, ?2, ?3)",
+        params![model, name, data_type],
+    )?;
+    Ok(())
+}
+
 /// Delivery is paused because Intercom is unreachable (table `intercom_outage`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Outage {

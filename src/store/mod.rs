@@ -4,6 +4,7 @@
 pub mod delivery;
 pub mod intercom;
 pub mod outbox;
+pub mod retention;
 pub mod snapshots;
 pub mod state;
 
@@ -97,6 +98,9 @@ pub fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
     }
     if version == SCHEMA_VERSION {
         return Ok(());
+    }
+    if version == 0 {
+        retention::choose_incremental_vacuum(conn)?;
     }
     let tx = conn.transaction()?;
     if version == 0 {

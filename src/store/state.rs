@@ -646,6 +646,7 @@ impl Merge<'_> {
                 email: text(email)?,
                 in_snapshot: new.is_some(),
                 attached: old.is_some(),
+                delivered: old.map(Cursor::value).transpose()?.flatten() == Some(b"1".as_slice()),
             }))
         })?
         .transpose()
@@ -712,8 +713,8 @@ impl<'c> MergeStatements<'c> {
                  ORDER BY user_id, group_id",
             )?,
             old: conn.prepare(
-                "SELECT user_id, group_id, email, '1' FROM membership_state WHERE planned = 1 \
-                 ORDER BY user_id, group_id",
+                "SELECT user_id, group_id, email, CASE delivered WHEN 1 THEN '1' ELSE '0' END \
+                 FROM membership_state WHERE planned = 1 ORDER BY user_id, group_id",
             )?,
             over: None,
             kind: MergeKind::Membership {
@@ -785,7 +786,10 @@ pub struct MemberPair<'a> {
     pub group_id: &'a str,
     pub email: Option<&'a str>,
     pub in_snapshot: bool,
+    /// Planned attached.
     pub attached: bool,
+    /// Intercom confirmed the attach (delivered state).
+    pub delivered: bool,
 }
 
 /// Every entity planned state holds a value for in (computation, subject), in entity order, as

@@ -559,14 +559,7 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
         body.contains("502") || body.contains("503") || body.contains("504"),
         "{body}"
     );
-    let text = client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&client, &metrics_url).await;
     assert_eq!(unreachable(&text), Some(1.0), "{text}");
     let status = env.run(&["--config", "daemon.toml", "status"]).success();
     assert!(
@@ -617,14 +610,7 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&client, &metrics_url).await;
     assert_eq!(unreachable(&text), Some(0.0), "{text}");
     assert_eq!(
         env.query("SELECT count(*) FROM outbox WHERE status = 'dead'")[0][0],
@@ -635,4 +621,8 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
     let (code, _) = terminate(&mut daemon);
     assert_eq!(code, Some(0));
     sandbox.shutdown().await;
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
 }

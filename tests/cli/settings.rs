@@ -52,6 +52,48 @@ fn unknown_keys_and_wrong_types_exit_2_naming_the_key() {
 }
 
 #[test]
+fn rate_limit_is_auto_or_a_number_and_nothing_else() {
+    let env = Env::new();
+    for value in ["\"auto\"", "83", "1666", "\"40\""] {
+        env.write("rate.toml", format!("[intercom]\nrate_limit = {value}\n"));
+        let run = env.run(&["--config", "rate.toml", "status"]);
+        assert_eq!(run.code, 0, "rate_limit = {value}: {}", run.stderr);
+    }
+    for value in ["auto", "120"] {
+        let run = env
+            .command(&["status"])
+            .env("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", value)
+            .output()
+            .unwrap();
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{value}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    for value in ["\"lots\"", "\"automatic\"", "0", "-3", "2.5", "true"] {
+        env.write("rate.toml", format!("[intercom]\nrate_limit = {value}\n"));
+        let run = env.run(&["--config", "rate.toml", "status"]);
+        assert_eq!(run.code, 2, "rate_limit = {value}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("intercom.rate_limit"),
+            "rate_limit = {value}: {}",
+            run.stderr
+        );
+    }
+    let run = env
+        .command(&["status"])
+        .env("AUDIENCE_SYNC__INTERCOM__RATE_LIMIT", "unlimited")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("intercom.rate_limit"), "{stderr}");
+    assert!(stderr.contains("unlimited"), "{stderr}");
+}
+
+#[test]
 fn a_missing_config_file_is_refused() {
     let env = Env::new();
     let run = env.run(&["--config", "nope.toml", "status"]);

@@ -170,9 +170,19 @@ fn two_clients_sharing_a_budget_lose_nothing_and_meet_few_429s() {
 }
 
 #[test]
-fn two_clients_with_the_default_settings_learn_intercoms_shorter_windows() {
-    // The shipped default (83 per 10 s) while Intercom counts 50 per 1 s: the windows are
+fn two_clients_with_the_personas_settings_learn_intercoms_shorter_windows() {
+    // The Personas budget (83 per 10 s) while Intercom counts 50 per 1 s: the windows are
     // learned from the resets Intercom announces.
     let outcome = contend(83, Duration::from_secs(10));
     check("settings 83 per 10 s", &outcome);
+}
+
+#[test]
+fn two_clients_with_the_default_auto_budget_share_what_intercom_announces() {
+    // The shipped default: `rate_limit = "auto"` (no cap of our own), 10 s windows, in flight
+    // adapting to the latency; Intercom counts 50 per 1 s for both.
+    let defaults = Settings::defaults().unwrap().intercom;
+    assert!(defaults.rate_limit_is_auto());
+    let outcome = contend(defaults.rate_limit, defaults.rate_limit_window);
+    check("settings \"auto\"", &outcome);
 }

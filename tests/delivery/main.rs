@@ -4,6 +4,7 @@
 
 mod bench;
 mod contention;
+mod floor;
 mod oracle;
 mod scenarios;
 mod world;

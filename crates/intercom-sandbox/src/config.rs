@@ -33,6 +33,10 @@ pub struct SandboxConfig {
     pub search_lag: Duration,
     /// Most distinct active event names (Intercom: 120). The next new name gets 422.
     pub event_name_limit: usize,
+    /// Most values an `IN` or `NIN` array of `POST /contacts/search` may hold; a longer one
+    /// gets 400 `parameter_invalid`. `None` (the default): no limit, since Intercom documents
+    /// none (only 15 filters per group and 2 levels of nesting).
+    pub in_values_limit: Option<usize>,
     /// Whether string values longer than 255 characters are refused (custom attributes and
     /// event metadata). Intercom's limit on attributes is documented only by third parties.
     pub long_strings: LongStrings,
@@ -45,8 +49,8 @@ pub struct SandboxConfig {
 
 impl SandboxConfig {
     /// Intercom's figures (1,666 requests per 10 s, headers announced, 120 event names, 255
-    /// character strings refused), no faults, no latency, no search lag, no outage, on
-    /// `127.0.0.1:0`.
+    /// character strings refused), no faults, no latency, no search lag, no limit on `IN`
+    /// values, no outage, on `127.0.0.1:0`.
     pub fn new(token: impl Into<String>) -> SandboxConfig {
         SandboxConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -59,6 +63,7 @@ impl SandboxConfig {
             slow: SlowResponses::none(),
             search_lag: Duration::ZERO,
             event_name_limit: INTERCOM_EVENT_NAME_LIMIT,
+            in_values_limit: None,
             long_strings: LongStrings::Refuse,
             clock: Clock::System,
             outage: None,

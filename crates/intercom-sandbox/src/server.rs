@@ -226,6 +226,7 @@ impl Shared {
             long_strings: config.long_strings,
             event_name_limit: config.event_name_limit,
             search_lag: config.search_lag,
+            in_values_limit: config.in_values_limit,
         };
         let rng = Rng::seeded(config.faults.seed);
         let mut store = Store::new(rules);

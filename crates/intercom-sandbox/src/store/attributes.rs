@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{Store, object, only_fields, opt_bool, opt_string};
+use super::{Store, index, object, only_fields, opt_bool, opt_string};
 use crate::error::ApiError;
 
 /// Intercom's cap on active custom data attributes per workspace (both models together here).
@@ -286,10 +286,10 @@ impl Store {
                 )));
             }
         }
-        if let Some(existing) = self
-            .attributes
-            .iter()
-            .find(|a| a.name.eq_ignore_ascii_case(&name))
+        if let Some(existing) =
+            index::get(&self.indexes.attribute_by_name, &name.to_ascii_lowercase())
+                .first()
+                .map(|&position| &self.attributes[position])
         {
             return Err(ApiError::invalid(format!(
                 "You already have '{}' in your {} data. To save this as new {} data, use a \
@@ -348,6 +348,8 @@ impl Store {
             updated_at: now,
         };
         let response = attribute.to_json();
+        self.indexes
+            .add_attribute(&attribute, self.attributes.len());
         self.attributes.push(attribute);
         Ok(response)
     }

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Company, Model, Store, object, only_fields, opt_bool, opt_integer, opt_string};
+use super::{Company, Model, Store, index, object, only_fields, opt_bool, opt_integer, opt_string};
 use crate::error::ApiError;
 
 const COMPANY_FIELDS: &[&str] = &[
@@ -76,10 +76,9 @@ impl Store {
                 }
                 Some(index)
             }
-            (None, Some(company_id)) => self
-                .companies
-                .iter()
-                .position(|c| c.company_id == *company_id),
+            (None, Some(company_id)) => index::get(&self.indexes.company_by_company_id, company_id)
+                .first()
+                .copied(),
             (None, None) => return Err(ApiError::missing("company_id or id is required")),
         };
         let index = match index {
@@ -100,8 +99,10 @@ impl Store {
                     updated_at: now,
                     last_request_at: None,
                 };
+                let position = self.companies.len();
+                self.indexes.add_company(&company, position);
                 self.companies.push(company);
-                self.companies.len() - 1
+                position
             }
         };
         let company = &mut self.companies[index];
@@ -148,14 +149,15 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Value, ApiError> {
         if company_id.is_some() || name.is_some() {
-            let company = self
-                .companies
-                .iter()
-                .find(|c| {
-                    company_id.is_none_or(|id| c.company_id == id)
-                        && name.is_none_or(|n| c.name.as_deref() == Some(n))
-                })
-                .ok_or_else(ApiError::company_not_found)?;
+            let named = |c: &&Company| name.is_none_or(|n| c.name.as_deref() == Some(n));
+            let company = match company_id {
+                Some(id) => index::get(&self.indexes.company_by_company_id, id)
+                    .iter()
+                    .map(|&position| &self.companies[position])
+                    .find(named),
+                None => self.companies.iter().find(named),
+            }
+            .ok_or_else(ApiError::company_not_found)?;
             return Ok(self.company_json(company));
         }
         let data: Vec<Value> = self

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Contact, Model, Store, addressable_list, object, only_fields, opt_bool, opt_integer, opt_string,
+    Contact, Model, Store, addressable_list, index, object, only_fields, opt_bool, opt_integer,
+    opt_string,
 };
 use crate::error::ApiError;
 
@@ -83,28 +84,34 @@ impl Store {
         })
     }
 
-    /// Another contact (not `except`) holding this external id or email (case-insensitive).
+    /// Another contact (not `except`) holding this external id or email (case-insensitive);
+    /// the oldest one when several match.
     fn holder_of(
         &self,
         external_id: Option<&str>,
         email: Option<&str>,
         except: Option<&str>,
     ) -> Option<&Contact> {
-        let others = || {
-            self.contacts
-                .iter()
-                .filter(|c| Some(c.id.as_str()) != except)
-        };
+        let other = |position: &&usize| Some(self.contacts[**position].id.as_str()) != except;
         external_id
-            .and_then(|x| others().find(|c| c.external_id.as_deref() == Some(x)))
-            .or_else(|| {
-                email.and_then(|e| {
-                    others().find(|c| {
-                        c.email
-                            .as_deref()
-                            .is_some_and(|held| held.eq_ignore_ascii_case(e))
-                    })
-                })
+            .and_then(|x| {
+                index::get(&self.indexes.contact_by_external_id, x)
+                    .iter()
+                    .find(other)
+            })
+            .or_else(|| email.and_then(|e| self.email_holders(e).find(other)))
+            .map(|&position| &self.contacts[position])
+    }
+
+    /// Positions of the contacts whose email equals `email` ignoring ASCII case, oldest first.
+    pub(super) fn email_holders<'a>(&'a self, email: &'a str) -> impl Iterator<Item = &'a usize> {
+        index::get(&self.indexes.contact_by_email, &index::email_key(email))
+            .iter()
+            .filter(move |&&position| {
+                self.contacts[position]
+                    .email
+                    .as_deref()
+                    .is_some_and(|held| held.eq_ignore_ascii_case(email))
             })
     }
 
@@ -154,6 +161,11 @@ impl Store {
         };
         apply(&mut contact, changes);
         let response = self.contact_json(&contact);
+        let position = self.contacts.len();
+        self.indexes
+            .contact_by_id
+            .insert(contact.id.clone(), position);
+        self.indexes.add_contact_identities(&contact, position);
         self.contacts.push(contact);
         Ok(response)
     }
@@ -179,8 +191,10 @@ impl Store {
             return Err(self.conflict(&holder));
         }
         let contact = &mut self.contacts[index];
+        self.indexes.remove_contact_identities(contact, index);
         apply(contact, changes);
         contact.updated_at = now;
+        self.indexes.add_contact_identities(contact, index);
         let contact = contact.clone();
         Ok(self.contact_json(&contact))
     }
@@ -255,6 +269,7 @@ impl Store {
                     ),
                 ));
             }
+            self.indexes.attached(&company_id);
             attached.push(company_id);
         }
         Ok(self.company_json(&self.companies[company]))
@@ -278,6 +293,7 @@ impl Store {
             .position(|id| id == company_id)
             .ok_or_else(ApiError::company_not_found)?;
         attached.remove(position);
+        self.indexes.detached(company_id);
         Ok(self.company_json(&self.companies[company]))
     }
 

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
-use super::{Event, Store, object, only_fields};
+use super::{Event, Store, index, object, only_fields};
 use crate::error::ApiError;
 
 /// Intercom keeps the first 10 metadata keys of an event and ignores the rest, silently.
@@ -70,28 +70,23 @@ impl Store {
                 "An event needs one of id, user_id or email",
             ));
         }
-        let contact = self
-            .contacts
-            .iter()
-            .find(|c| match (&id, &user_id, &email) {
-                (Some(id), _, _) => c.id == *id,
-                (None, Some(user_id), _) => c.external_id.as_deref() == Some(user_id.as_str()),
-                (None, None, Some(email)) => c
-                    .email
-                    .as_deref()
-                    .is_some_and(|e| e.eq_ignore_ascii_case(email)),
-                (None, None, None) => false,
-            })
-            .map(|c| c.id.clone())
-            .ok_or_else(|| ApiError::not_found("User Not Found"))?;
+        let contact = match (&id, &user_id, &email) {
+            (Some(id), _, _) => self.contact_index(id),
+            (None, Some(user_id), _) => index::get(&self.indexes.contact_by_external_id, user_id)
+                .first()
+                .copied(),
+            (None, None, Some(email)) => self.email_holders(email).next().copied(),
+            (None, None, None) => None,
+        }
+        .map(|position| self.contacts[position].id.clone())
+        .ok_or_else(|| ApiError::not_found("User Not Found"))?;
         let metadata = self.kept_metadata(body.get("metadata"))?;
 
         let key = event_name.to_lowercase();
-        let duplicate = self.events.iter().any(|e| {
-            e.contact_id == contact
-                && e.created_at == created_at
-                && e.event_name.to_lowercase() == key
-        });
+        let duplicate =
+            self.indexes
+                .event_keys
+                .contains(&(contact.clone(), created_at, key.clone()));
         if duplicate {
             self.counters.duplicate_events_dropped += 1;
             return Ok(EventOutcome::DuplicateDropped);
@@ -108,12 +103,14 @@ impl Store {
             ));
         }
         self.event_names.insert(key);
-        self.events.push(Event {
+        let event = Event {
             contact_id: contact,
             event_name,
             created_at,
             metadata,
-        });
+        };
+        self.indexes.add_event(&event, self.events.len());
+        self.events.push(event);
         Ok(EventOutcome::Stored)
     }
 

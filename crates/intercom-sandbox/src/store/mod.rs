@@ -4,7 +4,10 @@ mod attributes;
 mod companies;
 mod contacts;
 mod events;
+mod index;
 mod search;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use crate::error::ApiError;
 use crate::snapshot::{
     CompanySnapshot, ContactSnapshot, Counters, DataAttributeSnapshot, EventSnapshot, Snapshot,
 };
+use index::Indexes;
 
 pub(crate) use attributes::{DataAttribute, Model};
 
@@ -25,15 +29,19 @@ pub(crate) struct Rules {
     pub long_strings: LongStrings,
     pub event_name_limit: usize,
     pub search_lag: Duration,
+    /// Most values an `IN`/`NIN` search array may hold; `None`: no limit.
+    pub in_values_limit: Option<usize>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Store {
     pub rules: Rules,
-    pub contacts: Vec<Contact>,
-    pub companies: Vec<Company>,
-    pub attributes: Vec<DataAttribute>,
-    pub events: Vec<Event>,
+    /// The data below is changed only inside this module, so that `indexes` stays in step.
+    contacts: Vec<Contact>,
+    companies: Vec<Company>,
+    attributes: Vec<DataAttribute>,
+    events: Vec<Event>,
+    indexes: Indexes,
     /// Lower-cased active event names.
     pub event_names: BTreeSet<String>,
     pub counters: Counters,
@@ -94,6 +102,7 @@ impl Store {
             companies: Vec::new(),
             attributes: Vec::new(),
             events: Vec::new(),
+            indexes: Indexes::default(),
             event_names: BTreeSet::new(),
             counters: Counters::default(),
             next_seq: 1,
@@ -114,18 +123,40 @@ impl Store {
     }
 
     pub fn contact_index(&self, id: &str) -> Option<usize> {
-        self.contacts.iter().position(|c| c.id == id)
+        self.indexes.contact_by_id.get(id).copied()
     }
 
     pub fn company_index(&self, id: &str) -> Option<usize> {
-        self.companies.iter().position(|c| c.id == id)
+        self.indexes.company_by_id.get(id).copied()
     }
 
+    /// The number of contacts attached to the company with this Intercom id.
     pub fn user_count(&self, company_id: &str) -> usize {
-        self.contacts
+        self.indexes
+            .users_of_company
+            .get(company_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The active attribute of this model with exactly this name.
+    fn active_attribute(&self, model: Model, name: &str) -> Option<&DataAttribute> {
+        index::get(&self.indexes.attribute_by_name, &name.to_ascii_lowercase())
             .iter()
-            .filter(|c| c.companies.iter().any(|id| id == company_id))
-            .count()
+            .map(|&position| &self.attributes[position])
+            .find(|a| a.model == model && !a.archived && a.name == name)
+    }
+
+    /// Panic unless the maintained indexes equal indexes built afresh from the data.
+    #[cfg(test)]
+    pub fn assert_indexes_consistent(&self) {
+        let rebuilt = Indexes::rebuilt(
+            &self.contacts,
+            &self.companies,
+            &self.attributes,
+            &self.events,
+        );
+        assert!(self.indexes == rebuilt, "indexes out of step with the data");
     }
 
     /// Check a `custom_attributes` value against the model's registry and return it as a map.
@@ -145,13 +176,9 @@ impl Store {
             }
         };
         for (key, value) in map {
-            let attribute = self
-                .attributes
-                .iter()
-                .find(|a| a.model == model && !a.archived && a.name == *key)
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("Custom attribute '{key}' does not exist"))
-                })?;
+            let attribute = self.active_attribute(model, key).ok_or_else(|| {
+                ApiError::invalid(format!("Custom attribute '{key}' does not exist"))
+            })?;
             if value.is_null() {
                 continue;
             }
@@ -185,10 +212,8 @@ impl Store {
 
     pub fn snapshot(&self) -> Snapshot {
         let company_id_of = |id: &String| {
-            self.companies
-                .iter()
-                .find(|c| c.id == *id)
-                .map(|c| c.company_id.clone())
+            self.company_index(id)
+                .map(|index| self.companies[index].company_id.clone())
                 .unwrap_or_default()
         };
         Snapshot {
@@ -207,10 +232,9 @@ impl Store {
                     unsubscribed_from_emails: c.unsubscribed_from_emails,
                     custom_attributes: c.custom_attributes.clone(),
                     companies: c.companies.iter().map(company_id_of).collect(),
-                    events: self
-                        .events
+                    events: index::get(&self.indexes.events_of_contact, &c.id)
                         .iter()
-                        .filter(|e| e.contact_id == c.id)
+                        .map(|&position| &self.events[position])
                         .map(|e| EventSnapshot {
                             event_name: e.event_name.clone(),
                             created_at: e.created_at,

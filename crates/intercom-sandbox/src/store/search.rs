@@ -1,12 +1,19 @@
 //! `POST /contacts/search`: filters and AND/OR groups, sort, cursor pagination, search lag.
+//!
+//! A query that pins `id`, `external_id` or `email` with `=` or `IN` (alone, or as one filter
+//! of an AND group) takes its candidates from the store's indexes; every other query looks at
+//! every contact. Either way the whole query and the search lag are checked on each contact,
+//! in creation order, so both paths give the same hits in the same order.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use super::{Contact, Store, object};
+use super::{Contact, Store, index, object};
 use crate::error::ApiError;
 
 const DEFAULT_PER_PAGE: u64 = 50;
@@ -29,19 +36,49 @@ const STRING_FIELDS: &[&str] = &[
 const STRING_OPERATORS: &[&str] = &["=", "!=", "IN", "NIN", "~", "!~", "^", "$"];
 
 enum Query {
-    Filter {
-        field: String,
-        operator: String,
-        value: Value,
-    },
-    Group {
-        and: bool,
-        parts: Vec<Query>,
-    },
+    Filter(Filter),
+    Group { and: bool, parts: Vec<Query> },
+}
+
+/// One filter, its value folded the way the field is compared (emails lower-cased).
+struct Filter {
+    field: String,
+    operator: String,
+    /// The value of `=`, `!=`, `~`, `!~`, `^`, `$` (`None` for `null`).
+    wanted: Option<String>,
+    /// The values of `IN` and `NIN`.
+    listed: HashSet<String>,
+}
+
+/// Which contacts a search looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// Candidates from an index when the query allows it, otherwise every contact.
+    Indexed,
+    /// Every contact, always: what the indexed path must agree with.
+    #[cfg(test)]
+    Linear,
 }
 
 impl Store {
     pub fn search_contacts(&self, body: &Value, now: Duration) -> Result<Value, ApiError> {
+        self.search(body, now, Path::Indexed)
+    }
+
+    /// The same search over every contact, never taking candidates from an index.
+    #[cfg(test)]
+    pub fn search_contacts_linear(&self, body: &Value, now: Duration) -> Result<Value, ApiError> {
+        self.search(body, now, Path::Linear)
+    }
+
+    /// Whether this (valid) search body takes its candidates from an index.
+    #[cfg(test)]
+    pub fn search_uses_index(&self, body: &Value) -> bool {
+        parse_query(&body["query"], 1, self.rules.in_values_limit)
+            .is_ok_and(|query| self.candidates(&query).is_some())
+    }
+
+    fn search(&self, body: &Value, now: Duration, path: Path) -> Result<Value, ApiError> {
         let body = object(body)?;
         if let Some(unknown) = body
             .keys()
@@ -53,17 +90,27 @@ impl Store {
             body.get("query")
                 .ok_or_else(|| ApiError::missing("query is required"))?,
             1,
+            self.rules.in_values_limit,
         )?;
         let (per_page, offset) = pagination(body.get("pagination"))?;
         let sort = parse_sort(body.get("sort"))?;
 
         let lag = self.rules.search_lag;
-        let mut hits: Vec<&Contact> = self
-            .contacts
-            .iter()
-            .filter(|c| c.created + lag <= now)
-            .filter(|c| matches(&query, c))
-            .collect();
+        let visible = |c: &&Contact| c.created + lag <= now && matches(&query, c);
+        let candidates = match path {
+            Path::Indexed => self.candidates(&query),
+            #[cfg(test)]
+            Path::Linear => None,
+        };
+        // Either way the hits are in creation order before any sort.
+        let mut hits: Vec<&Contact> = match candidates {
+            Some(positions) => positions
+                .into_iter()
+                .map(|position| &self.contacts[position])
+                .filter(visible)
+                .collect(),
+            None => self.contacts.iter().filter(visible).collect(),
+        };
         if let Some((field, ascending)) = &sort {
             hits.sort_by(|a, b| {
                 let order = compare(&field_value(a, field), &field_value(b, field));
@@ -94,9 +141,61 @@ impl Store {
         }
         Ok(json!({"type": "list", "data": page, "total_count": total, "pages": pages}))
     }
+
+    /// Positions (ascending, so in creation order) of every contact that can match `query`,
+    /// from an index; `None` when the query pins no indexed field and every contact is a
+    /// candidate. Each position is still checked against the whole query.
+    fn candidates(&self, query: &Query) -> Option<Vec<usize>> {
+        match query {
+            Query::Filter(filter) => self.filter_candidates(filter),
+            Query::Group { and: true, parts } => parts
+                .iter()
+                .filter_map(|part| match part {
+                    Query::Filter(filter) => self.filter_candidates(filter),
+                    Query::Group { .. } => None,
+                })
+                .min_by_key(Vec::len),
+            Query::Group { and: false, .. } => None,
+        }
+    }
+
+    /// The contacts matching an `=` or `IN` filter on `id`, `external_id` or `email`.
+    fn filter_candidates(&self, filter: &Filter) -> Option<Vec<usize>> {
+        // Both are folded as the index keys are: emails lower-cased, the others as they are.
+        let keys: Vec<&str> = match filter.operator.as_str() {
+            "=" => vec![filter.wanted.as_deref()?],
+            "IN" => filter.listed.iter().map(String::as_str).collect(),
+            _ => return None,
+        };
+        let indexes = &self.indexes;
+        let mut positions: Vec<usize> = match filter.field.as_str() {
+            "id" => keys
+                .iter()
+                .filter_map(|key| indexes.contact_by_id.get(*key).copied())
+                .collect(),
+            "external_id" => keys
+                .iter()
+                .flat_map(|key| index::get(&indexes.contact_by_external_id, key))
+                .copied()
+                .collect(),
+            "email" => keys
+                .iter()
+                .flat_map(|key| index::get(&indexes.contact_by_email, key))
+                .copied()
+                .collect(),
+            _ => return None,
+        };
+        positions.sort_unstable();
+        positions.dedup();
+        Some(positions)
+    }
 }
 
-fn parse_query(value: &Value, depth: usize) -> Result<Query, ApiError> {
+fn parse_query(
+    value: &Value,
+    depth: usize,
+    in_values_limit: Option<usize>,
+) -> Result<Query, ApiError> {
     let map = value
         .as_object()
         .ok_or_else(|| ApiError::invalid("query must be an object"))?;
@@ -108,7 +207,7 @@ fn parse_query(value: &Value, depth: usize) -> Result<Query, ApiError> {
         let field = field
             .as_str()
             .ok_or_else(|| ApiError::invalid("field must be a string"))?;
-        return parse_filter(field, operator, map);
+        return parse_filter(field, operator, map, in_values_limit);
     }
     let and = match operator {
         "AND" => true,
@@ -136,12 +235,17 @@ fn parse_query(value: &Value, depth: usize) -> Result<Query, ApiError> {
     }
     let parts = parts
         .iter()
-        .map(|part| parse_query(part, depth + 1))
+        .map(|part| parse_query(part, depth + 1, in_values_limit))
         .collect::<Result<_, _>>()?;
     Ok(Query::Group { and, parts })
 }
 
-fn parse_filter(field: &str, operator: &str, map: &Map<String, Value>) -> Result<Query, ApiError> {
+fn parse_filter(
+    field: &str,
+    operator: &str,
+    map: &Map<String, Value>,
+    in_values_limit: Option<usize>,
+) -> Result<Query, ApiError> {
     if !STRING_FIELDS.contains(&field) {
         return Err(ApiError::invalid(format!(
             "The sandbox cannot search on '{field}' (supported: {})",
@@ -168,11 +272,26 @@ fn parse_filter(field: &str, operator: &str, map: &Map<String, Value>) -> Result
              (IN and NIN take an array of strings)"
         )));
     }
-    Ok(Query::Filter {
+    let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
+    if let Some(limit) = in_values_limit
+        && items.len() > limit
+    {
+        return Err(ApiError::invalid(format!(
+            "There's a limit of max {limit} values for an {operator} filter; the filter on \
+             '{field}' has {}",
+            items.len()
+        )));
+    }
+    Ok(Query::Filter(Filter {
         field: field.to_owned(),
         operator: operator.to_owned(),
-        value: value.clone(),
-    })
+        wanted: value.as_str().map(|w| fold(field, w).into_owned()),
+        listed: items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|v| fold(field, v).into_owned())
+            .collect(),
+    }))
 }
 
 fn pagination(value: Option<&Value>) -> Result<(u64, u64), ApiError> {
@@ -266,39 +385,48 @@ fn compare(a: &Value, b: &Value) -> Ordering {
     }
 }
 
+/// Emails compare case-insensitively, as Intercom stores them; the search index folds the same.
+fn fold<'a>(field: &str, text: &'a str) -> Cow<'a, str> {
+    if field == "email" || field == "email_domain" {
+        Cow::Owned(text.to_lowercase())
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// The string a filter on `field` compares (the searchable fields are all strings).
+fn held<'a>(contact: &'a Contact, field: &str) -> Option<&'a str> {
+    match field {
+        "id" => Some(&contact.id),
+        "external_id" => contact.external_id.as_deref(),
+        "email" => contact.email.as_deref(),
+        "email_domain" => contact
+            .email
+            .as_deref()
+            .and_then(|e| e.split_once('@'))
+            .map(|(_, d)| d),
+        "role" => Some(&contact.role),
+        "name" => contact.name.as_deref(),
+        "phone" => contact.phone.as_deref(),
+        _ => None,
+    }
+}
+
 fn matches(query: &Query, contact: &Contact) -> bool {
     match query {
         Query::Group { and: true, parts } => parts.iter().all(|p| matches(p, contact)),
         Query::Group { and: false, parts } => parts.iter().any(|p| matches(p, contact)),
-        Query::Filter {
-            field,
-            operator,
-            value,
-        } => {
-            // Emails compare case-insensitively, as Intercom stores them.
-            let fold = |s: &str| {
-                if field == "email" || field == "email_domain" {
-                    s.to_lowercase()
-                } else {
-                    s.to_owned()
-                }
-            };
-            let held = field_value(contact, field).as_str().map(fold);
-            let wanted = value.as_str().map(fold);
-            let listed = || {
-                value
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(fold)
-                    .any(|v| Some(&v) == held.as_ref())
-            };
-            let text = |test: fn(&str, &str) -> bool| match (&held, &wanted) {
+        Query::Filter(filter) => {
+            let field = filter.field.as_str();
+            let held = held(contact, field).map(|h| fold(field, h));
+            let held = held.as_deref();
+            let wanted = filter.wanted.as_deref();
+            let listed = || held.is_some_and(|h| filter.listed.contains(h));
+            let text = |test: fn(&str, &str) -> bool| match (held, wanted) {
                 (Some(h), Some(w)) => test(h, w),
                 _ => false,
             };
-            match operator.as_str() {
+            match filter.operator.as_str() {
                 "=" => held == wanted,
                 "!=" => held != wanted,
                 "IN" => listed(),

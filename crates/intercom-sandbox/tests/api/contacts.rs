@@ -274,3 +274,120 @@ async fn null_clears_a_custom_attribute() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn changing_external_id_or_email_frees_the_old_value_and_holds_the_new() {
+    let api = Api::start().await;
+    let first = api.user("u1").await;
+    let second = api.user("u2").await;
+    let held_by_first = format!("A contact matching those details already exists with id={first}");
+    let answer = api
+        .put(
+            &format!("/contacts/{first}"),
+            json!({"external_id": "u1-new", "email": "U1-New@Example.com"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+
+    // The new values are held: by create and by another contact's update, email in any case.
+    for body in [
+        json!({"role": "user", "external_id": "u1-new"}),
+        json!({"role": "user", "email": "u1-NEW@example.COM"}),
+    ] {
+        let answer = api.post("/contacts", body.clone()).await;
+        assert_eq!(answer.status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(answer.error(), ("conflict", held_by_first.as_str()));
+        let answer = api.put(&format!("/contacts/{second}"), body.clone()).await;
+        assert_eq!(answer.status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(answer.error().1, held_by_first);
+    }
+    // The old ones are free again.
+    let answer = api
+        .post("/contacts", json!({"role": "user", "external_id": "u1"}))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let reuser = answer.body["id"].as_str().unwrap().to_owned();
+    let answer = api
+        .put(
+            &format!("/contacts/{second}"),
+            json!({"email": "U1@EXAMPLE.COM"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+
+    // Clearing a value frees it too; the freed email moves to the second contact.
+    let answer = api
+        .put(&format!("/contacts/{first}"), json!({"email": null}))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let answer = api
+        .put(
+            &format!("/contacts/{second}"),
+            json!({"email": "u1-new@example.com"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+
+    // Search, events and the snapshot all see the moved identities.
+    let search = |field: &str, operator: &str, value: serde_json::Value| {
+        api.post(
+            "/contacts/search",
+            json!({"query": {"field": field, "operator": operator, "value": value}}),
+        )
+    };
+    let ids = |answer: &crate::Answer| -> Vec<String> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&search("external_id", "=", json!("u1")).await),
+        [reuser.as_str()]
+    );
+    assert_eq!(
+        ids(&search("external_id", "IN", json!(["u1-new", "u2"])).await),
+        [first.as_str(), second.as_str()]
+    );
+    assert_eq!(
+        ids(&search("email", "=", json!("U1-NEW@example.com")).await),
+        [second.as_str()]
+    );
+    assert!(
+        ids(&search("email", "IN", json!(["u1@example.com", "u2@example.com"])).await).is_empty()
+    );
+    for (identifier, value) in [("user_id", "u1-new"), ("email", "U1-new@EXAMPLE.com")] {
+        let answer = api
+            .post(
+                "/events",
+                json!({"event_name": format!("by {identifier}"), "created_at": 1, identifier: value}),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    }
+    let answer = api
+        .post(
+            "/events",
+            json!({"event_name": "x", "created_at": 1, "email": "u2@example.com"}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    let state = api.sandbox.snapshot();
+    let events = |id: &str| -> Vec<String> {
+        state
+            .contacts
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .events
+            .iter()
+            .map(|e| e.event_name.clone())
+            .collect()
+    };
+    assert_eq!(events(&first), ["by user_id"]);
+    assert_eq!(events(&second), ["by email"]);
+    assert_eq!(state.contact_by_external_id("u1").unwrap().id, reuser);
+    assert_eq!(state.counters.conflicts, 4);
+}

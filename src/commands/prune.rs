@@ -1,0 +1,242 @@
+//! `audience-sync prune [--dry-run] [--vacuum] [--json]`: apply the retention settings now
+//! (`store::retention`, SPEC section 9) and report what was removed.
+
+use std::fmt::Write as _;
+
+use crate::cli::PruneArgs;
+use crate::settings::Settings;
+use crate::store::retention::{self, Options, Policy, RemovedSnapshot, Report};
+use crate::store::{self, Lock, RunLock};
+
+/// Snapshots listed one by one at most; the rest are counted.
+const LISTED: usize = 20;
+
+pub fn prune(settings: &Settings, args: PruneArgs) -> anyhow::Result<()> {
+    let database = &settings.database.path;
+    // Deleting snapshots and runs must not race a run that plans from them (or a dead letter
+    // being retried): take the plan lock. A dry run changes nothing and reads in one
+    // transaction, so it may run beside a planning run.
+    let _planning = if args.dry_run {
+        None
+    } else {
+        Some(RunLock::try_acquire(database, Lock::Plan)?)
+    };
+    let mut conn = store::open(database)?;
+    let options = Options {
+        dry_run: args.dry_run,
+        vacuum: args.vacuum,
+    };
+    let policy = Policy::from(&settings.retention);
+    let report = retention::prune(&mut conn, &policy, options, store::now_unix())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(settings, &report));
+    }
+    Ok(())
+}
+
+fn render(settings: &Settings, report: &Report) -> String {
+    let retention = &settings.retention;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} {}{}:",
+        if report.dry_run {
+            "Would prune"
+        } else {
+            "Pruned"
+        },
+        settings.database.path.display(),
+        if report.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    let days = retention.delivered_for.as_secs() / 86_400;
+    let _ = writeln!(
+        out,
+        "  delivered messages    {:>9}  (delivered {days} day{} ago or more)",
+        n(report.delivered_messages),
+        plural(days)
+    );
+    let _ = writeln!(
+        out,
+        "  runs                  {:>9}  ({} computation record{}; beyond the newest {})",
+        n(report.runs),
+        n(report.run_computations),
+        plural(report.run_computations),
+        n(retention.runs)
+    );
+    let _ = writeln!(
+        out,
+        "  snapshots             {:>9}  ({} rows; beyond the newest {} per computation)",
+        n(report.snapshots.len() as u64),
+        n(report.snapshot_rows()),
+        retention.snapshots_per_computation
+    );
+    list(&mut out, &report.snapshots);
+    let _ = writeln!(
+        out,
+        "  membership snapshots  {:>9}  ({} rows; beyond the newest {})",
+        n(report.membership_snapshots.len() as u64),
+        n(report.membership_rows()),
+        retention.snapshots_per_computation
+    );
+    list(&mut out, &report.membership_snapshots);
+
+    let kept = &report.kept;
+    let incomplete = kept.incomplete_snapshots + kept.incomplete_membership_snapshots;
+    let _ = writeln!(
+        out,
+        "Kept: {} pending and {} dead-lettered message{} (never pruned; dead letters stay until \
+         retried or discarded), {} delivered message{}, {} run{}.",
+        n(kept.pending_messages),
+        n(kept.dead_letters),
+        plural(kept.pending_messages + kept.dead_letters),
+        n(kept.delivered_messages),
+        plural(kept.delivered_messages),
+        n(kept.runs),
+        plural(kept.runs),
+    );
+    let _ = writeln!(
+        out,
+        "Kept for planned state: {} older snapshot{} and {} membership snapshot{}; kept as \
+         possibly still being written: {} incomplete snapshot{}.",
+        n(kept.planned_snapshots),
+        plural(kept.planned_snapshots),
+        n(kept.planned_membership_snapshots),
+        plural(kept.planned_membership_snapshots),
+        n(incomplete),
+        plural(incomplete),
+    );
+
+    let space = &report.space;
+    let size = |pages: u64| bytes(pages * space.page_size);
+    if report.dry_run {
+        let _ = write!(
+            out,
+            "Space: {} ({} free pages now, auto_vacuum = {}). ",
+            size(space.pages_before),
+            n(space.free_pages_before),
+            space.auto_vacuum
+        );
+        if space.vacuumed {
+            out.push_str(
+                "Prune would rewrite the file once (VACUUM) and switch it to incremental vacuum.\n",
+            );
+        } else if space.needs_vacuum {
+            out.push_str(
+                "Freed pages would stay in the file for reuse; see `audience-sync prune --vacuum`.\n",
+            );
+        } else {
+            out.push_str("The pages prune frees go back to the file system.\n");
+        }
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "Space: {} page{} freed; {} returned to the file system ({} -> {}){}.",
+        n(space.pages_freed),
+        plural(space.pages_freed),
+        bytes(space.bytes_returned),
+        size(space.pages_before),
+        size(space.pages_after),
+        if space.vacuumed {
+            "; the file was rewritten (VACUUM) and uses incremental vacuum from now on"
+        } else {
+            ""
+        }
+    );
+    if space.needs_vacuum {
+        let _ = writeln!(
+            out,
+            "This database was created before retention (auto_vacuum = none): its {} free \
+             page{} ({}) stay in the file and are reused by new rows, so it stops growing but \
+             does not shrink. To return them, run once `audience-sync prune --vacuum` (it \
+             rewrites the whole file; writers wait meanwhile, and it needs about {} of free \
+             disk space); later prunes return freed pages by themselves.",
+            n(space.free_pages_after),
+            plural(space.free_pages_after),
+            size(space.free_pages_after),
+            size(space.pages_after)
+        );
+    }
+    out
+}
+
+fn list(out: &mut String, snapshots: &[RemovedSnapshot]) {
+    for s in snapshots.iter().take(LISTED) {
+        let _ = writeln!(
+            out,
+            "    {}#{} taken at {}, {} rows{}",
+            s.computation
+                .as_deref()
+                .map(|key| format!("{key} "))
+                .unwrap_or_default(),
+            s.id,
+            store::snapshots::rfc3339(s.taken_at),
+            n(s.rows),
+            if s.complete {
+                ""
+            } else {
+                " (incomplete, abandoned by its writer)"
+            }
+        );
+    }
+    if snapshots.len() > LISTED {
+        let _ = writeln!(
+            out,
+            "    … and {} more",
+            n((snapshots.len() - LISTED) as u64)
+        );
+    }
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// 1234567 → "1,234,567".
+fn n(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn bytes(value: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let v = value as f64;
+    if v < KIB {
+        format!("{value} B")
+    } else if v < KIB * KIB {
+        format!("{:.1} KiB", v / KIB)
+    } else if v < KIB * KIB * KIB {
+        format!("{:.1} MiB", v / KIB / KIB)
+    } else {
+        format!("{:.2} GiB", v / KIB / KIB / KIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_sizes_read_well() {
+        assert_eq!(n(0), "0");
+        assert_eq!(n(999), "999");
+        assert_eq!(n(1000), "1,000");
+        assert_eq!(n(1_234_567), "1,234,567");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(4096), "4.0 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+}
