@@ -80,7 +80,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
     info!(
         database = %database.display(),
         cron = %settings.schedule.cron,
-        rate_limit = settings.intercom.rate_limit,
+        rate_limit = %settings.intercom.rate_limit_text(),
         window_secs = settings.intercom.rate_limit_window.as_secs(),
         "Daemon started."
     );

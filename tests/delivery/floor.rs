@@ -9,7 +9,8 @@
 //! By default a small workspace runs as a test and checks the targets (≤ 1.05× the floor, ≤
 //! 1.15× under injected faults; `plan` within 5% of the run). `AUDIENCE_SYNC_BENCH=1` runs it at
 //! 100,000 users and prints the table: `AUDIENCE_SYNC_BENCH=1 cargo test --release --test
-//! delivery floor -- --nocapture --test-threads 1`.
+//! delivery floor -- --nocapture --test-threads 1` (`AUDIENCE_SYNC_BENCH_USERS=N` for another
+//! size).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,12 @@ use super::world::{TOKEN, World, file_arg};
 
 /// Users in the workspace; accounts are a tenth of them.
 fn users() -> usize {
+    if let Some(n) = std::env::var("AUDIENCE_SYNC_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     if std::env::var_os("AUDIENCE_SYNC_BENCH").is_some() {
         100_000
     } else {
