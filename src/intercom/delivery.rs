@@ -111,11 +111,16 @@ struct Lookups {
     waiting: HashSet<String>,
     /// Users to ask about, by field.
     queued: Vec<(resolve::Field, String)>,
-    tasks: JoinSet<resolve::Found>,
+    /// Users whose lookup failed (no answer), and how often: asked again up to
+    /// [`LOOKUP_TRIES`] times, then left to their messages' own searches.
+    tries: HashMap<String, u8>,
+    tasks: JoinSet<(resolve::Field, resolve::Found)>,
 }
 
 /// Lookups in flight at once.
 const LOOKUPS_IN_FLIGHT: usize = 2;
+/// Lookups of one user that may fail before its message searches on its own.
+const LOOKUP_TRIES: u8 = 3;
 
 impl Lookups {
     /// The user `message` needs a contact id for, when a bulk lookup should find it first: an
@@ -167,8 +172,9 @@ impl Lookups {
             });
             let client = client.clone();
             let cancel = cancel.clone();
-            self.tasks
-                .spawn(async move { resolve::lookup(&client, field, keys, &cancel).await });
+            self.tasks.spawn(async move {
+                (field, resolve::lookup(&client, field, keys, &cancel).await)
+            });
         }
     }
 
@@ -178,8 +184,20 @@ impl Lookups {
         &mut self,
         db: &Mutex<Connection>,
         executor: &Executor,
+        field: resolve::Field,
         found: resolve::Found,
     ) -> anyhow::Result<()> {
+        // No answer: ask again in a later batch (the messages keep waiting), a few times.
+        for key in found.failed {
+            let tries = self.tries.entry(key.clone()).or_insert(0);
+            *tries += 1;
+            if *tries < LOOKUP_TRIES {
+                self.queued.push((field, key));
+            } else {
+                self.tries.remove(&key);
+                self.waiting.remove(&key);
+            }
+        }
         {
             let conn = lock(db);
             for (key, id) in &found.ids {
@@ -194,6 +212,7 @@ impl Lookups {
             .chain(&found.unresolved)
         {
             self.waiting.remove(key);
+            self.tries.remove(key);
         }
         executor.mark_absent(found.absent);
         Ok(())
@@ -532,9 +551,9 @@ async fn drain(
             }
             Some(found) = lookups.tasks.join_next(), if !lookups.tasks.is_empty() => {
                 match found {
-                    Ok(found) => {
+                    Ok((field, found)) => {
                         report.lookups += found.requests;
-                        lookups.finished(db, executor, found)?;
+                        lookups.finished(db, executor, field, found)?;
                     }
                     Err(join_error) => {
                         // Its users are left to their messages' own searches.

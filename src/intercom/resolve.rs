@@ -50,8 +50,11 @@ pub struct Found {
     pub ids: Vec<(String, String)>,
     /// Keys no contact matched.
     pub absent: Vec<String>,
-    /// Keys left to their message's own search (a refused batch of one, or an error).
+    /// Keys left to their message's own search (a batch of one Intercom refused).
     pub unresolved: Vec<String>,
+    /// Keys whose lookup got no answer (a 5xx, 429s, no connection, interrupted): worth asking
+    /// again in a later batch.
+    pub failed: Vec<String>,
     /// Requests the lookup sent.
     pub requests: u64,
 }
@@ -109,11 +112,10 @@ pub async fn lookup_paged(
                 todo.push(b.to_vec());
                 todo.push(a.to_vec());
             }
-            Err(failure) => {
-                if let Failure::Error(reason) = &failure {
-                    tracing::debug!(%reason, users = keys.len(), "A bulk contact lookup failed; each message searches on its own.");
-                }
-                found.unresolved.extend(keys);
+            Err(Failure::Refused) => found.unresolved.extend(keys),
+            Err(Failure::Error(reason)) => {
+                tracing::debug!(%reason, users = keys.len(), "A bulk contact lookup failed.");
+                found.failed.extend(keys);
             }
         }
     }
