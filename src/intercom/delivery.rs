@@ -221,7 +221,7 @@ impl Lookups {
 
 /// What a process keeps between drains (the daemon drains again after every scheduled run):
 /// one database connection, one rate limiter, one executor with its attribute list and event
-/// names, so data attributes are listed once per process and the budget carries over.
+/// names (the attribute list itself is kept in the database), and the budget carries over.
 pub struct Engine {
     db: Arc<Mutex<Connection>>,
     limiter: Arc<RateLimiter>,

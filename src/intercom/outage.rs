@@ -130,7 +130,7 @@ impl Breaker {
         Transition::None
     }
 
-    /// Intercom answered a request of message `seq` (delivered, refused, throttled): the
+    /// A message ended with an answer from Intercom (delivered, refused, throttled): the
     /// streak ends and an open breaker closes.
     pub fn answered(&mut self, now: Instant) -> Transition {
         self.streak = 0;
