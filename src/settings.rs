@@ -71,7 +71,16 @@ pub struct Settings {
     pub intercom: IntercomSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub plan: PlanSettings,
     pub retention: RetentionSettings,
+}
+
+/// `[plan]`: how far planning runs ahead of delivery (SPEC section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanSettings {
+    /// A run waits before its next chunk while the outbox holds at least this many undelivered
+    /// messages (where something delivers them: the daemon, `sync`).
+    pub max_pending_messages: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -207,7 +216,14 @@ struct Raw {
     intercom: RawIntercom,
     http: RawHttp,
     log: RawLog,
+    plan: RawPlan,
     retention: RawRetention,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    max_pending_messages: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -542,6 +558,7 @@ impl Settings {
             anyhow::bail!("database.path: must not be empty");
         }
         let retention = parse_retention(&raw.retention)?;
+        positive("plan.max_pending_messages", raw.plan.max_pending_messages)?;
         Ok(Settings {
             database: DatabaseSettings {
                 path: PathBuf::from(raw.database.path),
@@ -578,6 +595,9 @@ impl Settings {
             log: LogSettings {
                 format: raw.log.format,
                 level: raw.log.level,
+            },
+            plan: PlanSettings {
+                max_pending_messages: raw.plan.max_pending_messages,
             },
             retention,
         })

@@ -24,6 +24,7 @@ pub const SCHEMA: &str = include_str!("../../schema.sql");
 pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_planned_overrides.sql"),
     include_str!("../../migrations/0003_outages_and_replans.sql"),
+    include_str!("../../migrations/0004_runs_of_any_size.sql"),
 ];
 
 /// The schema version this binary writes.

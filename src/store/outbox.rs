@@ -90,6 +90,26 @@ pub fn enqueue(
     Ok(n == 1)
 }
 
+/// Create (or empty) the connection's temp table of a run's staged messages (called by
+/// `state::create_staging`, inside the run's read transaction).
+pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.run_outbox;
+         CREATE TEMP TABLE run_outbox (
+             lane TEXT NOT NULL,
+             message_id TEXT NOT NULL,
+             type TEXT NOT NULL,
+             body TEXT NOT NULL,
+             effects TEXT NOT NULL,
+             with_user INTEGER NOT NULL
+         );",
+    )
+}
+
+pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("DROP TABLE IF EXISTS temp.run_outbox;")
+}
+
 /// Stage one message of a run (see `state::create_staging`); `enqueue_staged` enqueues them.
 /// `with_user`: a `group` call carrying a userId (an attach).
 pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> rusqlite::Result<()> {

@@ -892,19 +892,11 @@ pub struct ChangeRow {
 
 /// Create (or empty) the connection's staging tables. Call inside the run's read transaction.
 pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
+    super::outbox::create_staging(conn)?;
     conn.execute_batch(
-        "DROP TABLE IF EXISTS temp.run_outbox;
-         DROP TABLE IF EXISTS temp.run_state;
+        "DROP TABLE IF EXISTS temp.run_state;
          DROP TABLE IF EXISTS temp.run_membership;
          DROP TABLE IF EXISTS temp.run_event_times;
-         CREATE TEMP TABLE run_outbox (
-             lane TEXT NOT NULL,
-             message_id TEXT NOT NULL,
-             type TEXT NOT NULL,
-             body TEXT NOT NULL,
-             effects TEXT NOT NULL,
-             with_user INTEGER NOT NULL
-         );
          -- No key: a run changes each (computation, subject, entity) once, so rows are only
          -- appended, which is the cheapest insert.
          CREATE TEMP TABLE run_state (
@@ -932,9 +924,9 @@ pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
+    super::outbox::drop_staging(conn)?;
     conn.execute_batch(
-        "DROP TABLE IF EXISTS temp.run_outbox;
-         DROP TABLE IF EXISTS temp.run_state;
+        "DROP TABLE IF EXISTS temp.run_state;
          DROP TABLE IF EXISTS temp.run_membership;
          DROP TABLE IF EXISTS temp.run_event_times;",
     )
