@@ -1,4 +1,4 @@
--- audience-sync schema, version 3 (the current one).
+-- audience-sync schema, version 4 (the current one).
 --
 -- The binary applies this file on start when the database is new (PRAGMA user_version = 0) and
 -- records the version; an older database is brought here by the numbered migrations in
@@ -196,9 +196,59 @@ CREATE TABLE IF NOT EXISTS run_computations (
     changed INTEGER NOT NULL DEFAULT 0,
     resent INTEGER NOT NULL DEFAULT 0,
     users INTEGER NOT NULL DEFAULT 0,
+    track INTEGER NOT NULL DEFAULT 0,          -- its changes fire track events
+    resync INTEGER NOT NULL DEFAULT 0,         -- diffed with `--full` semantics
     PRIMARY KEY (run_id, computation_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS run_computations_by_computation ON run_computations (computation_id);
+
+-- One row per prune that changed or tried to change something (`audience-sync prune`, and the
+-- daemon's prune after each run; not dry runs): when it ran, what it removed, the bytes it
+-- returned to the file system, and why it failed (NULL: it did not). A failed prune counts what
+-- it had removed before the failure (each batch commits on its own). `status` and `/metrics`
+-- show the newest; only the newest 100 are kept (store::retention::PRUNE_RECORDS).
+CREATE TABLE IF NOT EXISTS prunes (
+    id INTEGER PRIMARY KEY,
+    started_at INTEGER NOT NULL,               -- unix seconds
+    took_ms INTEGER NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('command','daemon')),
+    delivered_messages INTEGER NOT NULL DEFAULT 0,
+    runs INTEGER NOT NULL DEFAULT 0,
+    snapshots INTEGER NOT NULL DEFAULT 0,
+    snapshot_rows INTEGER NOT NULL DEFAULT 0,
+    membership_snapshots INTEGER NOT NULL DEFAULT 0,
+    membership_rows INTEGER NOT NULL DEFAULT 0,
+    bytes_returned INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+
+-- The run being planned, chunk by chunk (SPEC section 9): at most one row, gone when the run's
+-- last chunk commits. While it exists, planned state of the run's computations is split at its
+-- progress: the entities the run has committed (accounts up to `through` in the accounts' pass,
+-- every account and the users up to `through` in the users' pass) are planned from the run's
+-- snapshots (run_computations.snapshot_id, runs.membership_snapshot_id), the rest still from
+-- planned_bases. A crash resumes the run after `through`, from the same snapshots.
+CREATE TABLE IF NOT EXISTS run_progress (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    pass TEXT NOT NULL CHECK (pass IN ('account','user')),
+    through TEXT,                              -- the last entity of `pass` committed; NULL: none
+    membership INTEGER NOT NULL,               -- the run diffs the account membership
+    dead_letters INTEGER NOT NULL,             -- the dead-letter generation when the run began
+    chunks INTEGER NOT NULL DEFAULT 0          -- chunks committed
+);
+
+CREATE TRIGGER IF NOT EXISTS run_snapshot_rows_are_kept BEFORE DELETE ON snapshot_rows
+WHEN EXISTS (SELECT 1 FROM run_progress p JOIN run_computations c ON c.run_id = p.run_id
+             WHERE c.snapshot_id = OLD.snapshot_id)
+BEGIN
+    SELECT RAISE(ABORT, 'snapshot_rows: a run being planned plans from this snapshot (run_progress); delete it once the run is planned');
+END;
+CREATE TRIGGER IF NOT EXISTS run_members_are_kept BEFORE DELETE ON membership_rows
+WHEN EXISTS (SELECT 1 FROM run_progress p JOIN runs r ON r.id = p.run_id
+             WHERE r.membership_snapshot_id = OLD.snapshot_id)
+BEGIN
+    SELECT RAISE(ABORT, 'membership_rows: a run being planned plans from this membership snapshot (run_progress); delete it once the run is planned');
+END;
 
 -- The durable queue of Segment-spec messages. seq is the global outbox order; lane groups the
 -- messages that must be delivered strictly in order (a user's entity id, or 'account:' || group
@@ -206,14 +256,20 @@ CREATE INDEX IF NOT EXISTS run_computations_by_computation ON run_computations (
 -- of the state changes delivery confirms (mark_delivered) or undoes (mark_dead), e.g.
 -- [{"computation_id":…, "subject":"user", "entity_id":…, "value":…}] and
 -- [{"membership": {"group_id":…, "user_id":…, "attached": true}}]. message_id is unique among
--- pending messages: a message re-planned after a dead letter keeps its id.
+-- pending messages: a message re-planned after a dead letter keeps its id; a planner's id
+-- (personas_ + 32 hex digits) is stored as those 16 bytes, a BLOB (hex(message_id) reads it).
+--
+-- A run's messages are stored compact: shape_id names their shape (outbox_shapes: the body and
+-- effects with every per-message value taken out) and parts holds those values, a JSON array;
+-- body and effects are then ''. Messages from `send`, and rows that do not split, keep body and
+-- effects whole (shape_id NULL). store::outbox::body(conn, seq) gives any row's message back.
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     run_id INTEGER REFERENCES runs(id),       -- NULL for messages from `send`
     lane TEXT NOT NULL,
     message_id TEXT NOT NULL,
     type TEXT NOT NULL CHECK (type IN ('identify','track','group')),
-    body TEXT NOT NULL,                        -- the Segment message, JSON
+    body TEXT NOT NULL,                        -- the Segment message, JSON ('' with a shape)
     effects TEXT NOT NULL DEFAULT '[]',
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','delivered','dead')),
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -225,11 +281,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     -- errors) began; they do not count as attempts, and dead-letter the message only once it has
     -- failed for intercom.retry_for_secs. NULL: not failing (cleared when Intercom answers again
     -- after an outage).
-    failing_since INTEGER
+    failing_since INTEGER,
+    shape_id INTEGER,                          -- outbox_shapes.id; NULL: body and effects whole
+    parts TEXT                                 -- with a shape: the values it takes, JSON array
 );
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (status, lane, seq);
 CREATE INDEX IF NOT EXISTS outbox_status_seq ON outbox (status, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_pending_message_id ON outbox (message_id) WHERE status = 'pending';
+
+-- The shapes of compact outbox rows (store::outbox, shape.rs): JSON {"b": body, "e": effects,
+-- "h": holes}, the body and effects with null where a value was taken out, and per taken-out
+-- value its source (an index into the row's parts, {"t": index} for a time kept as unix
+-- seconds, "m" the row's message id, "l" its lane) and path. Many rows share one (a run's
+-- identifies of the same traits). last_seq: no row with a higher seq uses it; a run deletes
+-- the shapes below the oldest row's seq. No foreign key from outbox: checking one would scan
+-- the outbox for every shape deleted.
+CREATE TABLE IF NOT EXISTS outbox_shapes (
+    id INTEGER PRIMARY KEY,
+    shape TEXT NOT NULL UNIQUE,
+    last_seq INTEGER NOT NULL DEFAULT 0
+);
 
 -- ─── Internal: what Intercom is known to hold ────────────────────────────────────────────────
 

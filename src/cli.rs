@@ -272,11 +272,35 @@ pub fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
-            for cause in error.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
+            eprint!("{}", error_text(&error));
             ExitCode::from(exit_code_of(&error))
         }
     }
+}
+
+/// An error as `main` prints it: the error, then each cause on its own line. A full disk
+/// (`store::DiskFull`) leads, and the causes that only repeat SQLite's message are left out: it
+/// is explained once.
+pub fn error_text(error: &anyhow::Error) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let full = error.downcast_ref::<crate::store::DiskFull>();
+    let head = match full {
+        Some(full) => full.to_string(),
+        None => error.to_string(),
+    };
+    let _ = writeln!(out, "error: {head}");
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if text == head {
+            continue;
+        }
+        if let Some(full) = full
+            && (text.contains(&full.cause) || text.contains(crate::store::DISK_FULL_TEXT))
+        {
+            continue;
+        }
+        let _ = writeln!(out, "  caused by: {text}");
+    }
+    out
 }

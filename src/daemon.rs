@@ -21,7 +21,7 @@ use crate::http::{self, Endpoints};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
 use crate::metrics;
 use crate::notify::{notify, watchdog_interval};
-use crate::plan::{self, Output, Report, RunMode, RunOptions};
+use crate::plan::{self, Pace, Report, RunMode, RunOptions};
 use crate::settings::Settings;
 use crate::store::{self, Lock, RunLock, retention};
 
@@ -60,6 +60,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
         let endpoints = Endpoints {
             database: database.clone(),
             max_pending_age: settings.http.max_pending_age,
+            max_pending_messages: settings.plan.max_pending_messages,
         };
         let bound = http::serve(listen, endpoints, shutdown.clone()).await?;
         info!(address = %bound, "Serving /metrics and /healthz.");
@@ -75,6 +76,8 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
 
     let wake = Arc::new(Notify::new());
     let deliver_stop = CancellationToken::new();
+    // Asks a run that waits for delivery (or is between chunks) to stop; the next run resumes it.
+    let plan_stop = CancellationToken::new();
     let mut delivery = tokio::spawn(delivery_loop(engine_rx, wake.clone(), deliver_stop.clone()));
 
     info!(
@@ -115,10 +118,11 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                 };
                 let run_settings = settings.clone();
                 let delivery_wake = wake.clone();
+                let plan_stop = plan_stop.clone();
                 planning = Some((
                     tokio::task::spawn_blocking(move || {
                         let _planning = lock;
-                        let planned = plan_once(&run_settings);
+                        let planned = plan_once(&run_settings, &delivery_wake, &plan_stop);
                         if planned.is_ok() {
                             // Delivery need not wait for the prune.
                             delivery_wake.notify_one();
@@ -136,11 +140,17 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                 match joined.map_err(anyhow::Error::from).and_then(|r| r) {
                     Ok(report) => {
                         record_run(&report, started.elapsed());
+                        http::set_planning_failed(None);
                         wake.notify_one();
                     }
                     Err(e) => {
                         metrics::inc("audience_sync_runs_total", &[("mode", "incremental"), ("outcome", "failed")]);
-                        error!(error = %format!("{e:#}"), "Run failed; the next scheduled run tries again.");
+                        // A full disk (or any failure) fails this run only: delivery goes on
+                        // (on a disk that full its confirmations wait for room too), and /healthz
+                        // says why until a run succeeds.
+                        let reason = store::error_text(&store::explain_disk_full(e, &database));
+                        error!(error = %reason, "Run failed; the next scheduled run tries again.");
+                        http::set_planning_failed(Some(reason));
                     }
                 }
                 let _ = notify("STATUS=Waiting for the next scheduled run");
@@ -176,6 +186,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
     info!("Stopping: no new runs; requests in flight finish, the rest stays queued.");
     let _ = notify("STOPPING=1");
     let _ = scheduler.shutdown().await;
+    plan_stop.cancel();
     deliver_stop.cancel();
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     if tokio::time::timeout_at(deadline, &mut delivery)
@@ -191,7 +202,10 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
     if let Some((handle, _)) = planning
         && tokio::time::timeout_at(deadline, handle).await.is_err()
     {
-        warn!("A run was still planning; its transaction is abandoned and nothing of it is kept.");
+        warn!(
+            "A run was still planning; its uncommitted chunk is abandoned and the next run resumes \
+             it from its last committed chunk."
+        );
     }
     shutdown.cancel();
     info!("Daemon stopped.");
@@ -238,16 +252,42 @@ async fn schedule(cron: &str, ticks: mpsc::Sender<()>) -> anyhow::Result<JobSche
     Ok(scheduler)
 }
 
-/// One scheduled run: diff every enabled computation and enqueue, in one transaction.
-fn plan_once(settings: &Settings) -> anyhow::Result<Report> {
+/// One scheduled run: diff every enabled computation and enqueue, chunk by chunk, at most
+/// `plan.max_pending_messages` ahead of delivery (woken after each chunk). An unfinished run
+/// (a crash, a stop) is finished first, then the scheduled one is made.
+fn plan_once(
+    settings: &Settings,
+    delivery: &Notify,
+    stop: &CancellationToken,
+) -> anyhow::Result<Report> {
     let mut conn = store::open(&settings.database.path)?;
-    let options = RunOptions {
-        mode: RunMode::Incremental,
-        computation: None,
-        now: store::now_unix(),
-        company_attribute_prefix: &settings.intercom.company_attribute_prefix,
+    let committed = || delivery.notify_one();
+    let stopping = || stop.is_cancelled();
+    let pace = Pace {
+        max_pending: settings.plan.max_pending_messages,
+        committed: &committed,
+        stop: &stopping,
     };
-    plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)
+    loop {
+        let options = RunOptions {
+            mode: RunMode::Incremental,
+            computation: None,
+            now: store::now_unix(),
+            company_attribute_prefix: &settings.intercom.company_attribute_prefix,
+        };
+        let report = plan::run_paced(&mut conn, &settings.personas, &options, &pace)?;
+        if report.resumed && report.finished {
+            info!(
+                run = report.run_id.unwrap_or_default(),
+                identify = report.messages.identify,
+                track = report.messages.track,
+                group = report.messages.group(),
+                "Unfinished run resumed and finished."
+            );
+            continue;
+        }
+        return Ok(report);
+    }
 }
 
 /// Apply `[retention]` (SPEC section 9) after a scheduled run; the caller holds the plan lock.
@@ -257,7 +297,10 @@ fn prune_after_run(settings: &Settings) {
         retention::prune(
             &mut conn,
             &retention::Policy::from(&settings.retention),
-            retention::Options::default(),
+            retention::Options {
+                origin: retention::Origin::Daemon,
+                ..retention::Options::default()
+            },
             store::now_unix(),
         )
     });
@@ -285,14 +328,22 @@ fn prune_after_run(settings: &Settings) {
             }
         }
         Ok(_) => debug!("Nothing to prune."),
-        Err(e) => error!(error = %format!("{e:#}"), "Pruning failed; the next run tries again."),
+        Err(e) => {
+            let reason = store::error_text(&store::explain_disk_full(e, &settings.database.path));
+            error!(error = %reason, "Pruning failed; the next run tries again.");
+        }
     }
 }
 
 fn record_run(report: &Report, took: Duration) {
+    let outcome = if report.finished {
+        "planned"
+    } else {
+        "stopped"
+    };
     metrics::inc(
         "audience_sync_runs_total",
-        &[("mode", report.mode.as_str()), ("outcome", "planned")],
+        &[("mode", report.mode.as_str()), ("outcome", outcome)],
     );
     for (kind, n) in [
         ("identify", report.messages.identify),

@@ -283,15 +283,17 @@ fn print_examples(
 ) -> anyhow::Result<()> {
     let Some(run_id) = run_id else { return Ok(()) };
     let mut stmt = conn.prepare(
-        "SELECT body FROM outbox WHERE run_id = ?1 AND seq = (SELECT min(seq) FROM outbox o \
+        "SELECT seq FROM outbox WHERE run_id = ?1 AND seq = (SELECT min(seq) FROM outbox o \
          WHERE o.run_id = ?1 AND o.type = outbox.type) ORDER BY seq",
     )?;
-    let bodies: Vec<String> = stmt
+    let seqs: Vec<i64> = stmt
         .query_map([run_id], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     println!("   Example messages of step {step}:");
-    for body in bodies {
-        let mut value: Value = serde_json::from_str(&body)?;
+    for seq in seqs {
+        let Some(mut value) = crate::store::outbox::body(conn, seq)? else {
+            continue;
+        };
         // Keep the example short: the context is the same for every message.
         if let Some(object) = value.as_object_mut() {
             object.remove("integrations");

@@ -14,6 +14,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Sample};
+use crate::store::retention::{self, PruneRecord};
+use crate::store::{self, DatabaseSize};
 
 /// What the endpoints read: the database (opened read-only per request) and the health rule.
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct Endpoints {
     pub database: PathBuf,
     /// `/healthz` fails when the oldest message not yet delivered is older than this.
     pub max_pending_age: Duration,
+    /// `plan.max_pending_messages`: the outbox's bound, exported beside its depth.
+    pub max_pending_messages: u64,
 }
 
 /// The figures `/metrics` and `/healthz` read from the database.
@@ -31,11 +35,22 @@ pub struct DatabaseFigures {
     pub last_run_started_at: Option<i64>,
     pub last_run_duration_secs: Option<i64>,
     pub computation_rows: Vec<(String, i64)>,
+    /// The database's files and free pages.
+    pub size: DatabaseSize,
+    pub last_prune: Option<PruneRecord>,
 }
 
-/// Read the gauges from the database; `now` in unix seconds.
-pub fn read_figures(conn: &Connection, now: i64) -> rusqlite::Result<DatabaseFigures> {
-    let mut figures = DatabaseFigures::default();
+/// Read the gauges from the database at `path`, open on `conn`; `now` in unix seconds.
+pub fn read_figures(
+    conn: &Connection,
+    path: &std::path::Path,
+    now: i64,
+) -> rusqlite::Result<DatabaseFigures> {
+    let mut figures = DatabaseFigures {
+        size: store::database_size(conn, path)?,
+        last_prune: retention::last_prune(conn)?,
+        ..DatabaseFigures::default()
+    };
     let mut stmt =
         conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")?;
     figures.outbox = stmt
@@ -69,12 +84,60 @@ pub fn read_figures(conn: &Connection, now: i64) -> rusqlite::Result<DatabaseFig
     Ok(figures)
 }
 
-fn samples(figures: &DatabaseFigures) -> Vec<Sample> {
-    let mut samples = vec![Sample {
-        name: "audience_sync_outbox_oldest_pending_age_seconds",
+fn samples(figures: &DatabaseFigures, max_pending_messages: u64) -> Vec<Sample> {
+    let gauge = |name, value: u64| Sample {
+        name,
         labels: vec![],
-        value: figures.oldest_pending_age_secs as f64,
-    }];
+        value: value as f64,
+    };
+    let mut samples = vec![
+        Sample {
+            name: "audience_sync_outbox_oldest_pending_age_seconds",
+            labels: vec![],
+            value: figures.oldest_pending_age_secs as f64,
+        },
+        gauge("audience_sync_outbox_pending_limit", max_pending_messages),
+        gauge("audience_sync_database_free_bytes", figures.size.free_bytes),
+    ];
+    for (file, bytes) in [
+        ("main", figures.size.file_bytes),
+        ("wal", figures.size.wal_bytes),
+    ] {
+        samples.push(Sample {
+            name: "audience_sync_database_bytes",
+            labels: vec![("file", file.to_string())],
+            value: bytes as f64,
+        });
+    }
+    if let Some(prune) = &figures.last_prune {
+        samples.push(Sample {
+            name: "audience_sync_last_prune_timestamp_seconds",
+            labels: vec![],
+            value: prune.started_at as f64,
+        });
+        samples.push(gauge(
+            "audience_sync_last_prune_bytes_returned",
+            prune.bytes_returned,
+        ));
+        samples.push(gauge(
+            "audience_sync_last_prune_failed",
+            u64::from(prune.error.is_some()),
+        ));
+        for (what, n) in [
+            ("delivered_messages", prune.delivered_messages),
+            ("runs", prune.runs),
+            ("snapshots", prune.snapshots),
+            ("snapshot_rows", prune.snapshot_rows),
+            ("membership_snapshots", prune.membership_snapshots),
+            ("membership_rows", prune.membership_rows),
+        ] {
+            samples.push(Sample {
+                name: "audience_sync_last_prune_removed",
+                labels: vec![("what", what.to_string())],
+                value: n as f64,
+            });
+        }
+    }
     for status in ["pending", "delivered", "dead"] {
         let n = figures
             .outbox
@@ -125,7 +188,7 @@ async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
     let path = endpoints.database.clone();
     tokio::task::spawn_blocking(move || {
         let conn = open_read_only(&path).map_err(|e| e.to_string())?;
-        read_figures(&conn, crate::store::now_unix()).map_err(|e| e.to_string())
+        read_figures(&conn, &path, crate::store::now_unix()).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())?
@@ -133,7 +196,7 @@ async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
 
 async fn metrics_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
     let extra = match figures(&endpoints).await {
-        Ok(figures) => samples(&figures),
+        Ok(figures) => samples(&figures, endpoints.max_pending_messages),
         Err(error) => {
             tracing::warn!(%error, "Cannot read the database for /metrics.");
             Vec::new()
@@ -158,11 +221,18 @@ async fn metrics_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoRe
 pub fn health(
     stopped: Option<String>,
     unreachable: Option<String>,
+    planning_failed: Option<String>,
     figures: &DatabaseFigures,
     max_pending_age: Duration,
 ) -> Result<String, String> {
     if let Some(reason) = stopped {
         return Err(format!("delivery stopped: {reason}"));
+    }
+    if let Some(reason) = planning_failed {
+        return Err(format!(
+            "the last run failed: {reason} (queued messages are still delivered; the next \
+             scheduled run tries again)"
+        ));
     }
     if let Some(outage) = unreachable {
         return Err(outage);
@@ -182,6 +252,7 @@ async fn healthz_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoRe
         Ok(figures) => health(
             delivery_stopped(),
             intercom_unreachable(),
+            planning_failed(),
             &figures,
             endpoints.max_pending_age,
         ),
@@ -234,6 +305,27 @@ pub fn set_intercom_unreachable(text: Option<String>) {
 
 static UNREACHABLE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
+/// Why the daemon's last run failed to plan (a full disk, say), until a run succeeds.
+pub fn planning_failed() -> Option<String> {
+    PLANNING_FAILED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Record that the daemon's last run failed to plan (the reason `/healthz` answers with), or,
+/// with `None`, that a run planned again. Set by the daemon's planning task.
+pub fn set_planning_failed(reason: Option<String>) {
+    metrics::set(
+        "audience_sync_planning_failed",
+        &[],
+        if reason.is_some() { 1.0 } else { 0.0 },
+    );
+    *PLANNING_FAILED.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+}
+
+static PLANNING_FAILED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 pub fn router(endpoints: Endpoints) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
@@ -265,6 +357,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -278,7 +372,7 @@ mod tests {
              INSERT INTO outbox (lane, message_id, type, body, status, enqueued_at) VALUES ('u1', 'm2', 'track', '{}', 'dead', 950);",
         )
         .unwrap();
-        let figures = read_figures(&conn, 1100).unwrap();
+        let figures = read_figures(&conn, Path::new(":memory:"), 1100).unwrap();
         assert_eq!(figures.oldest_pending_age_secs, 200);
         assert_eq!(figures.last_run_started_at, Some(1000));
         assert_eq!(figures.last_run_duration_secs, Some(12));
@@ -287,12 +381,13 @@ mod tests {
             figures.outbox,
             vec![("dead".to_string(), 1), ("pending".to_string(), 1)]
         );
-        assert!(health(None, None, &figures, Duration::from_secs(300)).is_ok());
-        let err = health(None, None, &figures, Duration::from_secs(100)).unwrap_err();
+        assert!(health(None, None, None, &figures, Duration::from_secs(300)).is_ok());
+        let err = health(None, None, None, &figures, Duration::from_secs(100)).unwrap_err();
         assert!(err.contains("200 s old"), "{err}");
         let err = health(
             None,
             Some("Intercom unreachable since 2026-12-01T10:00:00Z".into()),
+            None,
             &figures,
             Duration::from_secs(300),
         )
@@ -300,6 +395,7 @@ mod tests {
         assert_eq!(err, "Intercom unreachable since 2026-12-01T10:00:00Z");
         let err = health(
             Some("the token is wrong".into()),
+            None,
             None,
             &figures,
             Duration::from_secs(300),
@@ -309,7 +405,19 @@ mod tests {
             err.contains("delivery stopped: the token is wrong"),
             "{err}"
         );
-        let text = metrics::render(&samples(&figures));
+        let err = health(
+            None,
+            None,
+            Some("the disk holding /x/y.db is full".into()),
+            &figures,
+            Duration::from_secs(300),
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("the last run failed: the disk holding /x/y.db is full"),
+            "{err}"
+        );
+        let text = metrics::render(&samples(&figures, 100_000));
         assert!(
             text.contains("audience_sync_outbox_messages{status=\"pending\"} 1\n"),
             "{text}"
@@ -318,5 +426,61 @@ mod tests {
             text.contains("audience_sync_last_run_duration_seconds 12\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn database_size_outbox_bound_and_last_prune_are_exported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = crate::store::open(&path).unwrap();
+        let figures = read_figures(&conn, &path, 1100).unwrap();
+        assert_eq!(figures.last_prune, None);
+        let text = metrics::render(&samples(&figures, 250));
+        assert!(
+            text.contains("# TYPE audience_sync_outbox_pending_limit gauge\naudience_sync_outbox_pending_limit 250\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("audience_sync_last_prune_timestamp_seconds"),
+            "no prune yet: {text}"
+        );
+        let main = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            text.contains(&format!(
+                "audience_sync_database_bytes{{file=\"main\"}} {main}\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("audience_sync_database_bytes{file=\"wal\"} "),
+            "{text}"
+        );
+        assert!(
+            text.contains("audience_sync_database_free_bytes "),
+            "{text}"
+        );
+
+        conn.execute_batch(
+            "INSERT INTO outbox (lane, message_id, type, body, status, enqueued_at, finished_at) \
+             VALUES ('u1', 'm1', 'identify', '{}', 'delivered', 0, 0), \
+                    ('u1', 'm2', 'identify', '{}', 'delivered', 0, 0);",
+        )
+        .unwrap();
+        let policy = retention::Policy {
+            delivered_for: Duration::ZERO,
+            ..retention::Policy::from(&crate::settings::Settings::defaults().unwrap().retention)
+        };
+        retention::prune(&mut conn, &policy, retention::Options::default(), 1000).unwrap();
+        let figures = read_figures(&conn, &path, 1100).unwrap();
+        let text = metrics::render(&samples(&figures, 250));
+        for line in [
+            "audience_sync_last_prune_timestamp_seconds 1000\n",
+            "audience_sync_last_prune_failed 0\n",
+            "audience_sync_last_prune_removed{what=\"delivered_messages\"} 1\n",
+            "audience_sync_last_prune_removed{what=\"snapshots\"} 0\n",
+            "# TYPE audience_sync_last_prune_bytes_returned gauge\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing: {text}");
+        }
     }
 }

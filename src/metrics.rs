@@ -97,6 +97,51 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "counter",
         "Messages sent again after Intercom kept answering 429 (no attempt counted), by type.",
     ),
+    (
+        "audience_sync_outbox_pending_limit",
+        "gauge",
+        "plan.max_pending_messages: planning waits while this many messages are undelivered \
+         (compare audience_sync_outbox_messages{status=\"pending\"}).",
+    ),
+    (
+        "audience_sync_database_bytes",
+        "gauge",
+        "Size of the database on disk, by file (main, wal).",
+    ),
+    (
+        "audience_sync_database_free_bytes",
+        "gauge",
+        "Free pages inside the database file (freelist_count x page_size): reused by new rows, \
+         returned to the file system by prune.",
+    ),
+    (
+        "audience_sync_last_prune_timestamp_seconds",
+        "gauge",
+        "When the last prune (audience-sync prune, or the daemon's after a run) started (unix \
+         seconds).",
+    ),
+    (
+        "audience_sync_last_prune_bytes_returned",
+        "gauge",
+        "Bytes the last prune returned to the file system.",
+    ),
+    (
+        "audience_sync_last_prune_removed",
+        "gauge",
+        "What the last prune removed, by kind (delivered_messages, runs, snapshots, \
+         snapshot_rows, membership_snapshots, membership_rows).",
+    ),
+    (
+        "audience_sync_last_prune_failed",
+        "gauge",
+        "1 when the last prune failed (see `audience-sync status`), else 0.",
+    ),
+    (
+        "audience_sync_planning_failed",
+        "gauge",
+        "1 while the daemon's last run failed to plan (a full disk, say), else 0; delivery goes \
+         on.",
+    ),
     ("audience_sync_up", "gauge", "1 while the process runs."),
 ];
 

@@ -1,21 +1,37 @@
-//! The status report: computations, snapshots, runs and the outbox, as text or JSON.
+//! The status report: computations, snapshots, runs, the outbox against its bound, the
+//! database's size and the last prune, as text or JSON.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::store::retention::{self, PruneRecord};
 use crate::store::snapshots::{self, rfc3339};
+use crate::store::{self, DatabaseSize};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub database: String,
+    /// The database's files on disk and the free pages inside.
+    pub database_size: DatabaseSize,
     pub computations: Vec<ComputationStatus>,
     pub membership: Option<SnapshotStatus>,
     pub outbox: OutboxStatus,
     /// Set while delivery is paused because Intercom is unreachable.
     pub intercom_unreachable: Option<UnreachableStatus>,
     pub runs: Vec<RunStatus>,
+    /// The newest prune (`audience-sync prune` or the daemon's), failed or not.
+    pub last_prune: Option<LastPrune>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastPrune {
+    /// When it started (RFC 3339).
+    pub at: String,
+    #[serde(flatten)]
+    pub record: PruneRecord,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +72,10 @@ pub struct OutboxStatus {
     pub dead: i64,
     /// Enqueue time of the oldest message not yet delivered (RFC 3339).
     pub oldest_pending: Option<String>,
+    /// Messages not yet delivered (pending + retrying): the outbox's depth.
+    pub undelivered: i64,
+    /// Its bound, `plan.max_pending_messages`: planning waits while the depth reaches it.
+    pub pending_limit: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,7 +91,9 @@ pub struct RunStatus {
 /// How many runs the report lists.
 const RECENT_RUNS: usize = 5;
 
-pub fn collect(conn: &Connection, database: &str) -> rusqlite::Result<Status> {
+/// The report on the database at `database`, open on `conn`; `pending_limit` is
+/// `plan.max_pending_messages`.
+pub fn collect(conn: &Connection, database: &Path, pending_limit: u64) -> rusqlite::Result<Status> {
     let mut computations = Vec::new();
     for c in snapshots::computations(conn)? {
         let snapshot =
@@ -96,11 +118,15 @@ pub fn collect(conn: &Connection, database: &str) -> rusqlite::Result<Status> {
             taken_at: rfc3339(taken_at),
             rows,
         });
+    let mut outbox = outbox(conn)?;
+    outbox.undelivered = outbox.pending + outbox.retrying;
+    outbox.pending_limit = pending_limit;
     Ok(Status {
-        database: database.to_string(),
+        database: database.display().to_string(),
+        database_size: store::database_size(conn, database)?,
         computations,
         membership,
-        outbox: outbox(conn)?,
+        outbox,
         intercom_unreachable: crate::store::intercom::outage(conn)?.map(|o| UnreachableStatus {
             since: rfc3339(o.since),
             failed_probes: o.probes,
@@ -108,6 +134,10 @@ pub fn collect(conn: &Connection, database: &str) -> rusqlite::Result<Status> {
             updated_at: rfc3339(o.updated_at),
         }),
         runs: runs(conn)?,
+        last_prune: retention::last_prune(conn)?.map(|record| LastPrune {
+            at: rfc3339(record.started_at),
+            record,
+        }),
     })
 }
 
@@ -165,6 +195,18 @@ fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunStatus>> {
 pub fn render(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Database: {}", status.database);
+    let size = &status.database_size;
+    let _ = writeln!(
+        out,
+        "  {} on disk ({} file + {} write-ahead log); {} free inside ({} page{} reused by new \
+         rows)",
+        bytes(size.file_bytes + size.wal_bytes),
+        bytes(size.file_bytes),
+        bytes(size.wal_bytes),
+        bytes(size.free_bytes),
+        thousands(size.free_pages),
+        plural(size.free_pages)
+    );
     let _ = writeln!(out);
     if status.computations.is_empty() {
         let _ = writeln!(
@@ -220,6 +262,17 @@ pub fn render(status: &Status) -> String {
             .map(|t| format!(" (oldest pending enqueued {t})"))
             .unwrap_or_default()
     );
+    let _ = writeln!(
+        out,
+        "  {} undelivered of at most {} (plan.max_pending_messages){}",
+        thousands(o.undelivered.max(0) as u64),
+        thousands(o.pending_limit),
+        if o.undelivered.max(0) as u64 >= o.pending_limit {
+            ": planning waits for delivery"
+        } else {
+            ""
+        }
+    );
     if let Some(u) = &status.intercom_unreachable {
         let _ = writeln!(
             out,
@@ -232,6 +285,49 @@ pub fn render(status: &Status) -> String {
                 .unwrap_or_default(),
             u.updated_at
         );
+    }
+    match &status.last_prune {
+        None => {
+            let _ = writeln!(out, "Last prune: none yet");
+        }
+        Some(p) => {
+            let r = &p.record;
+            let removed = format!(
+                "{} delivered message{}, {} run{}, {} snapshot{} ({} rows), {} membership \
+                 snapshot{} ({} rows)",
+                thousands(r.delivered_messages),
+                plural(r.delivered_messages),
+                thousands(r.runs),
+                plural(r.runs),
+                thousands(r.snapshots),
+                plural(r.snapshots),
+                thousands(r.snapshot_rows),
+                thousands(r.membership_snapshots),
+                plural(r.membership_snapshots),
+                thousands(r.membership_rows),
+            );
+            let by = match r.origin {
+                retention::Origin::Command => "audience-sync prune",
+                retention::Origin::Daemon => "the daemon",
+            };
+            match &r.error {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "Last prune: {} by {by}, removed {removed}; returned {} to the file system",
+                        p.at,
+                        bytes(r.bytes_returned)
+                    );
+                }
+                Some(error) => {
+                    let _ = writeln!(
+                        out,
+                        "Last prune: {} by {by}, FAILED: {error} (removed {removed} before that)",
+                        p.at
+                    );
+                }
+            }
+        }
     }
     if status.runs.is_empty() {
         let _ = writeln!(out, "Runs: none yet");
@@ -251,4 +347,52 @@ pub fn render(status: &Status) -> String {
         }
     }
     out
+}
+
+fn plural(count: u64) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// 1234567 → "1,234,567".
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A size for a person: "512 B", "4.0 KiB", "1.5 MiB", "2.25 GiB".
+pub fn bytes(value: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let v = value as f64;
+    if v < KIB {
+        format!("{value} B")
+    } else if v < KIB * KIB {
+        format!("{:.1} KiB", v / KIB)
+    } else if v < KIB * KIB * KIB {
+        format!("{:.1} MiB", v / KIB / KIB)
+    } else {
+        format!("{:.2} GiB", v / KIB / KIB / KIB)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_sizes_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(4096), "4.0 KiB");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
 }

@@ -3,6 +3,7 @@
 mod cli {
     mod daemon;
     mod demo;
+    mod disk_full;
     pub mod harness;
     mod load;
     mod prune;

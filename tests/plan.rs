@@ -91,6 +91,13 @@ fn count(conn: &Connection, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// The Segment message of outbox row `seq` (the outbox stores it compact).
+fn body(conn: &Connection, seq: i64) -> Value {
+    audience_sync::store::outbox::body(conn, seq)
+        .unwrap()
+        .expect("an outbox row")
+}
+
 /// Entities with a planned value, over every computation.
 fn planned(conn: &Connection) -> i64 {
     ["aud_1", "tra_1"]
@@ -170,11 +177,11 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
     assert!(summary.contains("6 identify"), "{summary}");
     let conn = env.conn();
     let bodies: Vec<Value> = conn
-        .prepare("SELECT body FROM outbox ORDER BY seq")
+        .prepare("SELECT seq FROM outbox ORDER BY seq")
         .unwrap()
-        .query_map([], |r| r.get::<_, String>(0))
+        .query_map([], |r| r.get::<_, i64>(0))
         .unwrap()
-        .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+        .map(|seq| body(&conn, seq.unwrap()))
         .collect();
     assert_eq!(bodies, dry, "the dry run printed exactly what was enqueued");
     assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 1);
@@ -189,17 +196,20 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
         (i % 2 == 0 && i != 0).then(|| "true".into())
     });
     env.ok(&["sync", "--no-deliver"]);
-    let last: Vec<(String, String)> = conn
-        .prepare("SELECT type, body FROM outbox WHERE seq > 6 ORDER BY seq")
+    let last: Vec<(String, Value)> = conn
+        .prepare("SELECT type, seq FROM outbox WHERE seq > 6 ORDER BY seq")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
-        .map(Result::unwrap)
+        .map(|row| {
+            let (kind, seq) = row.unwrap();
+            (kind, body(&conn, seq))
+        })
         .collect();
     assert_eq!(last.len(), 2, "{last:?}");
     assert_eq!(last[0].0, "identify");
     assert_eq!(last[1].0, "track");
-    let track: Value = serde_json::from_str(&last[1].1).unwrap();
+    let track = &last[1].1;
     assert_eq!(track["event"], "Audience Exited");
     assert_eq!(track["timestamp"], "2023-11-14T22:23:20Z");
 }
@@ -289,13 +299,16 @@ fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
 }
 
 #[test]
-fn a_sigkill_mid_run_leaves_a_consistent_database() {
-    // A bigger run, killed at several points; each time the database holds nothing or all.
+fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats() {
+    // A bigger run in small chunks, killed at several points: each time the database is
+    // intact, and the next run resumes (or starts) the run and ends with every message once.
     let env = Env::new();
     seed(&env.conn(), 20_000);
-    for delay_ms in [20u64, 80, 200] {
+    let mut resumed = false;
+    for delay_ms in [20u64, 80, 200, 400] {
         let mut child = env
             .cmd(&["sync", "--no-deliver"])
+            .env(audience_sync::plan::CHUNK_ROWS_HOOK, "2000")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -305,17 +318,104 @@ fn a_sigkill_mid_run_leaves_a_consistent_database() {
         let _ = child.wait();
         integrity(&env.db);
         let conn = env.conn();
-        let runs = count(&conn, "SELECT count(*) FROM runs");
-        let outbox = count(&conn, "SELECT count(*) FROM outbox");
-        let state = planned(&conn);
-        assert!(
-            (runs, outbox, state) == (0, 0, 0) || (runs, outbox, state) == (1, 20_000, 30_000),
-            "after {delay_ms} ms: runs {runs}, outbox {outbox}, state {state}"
+        let unfinished = count(&conn, "SELECT count(*) FROM run_progress");
+        // Whatever is queued came from committed chunks: never a message twice.
+        assert_eq!(
+            count(&conn, "SELECT count(*) FROM outbox"),
+            count(&conn, "SELECT count(DISTINCT message_id) FROM outbox")
         );
-        if runs == 1 {
+        if unfinished == 1 {
+            resumed = true;
+            let out = env.ok(&["sync", "--no-deliver"]);
+            assert!(
+                out.contains("resumed from its last committed chunk"),
+                "{out}"
+            );
+            break;
+        }
+        if count(
+            &conn,
+            "SELECT count(*) FROM runs WHERE planned_at IS NOT NULL",
+        ) == 1
+        {
             break;
         }
     }
+    if !resumed {
+        env.ok(&["sync", "--no-deliver"]);
+    }
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT count(*) FROM run_progress"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 20_000);
+    assert_eq!(
+        count(&conn, "SELECT count(DISTINCT message_id) FROM outbox"),
+        20_000
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT messages_identify FROM runs WHERE planned_at IS NOT NULL"
+        ),
+        20_000
+    );
+    assert_eq!(planned(&conn), 30_000);
+    // And the run is complete: a new run has nothing to add.
+    env.ok(&["sync", "--no-deliver"]);
+    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 20_000);
+}
+
+#[test]
+fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
+    let env = Env::new();
+    seed(&env.conn(), 3_000);
+    // Chunks of about 500 staged rows (a user: one identify and one or two values).
+    let out = env
+        .cmd(&["sync", "--no-deliver"])
+        .env(audience_sync::plan::CHUNK_ROWS_HOOK, "500")
+        .env(audience_sync::plan::ABORT_HOOK, "after_chunk:2")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the hook aborts");
+    integrity(&env.db);
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT chunks FROM run_progress"), 2);
+    let queued = count(&conn, "SELECT count(*) FROM outbox");
+    assert!(queued > 0 && queued < 3_000, "{queued} after two chunks");
+    assert_eq!(
+        count(&conn, "SELECT count(*) FROM runs WHERE planned_at IS NULL"),
+        1
+    );
+    // The snapshots the run plans from cannot be deleted under it.
+    let err = conn
+        .execute("DELETE FROM snapshot_rows", [])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run being planned"), "{err}");
+    drop(conn);
+    // `plan` shows the rest of the unfinished run and changes nothing.
+    let plan = env.ok(&["plan", "--json"]);
+    let plan: Value = serde_json::from_str(&plan).unwrap();
+    assert_eq!(plan["resumed"], json!(true));
+    assert_eq!(
+        plan["messages"]["identify"].as_i64().unwrap() + queued,
+        3_000,
+        "{plan}"
+    );
+    let out = env.ok(&["sync", "--no-deliver"]);
+    assert!(
+        out.contains("resumed from its last committed chunk"),
+        "{out}"
+    );
+    let conn = env.conn();
+    assert_eq!(count(&conn, "SELECT count(*) FROM run_progress"), 0);
+    assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 1);
+    assert_eq!(count(&conn, "SELECT messages_identify FROM runs"), 3_000);
+    assert_eq!(
+        count(&conn, "SELECT count(DISTINCT message_id) FROM outbox"),
+        3_000
+    );
+    assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 3_000);
+    assert_eq!(planned(&conn), 4_500);
 }
 
 /// Start `sync --no-deliver` held (by the test hook) after its diff, inside its read
@@ -499,14 +599,14 @@ fn a_dead_letter_while_a_run_reads_makes_the_next_run_diff_again() {
 
     let before: i64 = count(&conn, "SELECT max(seq) FROM outbox");
     env.ok(&["sync", "--no-deliver"]);
-    let body: String = conn
+    let seq: i64 = conn
         .query_row(
-            "SELECT body FROM outbox WHERE seq > ?1 AND lane = 'u0001' AND type = 'identify'",
+            "SELECT seq FROM outbox WHERE seq > ?1 AND lane = 'u0001' AND type = 'identify'",
             [before],
             |r| r.get(0),
         )
         .unwrap();
-    let body: Value = serde_json::from_str(&body).unwrap();
+    let body = body(&conn, seq);
     assert_eq!(body["traits"]["ltv"], 1, "{body}");
     assert_eq!(
         count(

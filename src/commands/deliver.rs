@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,8 +19,7 @@ use crate::store::{Lock, RunLock};
 /// the token or the drain was interrupted. When another process (the daemon) is delivering this
 /// outbox already, it delivers what was just queued: say so and return `None`.
 pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryReport>> {
-    let Some(_delivering) = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)?
-    else {
+    let Some(delivering) = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)? else {
         println!(
             "Another audience-sync process (the daemon?) is delivering from {}: it delivers \
              these messages; `audience-sync status` shows the outbox.",
@@ -27,6 +27,49 @@ pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryRepo
         );
         return Ok(None);
     };
+    deliver_while(settings, delivering, &Planning::done()).map(Some)
+}
+
+/// Whether a run is still being planned beside delivery (`sync`), and how to tell it to stop.
+pub struct Planning {
+    /// Set by the planner once it is done (or failed).
+    pub done: std::sync::atomic::AtomicBool,
+    /// Set by delivery when the user stops it: the planner stops before its next chunk.
+    pub stop: std::sync::atomic::AtomicBool,
+    /// Notified by the planner after each chunk it commits.
+    pub committed: tokio::sync::Notify,
+}
+
+impl Planning {
+    pub fn new() -> Planning {
+        Planning {
+            done: false.into(),
+            stop: false.into(),
+            committed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Nothing is being planned.
+    pub fn done() -> Planning {
+        let planning = Planning::new();
+        planning.done.store(true, Ordering::SeqCst);
+        planning
+    }
+}
+
+impl Default for Planning {
+    fn default() -> Self {
+        Planning::new()
+    }
+}
+
+/// Drain the outbox (holding the deliver lock) until it is empty and `planning` is done, or the
+/// user stops it: messages a run commits meanwhile are delivered as they come.
+pub fn deliver_while(
+    settings: &Settings,
+    _delivering: RunLock,
+    planning: &Planning,
+) -> anyhow::Result<DeliveryReport> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -39,15 +82,37 @@ pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryRepo
         } else {
             Box::new(LogLines::new())
         };
-        let report = delivery::deliver(
-            &settings.database.path,
-            &settings.intercom,
-            shutdown,
-            progress.as_ref(),
-        )
-        .await;
+        let engine = delivery::Engine::open(&settings.database.path, &settings.intercom)?;
+        let mut total = DeliveryReport::default();
+        let started = Instant::now();
+        loop {
+            // Read before the drain: once planning is done, a drain that starts after it sees
+            // every message it planned.
+            let planned = planning.done.load(Ordering::SeqCst);
+            let report = engine.drain(&shutdown, progress.as_ref()).await;
+            let report = match report {
+                Ok(report) => report,
+                Err(e) => {
+                    planning.stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+            absorb(&mut total, report);
+            if total.stopped.is_some() || total.interrupted {
+                planning.stop.store(true, Ordering::SeqCst);
+                break;
+            }
+            if planned {
+                break;
+            }
+            tokio::select! {
+                _ = planning.committed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
         drop(progress);
-        report
+        total.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok::<_, anyhow::Error>(total)
     })?;
     println!("{}", summary(&report));
     if let Some(reason) = &report.stopped {
@@ -64,7 +129,23 @@ pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryRepo
         ))
         .into());
     }
-    Ok(Some(report))
+    Ok(report)
+}
+
+/// Add one drain's report to the totals of a delivery.
+fn absorb(total: &mut DeliveryReport, report: DeliveryReport) {
+    total.delivered += report.delivered;
+    total.dead += report.dead;
+    total.retries += report.retries;
+    total.pending = report.pending;
+    total.interrupted |= report.interrupted;
+    total.stopped = total.stopped.take().or(report.stopped);
+    total.requests += report.requests;
+    total.rate_limited += report.rate_limited;
+    total.lookups += report.lookups;
+    total.outages += report.outages;
+    total.paused_ms += report.paused_ms;
+    total.elapsed_ms += report.elapsed_ms;
 }
 
 /// One line for standard output.

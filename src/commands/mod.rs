@@ -14,7 +14,25 @@ mod sync;
 use crate::cli::{Cli, Command};
 use crate::settings::Settings;
 
+/// Run the command. A full disk under the database, wherever it struck (a load, a run, a prune,
+/// delivery confirming), comes back explained once with the database's path
+/// (`store::DiskFull`); SQLite has rolled the failed transaction back.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.clone();
+    let uses_settings = !matches!(cli.command, Command::Demo | Command::Sandbox(_));
+    run(cli).map_err(|error| {
+        if !uses_settings || crate::store::disk_full_cause(&error).is_none() {
+            return error;
+        }
+        // Only on this path are the settings read again, for the database's path.
+        match Settings::load(config.as_deref()) {
+            Ok(settings) => crate::store::explain_disk_full(error, &settings.database.path),
+            Err(_) => error,
+        }
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Load(args) => load::load(&settings(&cli.config)?, args),
         Command::LoadMembers(args) => load::load_members(&settings(&cli.config)?, args),

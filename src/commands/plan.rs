@@ -145,6 +145,14 @@ pub fn report_text_with(settings: &Settings, report: &Report, budget: &EtaBudget
         format!("{} run", capitalised(report.mode.as_str()))
     };
     let _ = writeln!(out, "{heading}");
+    if report.resumed {
+        let _ = writeln!(
+            out,
+            "  run {} was unfinished (a crash or a stop ended it): these are the counts of what \
+             is left of it after its last committed chunk",
+            report.run_id.unwrap_or_default()
+        );
+    }
     if report.computations.is_empty() {
         let _ = writeln!(out, "  no enabled computations");
     } else {

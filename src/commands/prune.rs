@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use crate::cli::PruneArgs;
 use crate::settings::Settings;
-use crate::store::retention::{self, Options, Policy, RemovedSnapshot, Report};
+use crate::status::{bytes, thousands as n};
+use crate::store::retention::{self, Options, Origin, Policy, RemovedSnapshot, Report};
 use crate::store::{self, Lock, RunLock};
 
 /// Snapshots listed one by one at most; the rest are counted.
@@ -25,6 +26,7 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> anyhow::Result<()> {
     let options = Options {
         dry_run: args.dry_run,
         vacuum: args.vacuum,
+        origin: Origin::Command,
     };
     let policy = Policy::from(&settings.retention);
     let report = retention::prune(&mut conn, &policy, options, store::now_unix())?;
@@ -196,47 +198,4 @@ fn list(out: &mut String, snapshots: &[RemovedSnapshot]) {
 
 fn plural(count: u64) -> &'static str {
     if count == 1 { "" } else { "s" }
-}
-
-/// 1234567 → "1,234,567".
-fn n(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn bytes(value: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let v = value as f64;
-    if v < KIB {
-        format!("{value} B")
-    } else if v < KIB * KIB {
-        format!("{:.1} KiB", v / KIB)
-    } else if v < KIB * KIB * KIB {
-        format!("{:.1} MiB", v / KIB / KIB)
-    } else {
-        format!("{:.2} GiB", v / KIB / KIB / KIB)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_and_sizes_read_well() {
-        assert_eq!(n(0), "0");
-        assert_eq!(n(999), "999");
-        assert_eq!(n(1000), "1,000");
-        assert_eq!(n(1_234_567), "1,234,567");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(4096), "4.0 KiB");
-        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
-    }
 }

@@ -6,7 +6,11 @@ use crate::{status, store};
 
 pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
     let conn = store::open(&settings.database.path)?;
-    let report = status::collect(&conn, &settings.database.path.display().to_string())?;
+    let report = status::collect(
+        &conn,
+        &settings.database.path,
+        settings.plan.max_pending_messages,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,23 +1,29 @@
-//! `audience-sync sync`: one run now (diff, enqueue, deliver until drained).
+//! `audience-sync sync`: one run now (diff, enqueue, deliver until drained). The run is planned
+//! chunk by chunk while its first messages are already being delivered, at most
+//! `plan.max_pending_messages` ahead of delivery (SPEC section 9); `--no-deliver` plans it all.
 
 use std::io::Write;
+use std::sync::atomic::Ordering;
 
 use tracing::info;
 
 use crate::cli::SyncArgs;
-use crate::plan::{self, Output, RunMode, RunOptions};
+use crate::plan::{self, Output, Pace, Report, RunMode, RunOptions};
 use crate::settings::Settings;
 use crate::store::{self, Lock, RunLock};
 
+use super::deliver::Planning;
+
 pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
-    let options = RunOptions {
-        mode: if args.full {
-            RunMode::Full
-        } else {
-            RunMode::Incremental
-        },
+    let mode = if args.full {
+        RunMode::Full
+    } else {
+        RunMode::Incremental
+    };
+    let options = |now| RunOptions {
+        mode,
         computation: args.computation.as_deref(),
-        now: store::now_unix(),
+        now,
         company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     if args.dry_run {
@@ -28,34 +34,66 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         plan::run(
             &mut conn,
             &settings.personas,
-            &options,
+            &options(store::now_unix()),
             Output::DryRun(&mut out),
         )?;
         out.flush()?;
         return Ok(());
     }
-    let planning = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
-    let mut conn = store::open(&settings.database.path)?;
-    let report = plan::run(&mut conn, &settings.personas, &options, Output::Enqueue)?;
-    drop(planning);
-    info!(
-        run = report.run_id.unwrap_or_default(),
-        identify = report.messages.identify,
-        track = report.messages.track,
-        group = report.messages.group(),
-        "Run enqueued."
-    );
-    print!("{}", super::plan::report_text(settings, &report));
-    if let Some(run_id) = report.run_id {
-        println!("Enqueued as run {run_id}.");
-    }
+    let _planning = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
     if args.no_deliver {
-        return Ok(());
+        // Nothing delivers here: plan the whole run (the outbox holds all of it).
+        let mut conn = store::open(&settings.database.path)?;
+        loop {
+            let report = plan::run(
+                &mut conn,
+                &settings.personas,
+                &options(store::now_unix()),
+                Output::Enqueue,
+            )?;
+            print_report(settings, &report);
+            if !report.resumed {
+                return Ok(());
+            }
+        }
     }
-    drop(conn);
-    let Some(delivered) = super::deliver::deliver_outbox(settings)? else {
+
+    let delivering = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)?;
+    if delivering.is_none() {
+        println!(
+            "Another audience-sync process (the daemon?) is delivering from {}: it delivers \
+             these messages as this run plans them; `audience-sync status` shows the outbox.",
+            settings.database.path.display()
+        );
+    }
+    let planning = Planning::new();
+    let (planned, delivered) = std::thread::scope(|scope| {
+        let planner = scope.spawn(|| {
+            let result = plan_paced(settings, &planning, options);
+            planning.done.store(true, Ordering::SeqCst);
+            planning.committed.notify_one();
+            result
+        });
+        let delivered = match delivering {
+            Some(lock) => super::deliver::deliver_while(settings, lock, &planning).map(Some),
+            None => Ok(None),
+        };
+        let planned = planner
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the planning thread panicked")));
+        (planned, delivered)
+    });
+    let stopped = planned?;
+    let Some(delivered) = delivered? else {
         return Ok(());
     };
+    if stopped {
+        return Err(crate::error::CliError::runtime(
+            "the run stopped before its end; the next `sync` (or the daemon) resumes it from its \
+             last committed chunk",
+        )
+        .into());
+    }
     if delivered.dead > 0 {
         return Err(crate::error::CliError::runtime(format!(
             "{} messages were dead-lettered during this sync: see them with `audience-sync \
@@ -66,4 +104,61 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// Plan (an unfinished run first, then the one asked for) paced by delivery; `true` when it
+/// stopped before the end because delivery was stopped.
+fn plan_paced<'a>(
+    settings: &'a Settings,
+    planning: &Planning,
+    options: impl Fn(i64) -> RunOptions<'a>,
+) -> anyhow::Result<bool> {
+    let mut conn = store::open(&settings.database.path)?;
+    let committed = || planning.committed.notify_one();
+    let stop = || planning.stop.load(Ordering::SeqCst);
+    let pace = Pace {
+        max_pending: settings.plan.max_pending_messages,
+        committed: &committed,
+        stop: &stop,
+    };
+    loop {
+        let report = plan::run_paced(
+            &mut conn,
+            &settings.personas,
+            &options(store::now_unix()),
+            &pace,
+        )?;
+        print_report(settings, &report);
+        if !report.finished {
+            return Ok(true);
+        }
+        if !report.resumed {
+            return Ok(false);
+        }
+    }
+}
+
+fn print_report(settings: &Settings, report: &Report) {
+    info!(
+        run = report.run_id.unwrap_or_default(),
+        identify = report.messages.identify,
+        track = report.messages.track,
+        group = report.messages.group(),
+        chunks = report.chunks,
+        "Run enqueued."
+    );
+    if report.resumed {
+        println!(
+            "Run {} was unfinished (a crash or a stop): resumed from its last committed chunk.",
+            report.run_id.unwrap_or_default()
+        );
+    }
+    print!("{}", super::plan::report_text(settings, report));
+    if let Some(run_id) = report.run_id {
+        if report.finished {
+            println!("Enqueued as run {run_id}.");
+        } else {
+            println!("Run {run_id} stopped before its end; the next run resumes it.");
+        }
+    }
 }

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::outbox::Effect;
+use super::outbox::{self, Effect};
 use super::state::{self, json_text};
 
 /// Messages still to deliver.
@@ -70,7 +70,9 @@ pub fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
             seq: r.get(0)?,
             kind: r.get(1)?,
             user: r.get(2)?,
-            message_id: r.get(3)?,
+            message_id: outbox::message_id_from(r.get_ref(3)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+            })?,
             reason: r.get(4)?,
             attempts: r.get(5)?,
             dead_at: r.get(6)?,
@@ -95,8 +97,8 @@ pub struct Acted {
     pub skipped: Vec<(i64, String)>,
 }
 
-/// A dead letter's seq, message id and effects.
-type Found = (i64, String, String);
+/// A dead letter's seq.
+type Found = i64;
 /// Sequence numbers not acted on, with the reason.
 type Skipped = Vec<(i64, String)>;
 
@@ -106,14 +108,12 @@ fn selected(
 ) -> rusqlite::Result<(Vec<Found>, Skipped)> {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    let mut by_seq =
-        conn.prepare("SELECT seq, message_id, effects, status FROM outbox WHERE seq = ?1")?;
+    let mut by_seq = conn.prepare("SELECT seq, status FROM outbox WHERE seq = ?1")?;
     match selection {
         Selection::All => {
-            let mut stmt = conn.prepare(
-                "SELECT seq, message_id, effects FROM outbox WHERE status = 'dead' ORDER BY seq",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let mut stmt =
+                conn.prepare("SELECT seq FROM outbox WHERE status = 'dead' ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
             for row in rows {
                 found.push(row?);
             }
@@ -124,9 +124,9 @@ fn selected(
                 match rows.next()? {
                     None => skipped.push((seq, "no such message".to_string())),
                     Some(r) => {
-                        let status: String = r.get(3)?;
+                        let status: String = r.get(1)?;
                         if status == "dead" {
-                            found.push((r.get(0)?, r.get(1)?, r.get(2)?));
+                            found.push(r.get(0)?);
                         } else {
                             skipped.push((seq, format!("not a dead letter (it is {status})")));
                         }
@@ -146,13 +146,18 @@ pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Re
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (found, mut skipped) = selected(&tx, selection)?;
     let mut done = Vec::new();
-    for (seq, message_id, effects) in found {
+    for seq in found {
+        let message_id: rusqlite::types::Value =
+            tx.query_row("SELECT message_id FROM outbox WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })?;
         let superseded: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1 AND status = 'pending')",
             [&message_id],
             |r| r.get(0),
         )?;
         if superseded {
+            let message_id = outbox::message_id_from((&message_id).into())?;
             skipped.push((
                 seq,
                 format!("message {message_id} is queued again already (a later run re-planned it)"),
@@ -164,8 +169,7 @@ pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Re
              finished_at = NULL, last_error = NULL WHERE seq = ?1",
             [seq],
         )?;
-        let effects: Vec<Effect> = serde_json::from_str(&effects)
-            .map_err(|e| anyhow::anyhow!("outbox message {seq} has unreadable effects: {e}"))?;
+        let effects = outbox::effects(&tx, seq)?.unwrap_or_default();
         for effect in &effects {
             replan(&tx, effect)?;
         }
@@ -233,7 +237,7 @@ pub fn discard_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (found, skipped) = selected(&tx, selection)?;
     let mut done = Vec::new();
-    for (seq, _, _) in found {
+    for seq in found {
         tx.execute(
             "DELETE FROM outbox WHERE seq = ?1 AND status = 'dead'",
             [seq],

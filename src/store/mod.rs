@@ -214,6 +214,157 @@ fn lock_path(database: &Path, lock: Lock) -> PathBuf {
     database.with_file_name(name)
 }
 
+/// A write that failed because the file system holding the database is full (SQLite's
+/// `SQLITE_FULL`, or an `ENOSPC` from a file of ours). SQLite rolled the transaction back, so
+/// nothing already stored or queued was lost; the step can simply be run again once there is
+/// room. Its text is the one explanation the command line prints (`cli::main` leaves out the
+/// causes that only repeat SQLite's message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskFull {
+    /// The database whose disk is full.
+    pub database: PathBuf,
+    /// Where the file system holding it is mounted, when that can be found.
+    pub mount_point: Option<PathBuf>,
+    /// What SQLite (or the OS) said.
+    pub cause: String,
+}
+
+impl std::fmt::Display for DiskFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the disk holding {} ", self.database.display())?;
+        if let Some(mount) = &self.mount_point {
+            write!(f, "(the file system mounted at {}) ", mount.display())?;
+        }
+        write!(
+            f,
+            "is full (SQLite: {}): free space, then run it again; nothing already stored was lost",
+            self.cause
+        )
+    }
+}
+
+impl std::error::Error for DiskFull {}
+
+/// SQLite's text for `SQLITE_FULL`, also found where an error crossed a thread as text.
+pub const DISK_FULL_TEXT: &str = "database or disk is full";
+
+/// The disk-full failure in `error`'s chain, if there is one: SQLite's `SQLITE_FULL` (typed, or
+/// as SQLite's own text), or an IO error `StorageFull`. Returns what it said.
+pub fn disk_full_cause(error: &anyhow::Error) -> Option<String> {
+    let typed = error.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<rusqlite::Error>() {
+            match e {
+                rusqlite::Error::SqliteFailure(f, message)
+                    if f.code == rusqlite::ErrorCode::DiskFull =>
+                {
+                    Some(
+                        message
+                            .clone()
+                            .unwrap_or_else(|| DISK_FULL_TEXT.to_string()),
+                    )
+                }
+                _ => None,
+            }
+        } else if let Some(e) = cause.downcast_ref::<rusqlite::ffi::Error>() {
+            (e.code == rusqlite::ErrorCode::DiskFull).then(|| DISK_FULL_TEXT.to_string())
+        } else if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            (e.kind() == std::io::ErrorKind::StorageFull).then(|| e.to_string())
+        } else {
+            None
+        }
+    });
+    // An error a worker thread handed over as text keeps SQLite's wording: the innermost such.
+    typed.or_else(|| {
+        error
+            .chain()
+            .map(|cause| cause.to_string())
+            .filter(|text| text.contains(DISK_FULL_TEXT))
+            .last()
+    })
+}
+
+/// When `error` is a full disk under the database at `database`, the explanation to give in its
+/// place (see [`DiskFull`]); `None` otherwise.
+pub fn disk_full_context(error: &anyhow::Error, database: &Path) -> Option<DiskFull> {
+    if error.downcast_ref::<DiskFull>().is_some() {
+        return None;
+    }
+    let cause = disk_full_cause(error)?;
+    Some(DiskFull {
+        database: database.to_path_buf(),
+        mount_point: mount_point(database),
+        cause,
+    })
+}
+
+/// `error`, explained as a [`DiskFull`] of `database` when that is what it is.
+pub fn explain_disk_full(error: anyhow::Error, database: &Path) -> anyhow::Error {
+    match disk_full_context(&error, database) {
+        Some(full) => error.context(full),
+        None => error,
+    }
+}
+
+/// `error` as one line: a [`DiskFull`] in its chain alone (it already says what SQLite said),
+/// otherwise every cause (`{:#}`).
+pub fn error_text(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<DiskFull>() {
+        Some(full) => full.to_string(),
+        None => format!("{error:#}"),
+    }
+}
+
+/// The mount point of the file system holding `path` (or, while it does not exist, its nearest
+/// existing ancestor): the highest ancestor on the same device.
+fn mount_point(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute = std::path::absolute(path).ok()?;
+    let mut existing = absolute.as_path();
+    let device = loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) => break meta.dev(),
+            Err(_) => existing = existing.parent()?,
+        }
+    };
+    let mut mount = existing;
+    while let Some(parent) = mount.parent() {
+        match std::fs::metadata(parent) {
+            Ok(meta) if meta.dev() == device => mount = parent,
+            _ => break,
+        }
+    }
+    Some(mount.to_path_buf())
+}
+
+/// Sizes of a database on disk: the main file and its write-ahead log, and the free pages
+/// inside the file (reused by new rows; prune's incremental vacuum returns them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DatabaseSize {
+    pub file_bytes: u64,
+    pub wal_bytes: u64,
+    pub page_size: u64,
+    pub free_pages: u64,
+    /// `free_pages × page_size`.
+    pub free_bytes: u64,
+}
+
+/// The sizes of the database at `path` open on `conn` (files that do not exist count 0).
+pub fn database_size(conn: &Connection, path: &Path) -> rusqlite::Result<DatabaseSize> {
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_os_string();
+    wal.push("-wal");
+    let page_size = conn.pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))? as u64;
+    let free_pages =
+        conn.pragma_query_value(None, "freelist_count", |r| r.get::<_, i64>(0))? as u64;
+    Ok(DatabaseSize {
+        file_bytes: len(path),
+        wal_bytes: len(Path::new(&wal)),
+        page_size,
+        free_pages,
+        free_bytes: free_pages * page_size,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +528,73 @@ mod tests {
         );
         drop(plan);
         RunLock::try_acquire(&db, Lock::Plan).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_is_explained_with_the_database_and_its_file_system() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let error = anyhow::Error::new(full).context("the load failed; nothing was stored");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state/t.db");
+        let explained = explain_disk_full(error, &db);
+        let text = explained.to_string();
+        assert!(
+            text.starts_with(&format!("the disk holding {} ", db.display())),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "is full (SQLite: database or disk is full): free space, then run it \
+                           again; nothing already stored was lost"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(the file system mounted at /"), "{text}");
+        // Explained once, however often it passes an edge.
+        let again = explain_disk_full(explained, &db);
+        assert!(again.downcast_ref::<DiskFull>().is_some());
+        assert_eq!(
+            again.chain().count(),
+            4,
+            "once, over the three it explains: {again:#}"
+        );
+
+        // As text (a worker thread's error), and as an IO error.
+        let text_only = anyhow::anyhow!("diff worker: database or disk is full");
+        assert!(disk_full_context(&text_only, &db).is_some());
+        let io = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(disk_full_context(&io, &db).is_some());
+        // Anything else is left alone.
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(disk_full_context(&anyhow::Error::new(busy), &db).is_none());
+    }
+
+    #[test]
+    fn database_size_counts_the_file_the_wal_and_free_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE filler (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+             INSERT INTO filler SELECT zeroblob(4000) FROM n;",
+        )
+        .unwrap();
+        let size = database_size(&conn, &path).unwrap();
+        assert!(size.wal_bytes > 50 * 4000, "{size:?}");
+        assert_eq!(size.free_pages, 0);
+        conn.execute_batch("DELETE FROM filler; PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let size = database_size(&conn, &path).unwrap();
+        assert!(size.free_pages >= 50, "{size:?}");
+        assert_eq!(size.free_bytes, size.free_pages * size.page_size);
+        assert_eq!(size.wal_bytes, 0);
+        assert!(size.file_bytes >= size.free_bytes, "{size:?}");
     }
 }

@@ -1,10 +1,16 @@
 //! The outbox: enqueueing a run's messages, listing pending ones in order, and the two state
 //! transitions delivery ends every message with (`mark_delivered`, `mark_dead`).
 
+mod shape;
+
+use std::collections::HashMap;
+
+use rusqlite::types::{FromSqlResult, Type, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use self::shape::Shape;
 use super::now_unix;
 
 /// One state change a message implies. Delivery confirms it (`mark_delivered`: delivered state
@@ -67,7 +73,8 @@ pub struct NewMessage<'a> {
 }
 
 /// Insert one message; `false` when a pending message with the same id is already queued (the
-/// same change planned twice: nothing new to send).
+/// same change planned twice: nothing new to send). The row keeps its body and effects whole
+/// (`send` queues messages of any shape; a run's messages go through [`stage`]).
 pub fn enqueue(
     tx: &Connection,
     run_id: Option<i64>,
@@ -81,7 +88,7 @@ pub fn enqueue(
     let n = stmt.execute(params![
         run_id,
         message.lane,
-        message.message_id,
+        stored_message_id(message.message_id),
         message.kind,
         message.body,
         message.effects,
@@ -90,39 +97,126 @@ pub fn enqueue(
     Ok(n == 1)
 }
 
-/// Create (or empty) the connection's temp table of a run's staged messages (called by
-/// `state::create_staging`, inside the run's read transaction).
+/// A message id as the outbox stores it: a planner's `personas_` + 32 lower-case hex digits as
+/// their 16 bytes (a BLOB), any other id as its text.
+pub fn stored_message_id(id: &str) -> SqlValue {
+    let hex = id.strip_prefix("personas_").map(str::as_bytes);
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if let Some(hex) = hex.filter(|h| h.len() == 32) {
+        let bytes: Option<Vec<u8>> = hex
+            .chunks(2)
+            .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+            .collect();
+        if let Some(bytes) = bytes {
+            return SqlValue::Blob(bytes);
+        }
+    }
+    SqlValue::Text(id.to_string())
+}
+
+/// The message id of an outbox row's `message_id` (see [`stored_message_id`]).
+pub fn message_id_from(stored: ValueRef<'_>) -> FromSqlResult<String> {
+    match stored {
+        ValueRef::Blob(bytes) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut id = String::with_capacity(9 + 2 * bytes.len());
+            id.push_str("personas_");
+            for byte in bytes {
+                id.push(HEX[usize::from(byte >> 4)] as char);
+                id.push(HEX[usize::from(byte & 0xf)] as char);
+            }
+            Ok(id)
+        }
+        other => other.as_str().map(str::to_string),
+    }
+}
+
+thread_local! {
+    /// The shapes staged on this thread since the staging tables were created: shape text →
+    /// its id in `temp.run_outbox_shapes` (a run stages on one thread, with one connection).
+    static STAGED_SHAPES: std::cell::RefCell<std::collections::HashMap<String, i64>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Create (or empty) the connection's temp tables of a run's staged messages and their shapes
+/// (called by `state::create_staging`, inside the run's read transaction).
 pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
+    STAGED_SHAPES.with(|shapes| shapes.borrow_mut().clear());
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.run_outbox;
+         DROP TABLE IF EXISTS temp.run_outbox_shapes;
          CREATE TEMP TABLE run_outbox (
              lane TEXT NOT NULL,
              message_id TEXT NOT NULL,
              type TEXT NOT NULL,
              body TEXT NOT NULL,
              effects TEXT NOT NULL,
+             shape INTEGER,
+             parts TEXT,
              with_user INTEGER NOT NULL
+         );
+         CREATE TEMP TABLE run_outbox_shapes (
+             id INTEGER PRIMARY KEY,
+             shape TEXT NOT NULL UNIQUE
          );",
     )
 }
 
 pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("DROP TABLE IF EXISTS temp.run_outbox;")
+    STAGED_SHAPES.with(|shapes| shapes.borrow_mut().clear());
+    conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.run_outbox; DROP TABLE IF EXISTS temp.run_outbox_shapes;",
+    )
 }
 
 /// Stage one message of a run (see `state::create_staging`); `enqueue_staged` enqueues them.
-/// `with_user`: a `group` call carrying a userId (an attach).
+/// `with_user`: a `group` call carrying a userId (an attach). The body and effects are staged
+/// split into their shape and parts (`shape.rs`), or whole when they do not split.
 pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> rusqlite::Result<()> {
+    let split = shape::split(
+        message.body,
+        message.effects,
+        message.message_id,
+        message.lane,
+    );
+    let (body, effects, shape, parts) = match &split {
+        Some(split) => {
+            // A run has a handful of shapes and stages them thousands of times each: the
+            // staged id is looked up here, not by an upsert on the shape text's index.
+            let known = STAGED_SHAPES.with(|shapes| shapes.borrow().get(&split.shape).copied());
+            let id = match known {
+                Some(id) => id,
+                None => {
+                    let mut stmt = conn.prepare_cached(
+                        "INSERT INTO temp.run_outbox_shapes (shape) VALUES (?1) \
+                         ON CONFLICT (shape) DO UPDATE SET shape = excluded.shape RETURNING id",
+                    )?;
+                    let id: i64 = stmt.query_row([&split.shape], |r| r.get(0))?;
+                    STAGED_SHAPES
+                        .with(|shapes| shapes.borrow_mut().insert(split.shape.clone(), id));
+                    id
+                }
+            };
+            ("", "", Some(id), Some(split.parts.as_str()))
+        }
+        None => (message.body, message.effects, None, None),
+    };
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO temp.run_outbox (lane, message_id, type, body, effects, with_user) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO temp.run_outbox (lane, message_id, type, body, effects, shape, parts, with_user) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     stmt.execute(params![
         message.lane,
-        message.message_id,
+        stored_message_id(message.message_id),
         message.kind,
-        message.body,
-        message.effects,
+        body,
+        effects,
+        shape,
+        parts,
         with_user
     ])?;
     Ok(())
@@ -132,8 +226,9 @@ pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> ru
 pub type EnqueuedCounts = (u64, u64, u64, u64);
 
 /// Enqueue the staged messages in staging order, for `run_id` (inside the run's write
-/// transaction). A message whose id is already pending is skipped, as [`enqueue`] does.
-/// `staged` is what was staged, by type; the result is what was enqueued.
+/// transaction), with their shapes; shapes no message uses any more go. A message whose id is
+/// already pending is skipped, as [`enqueue`] does. `staged` is what was staged, by type; the
+/// result is what was enqueued.
 pub fn enqueue_staged(
     tx: &Connection,
     run_id: i64,
@@ -141,11 +236,32 @@ pub fn enqueue_staged(
     staged: EnqueuedCounts,
 ) -> rusqlite::Result<EnqueuedCounts> {
     let before: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM outbox", [], |r| r.get(0))?;
+    // The staged shapes' ids in outbox_shapes (a map, so that each row's is a rowid lookup).
+    tx.execute_batch(
+        "INSERT INTO outbox_shapes (shape) SELECT shape FROM temp.run_outbox_shapes WHERE true \
+           ON CONFLICT (shape) DO NOTHING;
+         DROP TABLE IF EXISTS temp.run_outbox_shape_ids;
+         CREATE TEMP TABLE run_outbox_shape_ids (staged INTEGER PRIMARY KEY, id INTEGER NOT NULL);
+         INSERT INTO temp.run_outbox_shape_ids (staged, id) \
+           SELECT t.id, s.id FROM temp.run_outbox_shapes t JOIN outbox_shapes s ON s.shape = t.shape;",
+    )?;
     let inserted = tx.execute(
-        "INSERT OR IGNORE INTO outbox (run_id, lane, message_id, type, body, effects, enqueued_at) \
-         SELECT ?1, lane, message_id, type, body, effects, ?2 FROM temp.run_outbox ORDER BY rowid",
+        "INSERT OR IGNORE INTO outbox \
+           (run_id, lane, message_id, type, body, effects, shape_id, parts, enqueued_at) \
+         SELECT ?1, r.lane, r.message_id, r.type, r.body, r.effects, m.id, r.parts, ?2 \
+         FROM temp.run_outbox r LEFT JOIN temp.run_outbox_shape_ids m ON m.staged = r.shape \
+         ORDER BY r.rowid",
         params![run_id, now],
     )? as u64;
+    // Every row of a shape has a seq at most its last_seq, so a shape whose last_seq is below
+    // the oldest row's seq has no row left (rows are never renumbered).
+    tx.execute_batch(
+        "UPDATE outbox_shapes SET last_seq = (SELECT coalesce(max(seq), 0) FROM outbox) \
+           WHERE id IN (SELECT id FROM temp.run_outbox_shape_ids);
+         DROP TABLE temp.run_outbox_shape_ids;
+         DELETE FROM outbox_shapes WHERE last_seq < (SELECT coalesce(min(seq), 0) FROM outbox) \
+           OR NOT EXISTS (SELECT 1 FROM outbox);",
+    )?;
     if inserted == staged.0 + staged.1 + staged.2 + staged.3 {
         return Ok(staged);
     }
@@ -172,6 +288,98 @@ pub fn enqueue_staged(
     Ok(counts)
 }
 
+/// The columns [`Stored::read`] reads, from `outbox o LEFT JOIN outbox_shapes s`, at the end of
+/// a select list.
+const STORED: &str = "o.lane, o.message_id, o.body, o.effects, o.parts, s.shape";
+/// The join [`STORED`] needs: `FROM` + this.
+const STORED_FROM: &str = "outbox o LEFT JOIN outbox_shapes s ON s.id = o.shape_id";
+
+/// An outbox row's body and effects as stored: whole, or a shape and its parts.
+struct Stored {
+    lane: String,
+    message_id: String,
+    body: String,
+    effects: String,
+    parts: Option<String>,
+    shape: Option<String>,
+}
+
+impl Stored {
+    /// The [`STORED`] columns of `row`, starting at column `at`.
+    fn read(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Stored> {
+        Ok(Stored {
+            lane: row.get(at)?,
+            message_id: message_id_from(row.get_ref(at + 1)?).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(at + 1, Type::Text, e.into())
+            })?,
+            body: row.get(at + 2)?,
+            effects: row.get(at + 3)?,
+            parts: row.get(at + 4)?,
+            shape: row.get(at + 5)?,
+        })
+    }
+
+    /// The Segment message and its effects. `shapes`: shapes already read (by their text).
+    fn message(&self, shapes: &mut HashMap<String, Shape>) -> Result<(Value, Value), String> {
+        match (&self.shape, &self.parts) {
+            (Some(text), Some(parts)) => {
+                if !shapes.contains_key(text) {
+                    shapes.insert(text.clone(), Shape::parse(text)?);
+                }
+                shapes[text].join(parts, &self.message_id, &self.lane)
+            }
+            (None, Some(_)) => Err("its shape is missing".into()),
+            _ => Ok((
+                serde_json::from_str(&self.body).map_err(|e| e.to_string())?,
+                serde_json::from_str(&self.effects).map_err(|e| e.to_string())?,
+            )),
+        }
+    }
+
+    fn effects(&self, shapes: &mut HashMap<String, Shape>) -> Result<Vec<Effect>, String> {
+        let effects = match &self.shape {
+            Some(_) => self.message(shapes)?.1,
+            None => serde_json::from_str(&self.effects).map_err(|e| e.to_string())?,
+        };
+        serde_json::from_value(effects).map_err(|e| e.to_string())
+    }
+}
+
+fn unreadable(column: usize, seq: i64, what: &str, e: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        Type::Text,
+        format!("outbox message {seq} has an unreadable {what}: {e}").into(),
+    )
+}
+
+/// The Segment message of outbox row `seq` (any status), as it was enqueued; `None` when there
+/// is no such row.
+pub fn body(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Value>> {
+    let sql = format!("SELECT {STORED} FROM {STORED_FROM} WHERE o.seq = ?1");
+    let stored = conn
+        .prepare_cached(&sql)?
+        .query_row([seq], |r| Stored::read(r, 0))
+        .optional()?;
+    stored
+        .map(|s| s.message(&mut HashMap::new()).map(|(body, _)| body))
+        .transpose()
+        .map_err(|e| unreadable(2, seq, "body", e))
+}
+
+/// The effects of outbox row `seq` (any status); `None` when there is no such row.
+pub fn effects(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<Effect>>> {
+    let sql = format!("SELECT {STORED} FROM {STORED_FROM} WHERE o.seq = ?1");
+    let stored = conn
+        .prepare_cached(&sql)?
+        .query_row([seq], |r| Stored::read(r, 0))
+        .optional()?;
+    stored
+        .map(|s| s.effects(&mut HashMap::new()))
+        .transpose()
+        .map_err(|e| unreadable(3, seq, "effects", e))
+}
+
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
 /// by never starting a lane's message while an earlier one of the same lane is unfinished.
 pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxMessage>> {
@@ -184,27 +392,32 @@ pub fn pending_after(
     after_seq: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<OutboxMessage>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, lane, message_id, type, body, attempts, next_attempt_at, failing_since \
-         FROM outbox \
-         WHERE status = 'pending' AND seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    stmt.query_map(params![after_seq, limit as i64], |r| {
-        let body: String = r.get(4)?;
-        Ok(OutboxMessage {
-            seq: r.get(0)?,
-            lane: r.get(1)?,
-            message_id: r.get(2)?,
-            kind: r.get(3)?,
-            body: serde_json::from_str(&body).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, e.into())
-            })?,
-            attempts: r.get(5)?,
-            next_attempt_at: r.get(6)?,
-            failing_since: r.get(7)?,
-        })
-    })?
-    .collect()
+    let sql = format!(
+        "SELECT o.seq, o.type, o.attempts, o.next_attempt_at, o.failing_since, {STORED} \
+         FROM {STORED_FROM} WHERE o.status = 'pending' AND o.seq > ?1 ORDER BY o.seq LIMIT ?2"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut shapes = HashMap::new();
+    let mut rows = stmt.query(params![after_seq, limit as i64])?;
+    let mut messages = Vec::new();
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        let stored = Stored::read(r, 5)?;
+        let (body, _) = stored
+            .message(&mut shapes)
+            .map_err(|e| unreadable(7, seq, "body", e))?;
+        messages.push(OutboxMessage {
+            seq,
+            lane: stored.lane,
+            message_id: stored.message_id,
+            kind: r.get(1)?,
+            body,
+            attempts: r.get(2)?,
+            next_attempt_at: r.get(3)?,
+            failing_since: r.get(4)?,
+        });
+    }
+    Ok(messages)
 }
 
 /// Record a failed attempt that will be retried: attempts + 1, the error, and when to retry.
@@ -274,17 +487,16 @@ pub fn mark_dead(conn: &mut Connection, seq: i64, reason: &str) -> anyhow::Resul
 
 fn finish(conn: &mut Connection, seq: i64, dead: Option<&str>) -> anyhow::Result<Marked> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let effects: Option<String> = tx
-        .query_row(
-            "SELECT effects FROM outbox WHERE seq = ?1 AND status = 'pending'",
-            [seq],
-            |r| r.get(0),
-        )
+    let sql =
+        format!("SELECT {STORED} FROM {STORED_FROM} WHERE o.seq = ?1 AND o.status = 'pending'");
+    let stored = tx
+        .query_row(&sql, [seq], |r| Stored::read(r, 0))
         .optional()?;
-    let Some(effects) = effects else {
+    let Some(stored) = stored else {
         return Ok(Marked::NotPending);
     };
-    let effects: Vec<Effect> = serde_json::from_str(&effects)
+    let effects = stored
+        .effects(&mut HashMap::new())
         .map_err(|e| anyhow::anyhow!("outbox message {seq} has unreadable effects: {e}"))?;
     let now = now_unix();
     match dead {
@@ -384,4 +596,204 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::message::{self, ComputationRef, User};
+    use serde_json::json;
+
+    const COMPUTATIONS: [ComputationRef<'static>; 5] = [
+        ComputationRef {
+            id: "tra_2TqVbMcFZ1x9lqbrUYsEbQnUDWj",
+            key: "lifetime_value",
+            audience: false,
+        },
+        ComputationRef {
+            id: "tra_2TqVbNfGk3Lw0pQzRmXsYtUvAbC",
+            key: "plan_tier",
+            audience: false,
+        },
+        ComputationRef {
+            id: "tra_2TqVbPhJm5Ny2rSaTnZuAwBxCdE",
+            key: "orders_last_30_days",
+            audience: false,
+        },
+        ComputationRef {
+            id: "tra_2TqVbQkLo7Pa4tUcVpBwCyDzEfG",
+            key: "country",
+            audience: false,
+        },
+        ComputationRef {
+            id: "tra_2TqVbRmNq9Rc6vWeXrDyEaFbGhI",
+            key: "is_vip",
+            audience: false,
+        },
+    ];
+
+    /// A typical initial-sync identify of user `i` with its five traits and effects, as the
+    /// planner builds them.
+    fn typical_identify(i: usize) -> (String, String, String, String) {
+        let entity_id = format!("user{i:08}");
+        let email = format!("user{i:08}@example.com");
+        let user = User {
+            entity_id: &entity_id,
+            email: Some(&email),
+        };
+        let values = [
+            json!(i as f64 * 1.5),
+            json!(["free", "pro", "enterprise"][i % 3]),
+            json!(i % 40),
+            json!(["DE", "US", "FR", "BR"][i % 4]),
+            json!(i.is_multiple_of(7)),
+        ];
+        let traits: Vec<_> = COMPUTATIONS
+            .iter()
+            .copied()
+            .zip(values.iter().cloned())
+            .collect();
+        let id = message::message_id(&["identify", &entity_id, &i.to_string()]);
+        let body = message::identify("spa_prod", user, &traits, &[], 1_700_000_000, &id);
+        let effects: Vec<Effect> = traits
+            .iter()
+            .map(|(c, v)| Effect::Value {
+                computation_id: c.id.to_string(),
+                subject: "user".into(),
+                entity_id: entity_id.clone(),
+                value: v.clone(),
+                track_at: None,
+            })
+            .collect();
+        (
+            entity_id,
+            id,
+            body.to_string(),
+            serde_json::to_string(&effects).unwrap(),
+        )
+    }
+
+    /// Bytes on disk of the outbox and everything that stores it (its indexes and tables),
+    /// by b-tree, from `dbstat`.
+    fn outbox_bytes(conn: &Connection) -> Vec<(String, i64)> {
+        conn.prepare(
+            "SELECT name, sum(pgsize) FROM dbstat WHERE name LIKE 'outbox%' GROUP BY name ORDER BY name",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_typical_identify_takes_at_most_400_bytes_on_disk() {
+        const N: usize = 20_000;
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::store::open(&dir.path().join("t.db")).unwrap();
+        let messages: Vec<_> = (0..N).map(typical_identify).collect();
+        create_staging(&conn).unwrap();
+        let started = std::time::Instant::now();
+        for (lane, id, body, effects) in &messages {
+            let message = NewMessage {
+                lane,
+                message_id: id,
+                kind: "identify",
+                body,
+                effects,
+            };
+            stage(&conn, &message, false).unwrap();
+        }
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO runs (id, mode, started_at) VALUES (1, 'full', 0)",
+            [],
+        )
+        .unwrap();
+        let counts = enqueue_staged(&tx, 1, 0, (N as u64, 0, 0, 0)).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(counts, (N as u64, 0, 0, 0));
+        drop_staging(&conn).unwrap();
+        eprintln!("staged and enqueued {N} in {:?}", started.elapsed());
+
+        let bytes = outbox_bytes(&conn);
+        let total: i64 = bytes.iter().map(|(_, b)| b).sum();
+        let per_message = total as f64 / N as f64;
+        eprintln!(
+            "body {} B, effects {} B; on disk {per_message:.1} B a message: {bytes:?}",
+            messages[0].2.len(),
+            messages[0].3.len()
+        );
+        let pending = pending(&conn, N + 1).unwrap();
+        assert_eq!(pending.len(), N);
+        for (message, (lane, id, body, effects)) in pending.iter().zip(&messages) {
+            assert_eq!(&message.lane, lane);
+            assert_eq!(&message.message_id, id);
+            assert_eq!(message.kind, "identify");
+            assert_eq!(
+                message.body.to_string(),
+                *body,
+                "the body is the planner's, byte for byte"
+            );
+            let read = super::effects(&conn, message.seq).unwrap().unwrap();
+            assert_eq!(serde_json::to_string(&read).unwrap(), *effects);
+        }
+        let shapes: i64 = conn
+            .query_row("SELECT count(*) FROM outbox_shapes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(shapes, 1, "one shape for every identify of the same traits");
+        assert!(per_message <= 400.0, "{per_message:.1} bytes a message");
+    }
+
+    #[test]
+    fn rows_queued_before_the_migration_read_as_before_and_still_deduplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(include_str!("../../tests/fixtures/schema_v1.sql"))
+            .unwrap();
+        let (lane, id, body, effects) = typical_identify(7);
+        old.execute(
+            "INSERT INTO outbox (lane, message_id, type, body, effects, enqueued_at) \
+             VALUES (?1, ?2, 'identify', ?3, ?4, 0)",
+            params![lane, id, body, effects],
+        )
+        .unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        drop(old);
+
+        let mut conn = crate::store::open(&path).unwrap();
+        let stored: String = conn
+            .query_row("SELECT typeof(message_id) FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(stored, "blob");
+        let pending = pending(&conn, 10).unwrap();
+        assert_eq!(pending[0].message_id, id);
+        assert_eq!(pending[0].body.to_string(), body);
+        let read = super::effects(&conn, pending[0].seq).unwrap().unwrap();
+        assert_eq!(serde_json::to_string(&read).unwrap(), effects);
+
+        // The same message planned again while the old one is pending is not queued twice.
+        create_staging(&conn).unwrap();
+        let message = NewMessage {
+            lane: &lane,
+            message_id: &id,
+            kind: "identify",
+            body: &body,
+            effects: &effects,
+        };
+        stage(&conn, &message, false).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO runs (id, mode, started_at) VALUES (1, 'full', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            enqueue_staged(&tx, 1, 0, (1, 0, 0, 0)).unwrap(),
+            (0, 0, 0, 0)
+        );
+        tx.commit().unwrap();
+        assert!(!enqueue(&conn, None, &message, 0).unwrap());
+    }
 }

@@ -64,6 +64,8 @@ pub const VACUUM_STEP_PAGES: u64 = 2_048;
 pub const SWITCH_BELOW_BYTES: u64 = 64 * 1024 * 1024;
 /// How long the final WAL checkpoint waits for readers and writers before it gives up.
 const CHECKPOINT_WAIT: Duration = Duration::from_millis(500);
+/// Prune records (table `prunes`) kept: the newest this many.
+pub const PRUNE_RECORDS: i64 = 100;
 
 /// What to keep, and how to delete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +100,26 @@ pub struct Options {
     /// Rewrite the file with `VACUUM` at the end (switching an old database to incremental
     /// vacuum), whatever its size.
     pub vacuum: bool,
+    /// Who asked, as the prune's record says.
+    pub origin: Origin,
+}
+
+/// Who ran a prune: `audience-sync prune`, or the daemon after a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Command,
+    Daemon,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Command => "command",
+            Origin::Daemon => "daemon",
+        }
+    }
 }
 
 /// What a prune removed (or, in a dry run, would remove) and kept.
@@ -221,15 +243,51 @@ fn pages(conn: &Connection) -> rusqlite::Result<(u64, u64, u64)> {
 
 /// Apply `policy` now (`now`: unix seconds). The caller holds the plan lock unless it is a dry
 /// run, which reads everything in one read transaction and changes nothing.
+///
+/// A prune that is not a dry run is recorded in `prunes` (see [`last_prune`]), a failed one too,
+/// with what it removed before it failed; a record that cannot be written (the disk that made
+/// the prune fail is full) is logged and left out.
 pub fn prune(
     conn: &mut Connection,
     policy: &Policy,
     options: Options,
     now: i64,
 ) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
+    let mut report = Report {
+        dry_run: options.dry_run,
+        ..Report::default()
+    };
+    let mut recorded = None;
+    let result = prune_into(conn, policy, options, now, &mut report, &mut recorded);
+    if options.dry_run {
+        return result.map(|()| report);
+    }
+    let error = result.as_ref().err().map(|e| format!("{e:#}"));
+    let record = PruneRecord::of(&report, options.origin, now, started.elapsed(), error);
+    // The update rewrites the row in place; the checkpoint empties the WAL again.
+    let written = match recorded {
+        Some(id) => update_record(conn, id, &record).and_then(|()| checkpoint(conn)),
+        None => insert_record(conn, &record).map(drop),
+    };
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "The prune's record was not written.");
+    }
+    result.map(|()| report)
+}
+
+/// The prune itself; `recorded` gets the id of its record, written before the space step.
+fn prune_into(
+    conn: &mut Connection,
+    policy: &Policy,
+    options: Options,
+    now: i64,
+    report: &mut Report,
+    recorded: &mut Option<i64>,
+) -> anyhow::Result<()> {
     let (page_size, pages_before, free_before) = pages(conn)?;
     let mode = auto_vacuum(conn)?;
-    let mut report = Report {
+    *report = Report {
         dry_run: options.dry_run,
         space: Space {
             auto_vacuum: auto_vacuum_name(mode).to_string(),
@@ -273,7 +331,7 @@ pub fn prune(
                     |r| r.get::<_, i64>(0),
                 )? as u64;
             }
-            survey.record(kind, &mut report);
+            survey.record(kind, report);
         }
         let (pending, dead, delivered) = outbox_counts(&tx)?;
         let runs_total: i64 = tx.query_row("SELECT count(*) FROM runs", [], |r| r.get(0))?;
@@ -283,30 +341,34 @@ pub fn prune(
         report.kept.runs = (runs_total as u64).saturating_sub(report.runs);
         report.space.vacuumed = full_vacuum;
         report.space.needs_vacuum = mode == AUTO_VACUUM_NONE && !full_vacuum;
-        return Ok(report);
+        return Ok(());
     }
 
     let cut = OutboxCut::new(conn, policy, now)?;
-    delete_outbox(conn, policy, &cut, &mut report)?;
+    delete_outbox(conn, policy, &cut, report)?;
     let runs = doomed_runs(conn, policy, &cut, Scan::Fast)?;
-    match delete_runs(conn, policy, &runs, &mut report) {
+    match delete_runs(conn, policy, &runs, report) {
         Err(e) if is_foreign_key_failure(&e) => {
             let runs = doomed_runs(conn, policy, &cut, Scan::Exact)?;
-            delete_runs(conn, policy, &runs, &mut report)?;
+            delete_runs(conn, policy, &runs, report)?;
         }
         other => other?,
     }
     for kind in [Kind::Computation, Kind::Membership] {
         let mut survey = survey(conn, kind, policy, now)?;
-        let mut removed = Vec::with_capacity(survey.doomed.len());
-        for mut snapshot in std::mem::take(&mut survey.doomed) {
-            if let Some(rows) = delete_snapshot(conn, kind, snapshot.id, policy, &mut report)? {
+        let doomed = std::mem::take(&mut survey.doomed);
+        // Recorded first and filled as snapshots go, so a prune that fails part way reports
+        // what it removed.
+        survey.record(kind, report);
+        for mut snapshot in doomed {
+            if let Some(rows) = delete_snapshot(conn, kind, snapshot.id, policy, report)? {
                 snapshot.rows = rows;
-                removed.push(snapshot);
+                match kind {
+                    Kind::Computation => report.snapshots.push(snapshot),
+                    Kind::Membership => report.membership_snapshots.push(snapshot),
+                }
             }
         }
-        survey.doomed = removed;
-        survey.record(kind, &mut report);
     }
     let (pending, dead, delivered) = outbox_counts(conn)?;
     report.kept.pending_messages = pending;
@@ -316,6 +378,12 @@ pub fn prune(
         conn.query_row("SELECT count(*) FROM runs", [], |r| r.get::<_, i64>(0))? as u64;
 
     // ── Space ──
+    // Recorded before the space goes back, so that the pages of the record (and of the old
+    // records it drops) are counted too; `prune` fills in the bytes returned.
+    *recorded = Some(insert_record(
+        conn,
+        &PruneRecord::of(report, options.origin, now, Duration::ZERO, None),
+    )?);
     let (_, _, free_after_deletes) = pages(conn)?;
     report.space.pages_freed = free_after_deletes.saturating_sub(free_before);
     if full_vacuum {
@@ -326,7 +394,7 @@ pub fn prune(
         report.space.vacuumed = true;
         report.transactions += 1;
     } else if mode == AUTO_VACUUM_INCREMENTAL {
-        incremental_vacuum(conn, policy, &mut report)?;
+        incremental_vacuum(conn, policy, report)?;
     } else if mode == AUTO_VACUUM_NONE {
         report.space.needs_vacuum = true;
     }
@@ -336,7 +404,7 @@ pub fn prune(
     report.space.pages_after = pages_after;
     report.space.free_pages_after = free_after;
     report.space.bytes_returned = pages_before.saturating_sub(pages_after) * page_size;
-    Ok(report)
+    Ok(())
 }
 
 // ─── Outbox ─────────────────────────────────────────────────────────────────────────────────
@@ -543,11 +611,15 @@ impl Kind {
         match self {
             Kind::Computation => format!(
                 "(EXISTS (SELECT 1 FROM planned_bases b WHERE b.snapshot_id = {t}.id) \
+                 OR EXISTS (SELECT 1 FROM run_progress g JOIN run_computations c \
+                   ON c.run_id = g.run_id WHERE c.snapshot_id = {t}.id) \
                  OR EXISTS (SELECT 1 FROM plan_cursors p WHERE p.subject = {t}.computation_id \
                  AND p.snapshot_id = {t}.id))"
             ),
             Kind::Membership => format!(
                 "(EXISTS (SELECT 1 FROM planned_bases b WHERE b.membership_snapshot_id = {t}.id) \
+                 OR EXISTS (SELECT 1 FROM run_progress g JOIN runs r ON r.id = g.run_id \
+                   WHERE r.membership_snapshot_id = {t}.id) \
                  OR EXISTS (SELECT 1 FROM plan_cursors p WHERE p.membership_snapshot_id = {t}.id) \
                  OR EXISTS (SELECT 1 FROM plan_cursors p WHERE p.subject = 'membership' \
                  AND p.snapshot_id = {t}.id))"
@@ -751,6 +823,131 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
     }
 }
 
+// ─── Records ────────────────────────────────────────────────────────────────────────────────
+
+/// One prune as table `prunes` keeps it: what `status` and `/metrics` show of the last prune.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PruneRecord {
+    /// When it started (unix seconds).
+    pub started_at: i64,
+    pub took_ms: u64,
+    pub origin: Origin,
+    pub delivered_messages: u64,
+    pub runs: u64,
+    pub snapshots: u64,
+    pub snapshot_rows: u64,
+    pub membership_snapshots: u64,
+    pub membership_rows: u64,
+    pub bytes_returned: u64,
+    /// Why it failed; `None`: it did not.
+    pub error: Option<String>,
+}
+
+impl PruneRecord {
+    fn of(
+        report: &Report,
+        origin: Origin,
+        started_at: i64,
+        took: Duration,
+        error: Option<String>,
+    ) -> PruneRecord {
+        PruneRecord {
+            started_at,
+            took_ms: took.as_millis() as u64,
+            origin,
+            delivered_messages: report.delivered_messages,
+            runs: report.runs,
+            snapshots: report.snapshots.len() as u64,
+            snapshot_rows: report.snapshot_rows(),
+            membership_snapshots: report.membership_snapshots.len() as u64,
+            membership_rows: report.membership_rows(),
+            bytes_returned: report.space.bytes_returned,
+            error,
+        }
+    }
+}
+
+/// Write `record` and drop all but the newest [`PRUNE_RECORDS`], in one transaction; its id.
+fn insert_record(conn: &mut Connection, record: &PruneRecord) -> rusqlite::Result<i64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO prunes (started_at, took_ms, origin, delivered_messages, runs, snapshots, \
+         snapshot_rows, membership_snapshots, membership_rows, bytes_returned, error) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            record.started_at,
+            record.took_ms as i64,
+            record.origin.as_str(),
+            record.delivered_messages as i64,
+            record.runs as i64,
+            record.snapshots as i64,
+            record.snapshot_rows as i64,
+            record.membership_snapshots as i64,
+            record.membership_rows as i64,
+            record.bytes_returned as i64,
+            record.error,
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "DELETE FROM prunes WHERE id <= (SELECT id FROM prunes ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+        [PRUNE_RECORDS],
+    )?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// Bring record `id` up to date with how the prune ended.
+fn update_record(conn: &Connection, id: i64, record: &PruneRecord) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE prunes SET took_ms = ?2, delivered_messages = ?3, runs = ?4, snapshots = ?5, \
+         snapshot_rows = ?6, membership_snapshots = ?7, membership_rows = ?8, \
+         bytes_returned = ?9, error = ?10 WHERE id = ?1",
+        params![
+            id,
+            record.took_ms as i64,
+            record.delivered_messages as i64,
+            record.runs as i64,
+            record.snapshots as i64,
+            record.snapshot_rows as i64,
+            record.membership_snapshots as i64,
+            record.membership_rows as i64,
+            record.bytes_returned as i64,
+            record.error,
+        ],
+    )?;
+    Ok(())
+}
+
+/// The newest prune record, if any prune ran.
+pub fn last_prune(conn: &Connection) -> rusqlite::Result<Option<PruneRecord>> {
+    conn.query_row(
+        "SELECT started_at, took_ms, origin, delivered_messages, runs, snapshots, snapshot_rows, \
+         membership_snapshots, membership_rows, bytes_returned, error \
+         FROM prunes ORDER BY id DESC LIMIT 1",
+        [],
+        |r| {
+            Ok(PruneRecord {
+                started_at: r.get(0)?,
+                took_ms: r.get::<_, i64>(1)? as u64,
+                origin: match r.get_ref(2)?.as_str()? {
+                    "daemon" => Origin::Daemon,
+                    _ => Origin::Command,
+                },
+                delivered_messages: r.get::<_, i64>(3)? as u64,
+                runs: r.get::<_, i64>(4)? as u64,
+                snapshots: r.get::<_, i64>(5)? as u64,
+                snapshot_rows: r.get::<_, i64>(6)? as u64,
+                membership_snapshots: r.get::<_, i64>(7)? as u64,
+                membership_rows: r.get::<_, i64>(8)? as u64,
+                bytes_returned: r.get::<_, i64>(9)? as u64,
+                error: r.get(10)?,
+            })
+        },
+    )
+    .optional()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -792,7 +989,7 @@ mod tests {
             policy,
             Options {
                 dry_run: true,
-                vacuum: false,
+                ..Options::default()
             },
             NOW,
         )
@@ -855,10 +1052,14 @@ mod tests {
     }
 
     fn run(conn: &Connection, computations: &[&str]) -> i64 {
-        let id = state::insert_run(conn, "incremental", NOW - 30 * DAY).unwrap();
+        let id = state::insert_run(conn, "incremental", NOW - 30 * DAY, None).unwrap();
         for c in computations {
-            state::insert_run_computation(conn, id, c, None, "incremental", &Default::default())
-                .unwrap();
+            conn.execute(
+                "INSERT INTO run_computations (run_id, computation_id, mode) \
+                 VALUES (?1, ?2, 'incremental')",
+                params![id, c],
+            )
+            .unwrap();
         }
         id
     }
@@ -957,6 +1158,75 @@ mod tests {
         assert_eq!(
             ids(&conn, "SELECT seq FROM outbox ORDER BY seq"),
             vec![dead, pending, newest]
+        );
+    }
+
+    #[test]
+    fn every_prune_is_recorded_a_failed_one_too_and_only_the_newest_are_kept() {
+        let (_dir, mut conn) = db();
+        assert_eq!(last_prune(&conn).unwrap(), None);
+        for _ in 0..3 {
+            message(&conn, None, "delivered", Some(8));
+        }
+        message(&conn, None, "delivered", Some(1));
+        dry_run(&mut conn, &policy());
+        assert_eq!(
+            last_prune(&conn).unwrap(),
+            None,
+            "a dry run is not recorded"
+        );
+
+        let report = apply(&mut conn, &policy());
+        let record = last_prune(&conn).unwrap().unwrap();
+        assert_eq!(record.started_at, NOW);
+        assert_eq!(record.origin, Origin::Command);
+        assert_eq!(record.delivered_messages, 3);
+        assert_eq!(record.bytes_returned, report.space.bytes_returned);
+        assert_eq!(record.error, None);
+
+        // A prune that fails part way says why, and what it had removed by then.
+        message(&conn, None, "delivered", Some(9));
+        message(&conn, None, "delivered", Some(1));
+        computation(&conn, "aud_a");
+        for taken_at in [1, 2, 3] {
+            snapshot(&conn, "aud_a", taken_at, true, 2);
+        }
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER refuse BEFORE DELETE ON snapshot_rows \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+        let daemon = Options {
+            origin: Origin::Daemon,
+            ..Options::default()
+        };
+        let err = prune(&mut conn, &policy(), daemon, NOW + 1).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("refused by the test"),
+            "{err:#}"
+        );
+        let record = last_prune(&conn).unwrap().unwrap();
+        assert_eq!(record.origin, Origin::Daemon);
+        assert_eq!(record.started_at, NOW + 1);
+        assert_eq!(record.delivered_messages, 1);
+        assert_eq!(record.snapshots, 0);
+        assert!(
+            record
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("refused by the test"),
+            "{record:?}"
+        );
+        conn.execute_batch("DROP TRIGGER temp.refuse").unwrap();
+
+        for i in 0..PRUNE_RECORDS + 5 {
+            prune(&mut conn, &policy(), Options::default(), NOW + 10 + i).unwrap();
+        }
+        assert_eq!(count(&conn, "SELECT count(*) FROM prunes"), PRUNE_RECORDS);
+        assert_eq!(
+            last_prune(&conn).unwrap().unwrap().started_at,
+            NOW + 10 + PRUNE_RECORDS + 4
         );
     }
 
@@ -1397,8 +1667,8 @@ mod tests {
 
         // `prune --vacuum`: one VACUUM switches it, and the free pages go back.
         let options = Options {
-            dry_run: false,
             vacuum: true,
+            ..Options::default()
         };
         let report = prune(&mut conn, &large, options, NOW).unwrap();
         assert!(report.space.vacuumed && !report.space.needs_vacuum);

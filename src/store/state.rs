@@ -63,6 +63,36 @@ pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<SnapshotR
     .optional()
 }
 
+/// A snapshot by id (a resumed run's), if it still exists.
+pub fn snapshot_ref(conn: &Connection, id: i64) -> rusqlite::Result<Option<SnapshotRef>> {
+    conn.query_row(
+        "SELECT id, taken_at FROM snapshots WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(SnapshotRef {
+                id: r.get(0)?,
+                taken_at: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A membership snapshot by id, if it still exists.
+pub fn membership_ref(conn: &Connection, id: i64) -> rusqlite::Result<Option<SnapshotRef>> {
+    conn.query_row(
+        "SELECT id, taken_at FROM membership_snapshots WHERE id = ?1",
+        [id],
+        |r| {
+            Ok(SnapshotRef {
+                id: r.get(0)?,
+                taken_at: r.get(1)?,
+            })
+        },
+    )
+    .optional()
+}
+
 /// The inputs the last committed run planned `subject` (a computation id or `membership`) from.
 pub fn cursor(
     conn: &Connection,
@@ -167,6 +197,185 @@ pub fn base_source(
     })
 }
 
+/// The base one entity's planned state is read from: the run being planned's snapshots if the
+/// run has committed the entity (see `run_progress` in schema.sql), else [`base_source`].
+pub fn planned_source(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    entity_id: &str,
+) -> rusqlite::Result<Source> {
+    if let Some(progress) = run_progress(conn)?
+        && progress.committed(subject, entity_id)
+        && let Some(source) = run_source(conn, progress.run_id, computation_id, subject)?
+    {
+        return Ok(source);
+    }
+    base_source(conn, computation_id, subject)
+}
+
+/// What `subject` of a computation is planned from in run `run_id` (`None`: the run does not
+/// plan the computation).
+fn run_source(
+    conn: &Connection,
+    run_id: i64,
+    computation_id: &str,
+    subject: &str,
+) -> rusqlite::Result<Option<Source>> {
+    conn.prepare_cached(
+        "SELECT rc.snapshot_id, r.membership_snapshot_id, c.kind = 'audience', c.scope = 'account' \
+         FROM run_computations rc JOIN runs r ON r.id = rc.run_id \
+         JOIN computations c ON c.id = rc.computation_id \
+         WHERE rc.run_id = ?1 AND rc.computation_id = ?2",
+    )?
+    .query_row(params![run_id, computation_id], |r| {
+        let snapshot_id: i64 = r.get(0)?;
+        let membership: Option<i64> = r.get(1)?;
+        let audience: bool = r.get(2)?;
+        let account: bool = r.get(3)?;
+        Ok(match (subject, account, membership) {
+            ("account", false, _) => Source::Empty,
+            ("account", true, _) | (_, false, _) => Source::Snapshot {
+                snapshot_id,
+                audience,
+            },
+            (_, true, Some(membership_snapshot_id)) => Source::Derived {
+                snapshot_id,
+                membership_snapshot_id,
+                audience,
+            },
+            (_, true, None) => Source::Empty,
+        })
+    })
+    .optional()
+}
+
+// ─── The run being planned ──────────────────────────────────────────────────────────────────
+
+/// Which pass of a run: accounts' own values (group calls), then users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    Accounts,
+    Users,
+}
+
+impl Pass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Accounts => "account",
+            Pass::Users => "user",
+        }
+    }
+}
+
+/// The run being planned (table `run_progress`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunProgress {
+    pub run_id: i64,
+    pub pass: Pass,
+    /// The last entity of `pass` committed.
+    pub through: Option<String>,
+    /// The run diffs the account membership.
+    pub membership: bool,
+    /// The dead-letter generation when the run began.
+    pub dead_letters: i64,
+    pub chunks: i64,
+}
+
+impl RunProgress {
+    /// Whether the run has committed `subject` of `entity_id` (its planned state is then based
+    /// on the run's snapshots).
+    pub fn committed(&self, subject: &str, entity_id: &str) -> bool {
+        let through = self.through.as_deref().is_some_and(|t| entity_id <= t);
+        match (subject, self.pass) {
+            ("account", Pass::Users) => true,
+            ("account", Pass::Accounts) | (_, Pass::Users) => through,
+            _ => false,
+        }
+    }
+}
+
+pub fn run_progress(conn: &Connection) -> rusqlite::Result<Option<RunProgress>> {
+    conn.prepare_cached(
+        "SELECT run_id, pass, through, membership, dead_letters, chunks FROM run_progress \
+         ORDER BY run_id LIMIT 1",
+    )?
+    .query_row([], |r| {
+        Ok(RunProgress {
+            run_id: r.get(0)?,
+            pass: if r.get::<_, String>(1)? == "account" {
+                Pass::Accounts
+            } else {
+                Pass::Users
+            },
+            through: r.get(2)?,
+            membership: r.get(3)?,
+            dead_letters: r.get(4)?,
+            chunks: r.get(5)?,
+        })
+    })
+    .optional()
+}
+
+/// Record where the run being planned stands (in each chunk's write transaction).
+pub fn set_run_progress(conn: &Connection, progress: &RunProgress) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO run_progress (run_id, pass, through, membership, dead_letters, chunks) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (run_id) DO UPDATE SET \
+         pass = excluded.pass, through = excluded.through, chunks = excluded.chunks",
+    )?
+    .execute(params![
+        progress.run_id,
+        progress.pass.as_str(),
+        progress.through,
+        progress.membership,
+        progress.dead_letters,
+        progress.chunks
+    ])?;
+    Ok(())
+}
+
+pub fn clear_run_progress(conn: &Connection, run_id: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM run_progress WHERE run_id = ?1", [run_id])?;
+    Ok(())
+}
+
+/// One computation of a recorded run, as a resumed run needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunComputation {
+    pub computation_id: String,
+    pub snapshot_id: i64,
+    pub mode: String,
+    pub track: bool,
+    pub resync: bool,
+}
+
+pub fn run_computations(conn: &Connection, run_id: i64) -> rusqlite::Result<Vec<RunComputation>> {
+    conn.prepare(
+        "SELECT computation_id, snapshot_id, mode, track, resync FROM run_computations \
+         WHERE run_id = ?1 ORDER BY computation_id",
+    )?
+    .query_map([run_id], |r| {
+        Ok(RunComputation {
+            computation_id: r.get(0)?,
+            snapshot_id: r.get(1)?,
+            mode: r.get(2)?,
+            track: r.get(3)?,
+            resync: r.get(4)?,
+        })
+    })?
+    .collect()
+}
+
+/// A recorded run's mode and membership snapshot.
+pub fn run_row(conn: &Connection, run_id: i64) -> rusqlite::Result<(String, Option<i64>)> {
+    conn.query_row(
+        "SELECT mode, membership_snapshot_id FROM runs WHERE id = ?1",
+        [run_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// The planned (email, value) of one entity: its override, else its base row, else nothing.
 pub fn planned_row(
     conn: &Connection,
@@ -186,7 +395,7 @@ pub fn planned_row(
     if let Some(row) = overridden {
         return Ok(row);
     }
-    let source = base_source(conn, computation_id, subject)?;
+    let source = planned_source(conn, computation_id, subject, entity_id)?;
     let sql = source_sql(source, true);
     let mut stmt = conn.prepare_cached(&sql)?;
     let reading = Reading::of(source);
@@ -387,14 +596,16 @@ impl Reading {
     }
 }
 
-/// The rows of `source` in entity order (?1 the snapshot, ?2 the membership snapshot), or, with
-/// `one`, the row of one entity (the next parameter). Snapshot values come as stored: read
-/// them with [`Reading::of`] the source.
+/// The rows of `source` in entity order (?1 the snapshot, ?2 the membership snapshot), from the
+/// entity given as the next parameter on (inclusive: a merge restarted where it stopped), or,
+/// with `one`, the row of that one entity. Snapshot values come as stored: read them with
+/// [`Reading::of`] the source.
 fn source_sql(source: Source, one: bool) -> String {
+    let op = if one { "=" } else { ">=" };
     match source {
         Source::Snapshot { .. } => format!(
-            "SELECT entity_id, email, value FROM snapshot_rows WHERE snapshot_id = ?1 {} ORDER BY entity_id",
-            if one { "AND entity_id = ?2" } else { "" }
+            "SELECT entity_id, email, value FROM snapshot_rows WHERE snapshot_id = ?1 \
+             AND entity_id {op} ?2 ORDER BY entity_id"
         ),
         // SQLite's bare-column rule: with exactly one min() aggregate, the other columns come
         // from the row holding the minimum, i.e. the smallest group_id that has a value.
@@ -402,7 +613,8 @@ fn source_sql(source: Source, one: bool) -> String {
             "SELECT m.user_id, m.email, {}, min(m.group_id) \
              FROM membership_rows m JOIN snapshot_rows r \
                ON r.snapshot_id = ?1 AND r.entity_id = m.group_id \
-             WHERE m.snapshot_id = ?2 AND r.value IS NOT NULL AND r.value <> 'null' {} {} \
+             WHERE m.snapshot_id = ?2 AND m.user_id {op} ?3 \
+               AND r.value IS NOT NULL AND r.value <> 'null' {} \
              GROUP BY m.user_id ORDER BY m.user_id",
             if audience { "'true'" } else { "r.value" },
             if audience {
@@ -410,9 +622,8 @@ fn source_sql(source: Source, one: bool) -> String {
             } else {
                 ""
             },
-            if one { "AND m.user_id = ?3" } else { "" }
         ),
-        Source::Empty => "SELECT NULL, NULL, NULL WHERE 0".to_string(),
+        Source::Empty => "SELECT NULL, NULL, NULL WHERE 0 AND ?1 IS NULL".to_string(),
     }
 }
 
@@ -537,6 +748,21 @@ pub struct Merge<'s> {
 }
 
 impl Merge<'_> {
+    /// Where the merge stands: the least key any side is at (`None` at the end). A merge opened
+    /// from it ([`MergeStatements::open_from`]) goes on exactly from here.
+    pub fn position(&self) -> Option<Position> {
+        [Some(&self.new), Some(&self.old), self.over.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter(|c| !c.done)
+            .map(|c| (c.key.as_slice(), c.key2.as_slice()))
+            .min_by(|a, b| cmp_bytes(a.0, b.0).then_with(|| cmp_bytes(a.1, b.1)))
+            .map(|(key, key2)| Position {
+                key: String::from_utf8_lossy(key).into_owned(),
+                key2: String::from_utf8_lossy(key2).into_owned(),
+            })
+    }
+
     /// The next key present on any side: `f(new, over, old)` sees the row of each side that
     /// has it; `None` at the end.
     fn next_with<R>(
@@ -690,7 +916,8 @@ impl<'c> MergeStatements<'c> {
             old: conn.prepare(&source_sql(base, false))?,
             over: Some(conn.prepare(
                 "SELECT entity_id, email, planned FROM planned_overrides \
-                 WHERE computation_id = ?1 AND subject = ?2 ORDER BY entity_id",
+                 WHERE computation_id = ?1 AND subject = ?2 AND entity_id >= ?3 \
+                 ORDER BY entity_id",
             )?),
             kind: MergeKind::Values {
                 source,
@@ -710,11 +937,12 @@ impl<'c> MergeStatements<'c> {
         Ok(MergeStatements {
             new: conn.prepare(
                 "SELECT user_id, group_id, email, '1' FROM membership_rows WHERE snapshot_id = ?1 \
-                 ORDER BY user_id, group_id",
+                 AND (user_id, group_id) >= (?2, ?3) ORDER BY user_id, group_id",
             )?,
             old: conn.prepare(
                 "SELECT user_id, group_id, email, CASE delivered WHEN 1 THEN '1' ELSE '0' END \
-                 FROM membership_state WHERE planned = 1 ORDER BY user_id, group_id",
+                 FROM membership_state WHERE planned = 1 AND (user_id, group_id) >= (?1, ?2) \
+                 ORDER BY user_id, group_id",
             )?,
             over: None,
             kind: MergeKind::Membership {
@@ -724,6 +952,13 @@ impl<'c> MergeStatements<'c> {
     }
 
     pub fn open(&mut self) -> rusqlite::Result<Merge<'_>> {
+        self.open_from(&Position::default())
+    }
+
+    /// The merge from `from` on (inclusive): a merge restarted where an earlier one stopped
+    /// ([`Merge::position`]) yields exactly what the earlier one had left.
+    pub fn open_from(&mut self, from: &Position) -> rusqlite::Result<Merge<'_>> {
+        let key = from.key();
         match &self.kind {
             MergeKind::Values {
                 source,
@@ -732,18 +967,18 @@ impl<'c> MergeStatements<'c> {
                 subject,
             } => Ok(Merge {
                 new: Cursor::new(
-                    query(&mut self.new, *source)?,
+                    query(&mut self.new, *source, key)?,
                     (0, None, 1, 2),
                     Reading::of(*source),
                 )?,
                 old: Cursor::new(
-                    query(&mut self.old, *base)?,
+                    query(&mut self.old, *base, key)?,
                     (0, None, 1, 2),
                     Reading::of(*base),
                 )?,
                 over: match self.over.as_mut() {
                     Some(over) => Some(Cursor::new(
-                        over.query(params![computation_id, subject])?,
+                        over.query(params![computation_id, subject, key])?,
                         (0, None, 1, 2),
                         Reading::AsIs,
                     )?),
@@ -753,28 +988,66 @@ impl<'c> MergeStatements<'c> {
             // -1 is never a snapshot id: no membership snapshot means no memberships.
             MergeKind::Membership {
                 membership_snapshot_id,
-            } => Ok(Merge {
-                new: Cursor::new(
-                    self.new.query([membership_snapshot_id.unwrap_or(-1)])?,
-                    (0, Some(1), 2, 3),
-                    Reading::AsIs,
-                )?,
-                old: Cursor::new(self.old.query([])?, (0, Some(1), 2, 3), Reading::AsIs)?,
-                over: None,
-            }),
+            } => {
+                let key2 = from.key2();
+                Ok(Merge {
+                    new: Cursor::new(
+                        self.new
+                            .query(params![membership_snapshot_id.unwrap_or(-1), key, key2])?,
+                        (0, Some(1), 2, 3),
+                        Reading::AsIs,
+                    )?,
+                    old: Cursor::new(
+                        self.old.query(params![key, key2])?,
+                        (0, Some(1), 2, 3),
+                        Reading::AsIs,
+                    )?,
+                    over: None,
+                })
+            }
         }
     }
 }
 
-fn query<'s>(stmt: &'s mut Statement<'_>, source: Source) -> rusqlite::Result<Rows<'s>> {
+/// Where a merge stands: the key (and, for a membership merge, the account) of the next entity
+/// it would yield. The default is the start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    key: String,
+    key2: String,
+}
+
+impl Position {
+    /// The position of an entity (every account of it, for a membership merge).
+    pub fn at(key: &str) -> Position {
+        Position {
+            key: key.to_string(),
+            key2: String::new(),
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn key2(&self) -> &str {
+        &self.key2
+    }
+}
+
+fn query<'s>(
+    stmt: &'s mut Statement<'_>,
+    source: Source,
+    from: &str,
+) -> rusqlite::Result<Rows<'s>> {
     match source {
-        Source::Snapshot { snapshot_id, .. } => stmt.query([snapshot_id]),
+        Source::Snapshot { snapshot_id, .. } => stmt.query(params![snapshot_id, from]),
         Source::Derived {
             snapshot_id,
             membership_snapshot_id,
             ..
-        } => stmt.query([snapshot_id, membership_snapshot_id]),
-        Source::Empty => stmt.query([]),
+        } => stmt.query(params![snapshot_id, membership_snapshot_id, from]),
+        Source::Empty => stmt.query([from]),
     }
 }
 
@@ -801,17 +1074,58 @@ pub fn planned_values(
     subject: &str,
 ) -> rusqlite::Result<Vec<(String, String)>> {
     let base = base_source(conn, computation_id, subject)?;
+    let split = match run_progress(conn)? {
+        Some(p) => run_source(conn, p.run_id, computation_id, subject)?.map(|s| (p, s)),
+        None => None,
+    };
+    let Some((progress, run_base)) = split else {
+        let mut out = Vec::new();
+        walk_planned(conn, base, computation_id, subject, |entity, planned| {
+            out.push((entity.to_string(), planned.to_string()))
+        })?;
+        return Ok(out);
+    };
+    // A run is being planned: each entity from the base the run's progress says.
+    let mut values = std::collections::BTreeMap::new();
+    walk_planned(conn, base, computation_id, subject, |entity, planned| {
+        if !progress.committed(subject, entity) {
+            values.insert(entity.to_string(), planned.to_string());
+        }
+    })?;
+    walk_planned(
+        conn,
+        run_base,
+        computation_id,
+        subject,
+        |entity, planned| {
+            if progress.committed(subject, entity) {
+                values.insert(entity.to_string(), planned.to_string());
+            }
+        },
+    )?;
+    Ok(values.into_iter().collect())
+}
+
+/// Every entity with a planned value over `base` and the overrides.
+fn walk_planned(
+    conn: &Connection,
+    base: Source,
+    computation_id: &str,
+    subject: &str,
+    mut f: impl FnMut(&str, &str),
+) -> rusqlite::Result<()> {
     let mut statements =
         MergeStatements::values(conn, Source::Empty, base, computation_id, subject)?;
     let mut merge = statements.open()?;
-    let mut out = Vec::new();
-    while let Some(row) = merge.next_pair(|pair| {
-        pair.old
-            .map(|planned| (pair.entity_id.to_string(), planned.to_string()))
-    })? {
-        out.extend(row);
-    }
-    Ok(out)
+    while merge
+        .next_pair(|pair| {
+            if let Some(planned) = pair.old {
+                f(pair.entity_id, planned);
+            }
+        })?
+        .is_some()
+    {}
+    Ok(())
 }
 
 /// How many (computation, subject, entity) have a planned value other than the delivered one:
@@ -1055,10 +1369,17 @@ pub fn bump_dead_letter_generation(conn: &Connection) -> rusqlite::Result<()> {
 
 // ─── Runs ───────────────────────────────────────────────────────────────────────────────────
 
-pub fn insert_run(conn: &Connection, mode: &str, started_at: i64) -> rusqlite::Result<i64> {
+/// Record a run as it begins (`planned_at` stays NULL until its last chunk is written).
+pub fn insert_run(
+    conn: &Connection,
+    mode: &str,
+    started_at: i64,
+    membership_snapshot_id: Option<i64>,
+) -> rusqlite::Result<i64> {
     conn.execute(
-        "INSERT INTO runs (mode, started_at, status) VALUES (?1, ?2, 'planned')",
-        params![mode, started_at],
+        "INSERT INTO runs (mode, started_at, status, membership_snapshot_id) \
+         VALUES (?1, ?2, 'planned', ?3)",
+        params![mode, started_at, membership_snapshot_id],
     )?;
     Ok(conn.last_insert_rowid())
 }
@@ -1073,57 +1394,79 @@ pub struct Counts {
     pub users: u64,
 }
 
+/// Record a computation of a run as it begins (counts zero; each chunk adds its own).
 pub fn insert_run_computation(
     conn: &Connection,
     run_id: i64,
-    computation_id: &str,
-    snapshot_id: Option<i64>,
-    mode: &str,
-    counts: &Counts,
+    computation: &RunComputation,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT INTO run_computations (run_id, computation_id, snapshot_id, mode, entered, exited, changed, resent, users) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO run_computations (run_id, computation_id, snapshot_id, mode, track, resync) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             run_id,
-            computation_id,
-            snapshot_id,
-            mode,
-            counts.entered as i64,
-            counts.exited as i64,
-            counts.changed as i64,
-            counts.resent as i64,
-            counts.users as i64
+            computation.computation_id,
+            computation.snapshot_id,
+            computation.mode,
+            computation.track,
+            computation.resync
         ],
     )?;
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn finish_run_plan(
+/// Add one chunk's counts to a computation of a run.
+pub fn add_run_computation_counts(
     conn: &Connection,
     run_id: i64,
-    planned_at: i64,
-    membership_snapshot_id: Option<i64>,
-    attached: u64,
-    detached: u64,
-    identify: u64,
-    track: u64,
-    group: u64,
+    computation_id: &str,
+    counts: &Counts,
 ) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE run_computations SET entered = entered + ?3, exited = exited + ?4, \
+         changed = changed + ?5, resent = resent + ?6, users = users + ?7 \
+         WHERE run_id = ?1 AND computation_id = ?2",
+    )?
+    .execute(params![
+        run_id,
+        computation_id,
+        counts.entered as i64,
+        counts.exited as i64,
+        counts.changed as i64,
+        counts.resent as i64,
+        counts.users as i64
+    ])?;
+    Ok(())
+}
+
+/// Add one chunk's messages and memberships to a run.
+pub fn add_run_counts(
+    conn: &Connection,
+    run_id: i64,
+    (attached, detached): (u64, u64),
+    (identify, track, group): (u64, u64, u64),
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE runs SET attached = attached + ?2, detached = detached + ?3, \
+         messages_identify = messages_identify + ?4, messages_track = messages_track + ?5, \
+         messages_group = messages_group + ?6 WHERE id = ?1",
+    )?
+    .execute(params![
+        run_id,
+        attached as i64,
+        detached as i64,
+        identify as i64,
+        track as i64,
+        group as i64
+    ])?;
+    Ok(())
+}
+
+/// The run's last chunk is written: it is planned (delivery may mark it finished from now on).
+pub fn finish_run_plan(conn: &Connection, run_id: i64, planned_at: i64) -> rusqlite::Result<()> {
     conn.execute(
-        "UPDATE runs SET planned_at = ?2, membership_snapshot_id = ?3, attached = ?4, detached = ?5, \
-         messages_identify = ?6, messages_track = ?7, messages_group = ?8 WHERE id = ?1",
-        params![
-            run_id,
-            planned_at,
-            membership_snapshot_id,
-            attached as i64,
-            detached as i64,
-            identify as i64,
-            track as i64,
-            group as i64
-        ],
+        "UPDATE runs SET planned_at = ?2 WHERE id = ?1",
+        params![run_id, planned_at],
     )?;
     Ok(())
 }

@@ -297,6 +297,45 @@ async fn the_daemon_syncs_on_schedule_and_its_metrics_match_the_sandbox() {
             .unwrap_or(0.0) as u64,
         state.counters.rate_limited
     );
+    // The outbox's bound beside its depth, the database's size, and the prune after each run.
+    let gauge = |name: &str, labels: &[(&str, &str)]| {
+        let key = (
+            name.to_string(),
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        );
+        *metrics
+            .get(&key)
+            .unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    assert_eq!(gauge("audience_sync_outbox_pending_limit", &[]), 100_000.0);
+    assert!(gauge("audience_sync_database_bytes", &[("file", "main")]) > 0.0);
+    gauge("audience_sync_database_bytes", &[("file", "wal")]);
+    gauge("audience_sync_database_free_bytes", &[]);
+    let pruned = gauge("audience_sync_last_prune_timestamp_seconds", &[]);
+    let records = env.query(&format!(
+        "SELECT count(*) FROM prunes WHERE origin = 'daemon' AND started_at = {pruned}"
+    ));
+    assert_ne!(records[0][0], "0", "no prune record at {pruned}");
+    let records = env.query("SELECT count(*) FROM prunes WHERE origin = 'daemon'");
+    assert!(
+        records[0][0].parse::<u64>().unwrap() >= 2,
+        "a prune after each run"
+    );
+    assert_eq!(gauge("audience_sync_last_prune_failed", &[]), 0.0);
+    gauge(
+        "audience_sync_last_prune_removed",
+        &[("what", "delivered_messages")],
+    );
+    assert_eq!(
+        metrics
+            .get(&("audience_sync_planning_failed".to_string(), BTreeMap::new()))
+            .copied()
+            .unwrap_or(0.0),
+        0.0
+    );
 
     let (code, took) = terminate(&mut daemon);
     assert_eq!(code, Some(0), "SIGTERM exits 0");

@@ -45,6 +45,13 @@ fn status_reports_newest_snapshots_as_text_and_json() {
         "{text}"
     );
     assert!(text.contains("Outbox: 0 pending"), "{text}");
+    assert!(
+        text.contains("  0 undelivered of at most 100,000 (plan.max_pending_messages)\n"),
+        "{text}"
+    );
+    assert!(text.contains(" on disk ("), "{text}");
+    assert!(text.contains(" write-ahead log); "), "{text}");
+    assert!(text.contains("Last prune: none yet"), "{text}");
 
     let json: serde_json::Value =
         serde_json::from_str(&env.run(&["status", "--json"]).success().stdout).unwrap();
@@ -56,7 +63,57 @@ fn status_reports_newest_snapshots_as_text_and_json() {
     assert_eq!(vip["snapshot"]["taken_at"], "2026-05-02T10:00:00Z");
     assert_eq!(json["membership"]["rows"], 1);
     assert_eq!(json["outbox"]["pending"], 0);
+    assert_eq!(json["outbox"]["undelivered"], 0);
+    assert_eq!(json["outbox"]["pending_limit"], 100_000);
     assert!(json["runs"].as_array().unwrap().is_empty());
+    let size = &json["database_size"];
+    assert_eq!(
+        size["file_bytes"],
+        std::fs::metadata(env.db_path()).unwrap().len(),
+        "{size}"
+    );
+    assert_eq!(
+        size["free_bytes"].as_u64().unwrap(),
+        size["free_pages"].as_u64().unwrap() * size["page_size"].as_u64().unwrap()
+    );
+    assert!(json["last_prune"].is_null());
+
+    // The last prune: when, by whom, what went (the older of two snapshots) and the space.
+    env.write(
+        "keep-one.toml",
+        "[database]\npath = \"state/test.db\"\n[http]\nlisten = \"\"\n\
+         [plan]\nmax_pending_messages = 5000\n[retention]\nsnapshots_per_computation = 1\n",
+    );
+    let pruned: serde_json::Value = serde_json::from_str(
+        &env.run(&["--config", "keep-one.toml", "prune", "--json"])
+            .success()
+            .stdout,
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &env.run(&["--config", "keep-one.toml", "status", "--json"])
+            .success()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["outbox"]["pending_limit"], 5000);
+    let last = &json["last_prune"];
+    assert_eq!(last["origin"], "command");
+    assert_eq!(last["snapshots"], 1);
+    assert_eq!(last["snapshot_rows"], 2);
+    assert_eq!(last["membership_snapshots"], 0);
+    assert_eq!(last["bytes_returned"], pruned["space"]["bytes_returned"]);
+    assert!(last["error"].is_null());
+    assert!(last["at"].as_str().unwrap().ends_with('Z'), "{last}");
+    let text = env
+        .run(&["--config", "keep-one.toml", "status"])
+        .success()
+        .stdout;
+    assert!(
+        text.contains("by audience-sync prune, removed 0 delivered messages, 0 runs, 1 snapshot (2 rows), 0 membership snapshots (0 rows); returned "),
+        "{text}"
+    );
+    assert!(text.contains("of at most 5,000"), "{text}");
 }
 
 #[test]

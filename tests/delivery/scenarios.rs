@@ -579,3 +579,70 @@ fn ctrl_c_stops_after_the_requests_in_flight_and_leaves_the_rest_queued() {
     world.ok(&["sync"]);
     oracle::check(&world.state(), &oracle::expected(&steps[..1]));
 }
+
+#[test]
+fn sync_delivers_while_it_plans_and_the_outbox_stays_within_its_bound() {
+    // 2,000 users in the initial sync, planned in chunks of ~300 staged rows, at most 200
+    // messages ahead of delivery (300 requests a second): delivery starts with the first chunk,
+    // and the outbox never holds more than the bound plus one chunk.
+    let mut world = World::new(clean(300));
+    world.set("PLAN__MAX_PENDING_MESSAGES", "200");
+    let steps = steps(2_000);
+    for (i, step) in steps.iter().enumerate() {
+        oracle::load_step(&world, i, step);
+        let mut child = world
+            .command(&["sync"])
+            .env(audience_sync::plan::CHUNK_ROWS_HOOK, "300")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let conn = world.db();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        let (mut most_pending, mut delivered_while_planning, mut chunks_seen) = (0i64, false, 0i64);
+        while child.try_wait().unwrap().is_none() {
+            let (pending, delivered, unfinished, chunks): (i64, i64, i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM outbox WHERE status = 'pending'), \
+                       (SELECT count(*) FROM outbox WHERE status = 'delivered'), \
+                       (SELECT count(*) FROM run_progress), \
+                       (SELECT coalesce(max(chunks), 0) FROM run_progress)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .unwrap();
+            most_pending = most_pending.max(pending);
+            chunks_seen = chunks_seen.max(chunks);
+            if i == 0 && unfinished == 1 && delivered > 0 {
+                delivered_while_planning = true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "sync failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The bound, plus the chunk that was being planned when it was reached (at most one
+        // message per staged row).
+        assert!(most_pending <= 200 + 300, "{most_pending} pending at once");
+        if i == 0 {
+            assert!(
+                chunks_seen >= 3,
+                "only {chunks_seen} chunks committed mid-run"
+            );
+            assert!(
+                delivered_while_planning,
+                "nothing was delivered before the run's last chunk"
+            );
+        }
+        assert_eq!(world.count("SELECT count(*) FROM run_progress"), 0);
+        assert_eq!(
+            world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'"),
+            0
+        );
+        oracle::check(&world.state(), &oracle::expected(&steps[..=i]));
+    }
+}
