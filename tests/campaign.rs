@@ -419,11 +419,34 @@ fn crash_run(seed: u64, stats: &mut Stats) {
     };
     config.search_lag = Duration::from_secs(2);
     let limit = config.rate_limit;
-    let world = World::new(config, limit, 1);
+    let mut world = World::new(config, limit, 1);
+    // Runs of any size (SPEC section 9) in miniature: chunks of a few dozen staged rows and an
+    // outbox bound of a few dozen messages, so kills land between chunks, mid-chunk and while
+    // `sync`'s planning waits for delivery to make room.
+    let chunk_rows = rng.range(8, 60);
+    let bound = rng.range(10, 60);
+    world.env.push((
+        audience_sync::plan::CHUNK_ROWS_HOOK.to_string(),
+        chunk_rows.to_string(),
+    ));
+    world.env.push((
+        "AUDIENCE_SYNC__PLAN__MAX_PENDING_MESSAGES".to_string(),
+        bound.to_string(),
+    ));
+    // Pruning as the daemon does after every run, everything it may remove at once.
+    world.env.push((
+        "AUDIENCE_SYNC__RETENTION__DELIVERED_DAYS".to_string(),
+        "0".to_string(),
+    ));
+    world.env.push((
+        "AUDIENCE_SYNC__RETENTION__SNAPSHOTS_PER_COMPUTATION".to_string(),
+        "1".to_string(),
+    ));
     world.ok(&args(&["status"]));
     let mut load_estimate = Duration::from_millis(60);
     let mut plan_estimate = Duration::from_millis(100);
     let mut sync_estimate = Duration::from_secs(3);
+    let mut prune_estimate = Duration::from_millis(50);
     for (i, step) in scenario.steps.iter().enumerate() {
         for (_, action) in scenario.actions(&world, i, &mut rng) {
             match &action {
@@ -459,7 +482,8 @@ fn crash_run(seed: u64, stats: &mut Stats) {
             &mut rng,
             stats,
             &|w: &World| {
-                // A killed plan commits one run, whole (it is one transaction), or nothing.
+                // A killed plan records its run with its first chunk (or not at all), and the
+                // next `sync` resumes it: never two runs for one, never a message twice.
                 let now = w.count("SELECT count(*) FROM runs");
                 assert!(
                     now == runs.get() || now == runs.get() + 1,
@@ -467,6 +491,13 @@ fn crash_run(seed: u64, stats: &mut Stats) {
                     runs.get()
                 );
                 runs.set(now);
+                assert_eq!(
+                    w.count("SELECT count(*) FROM outbox WHERE status = 'pending'"),
+                    w.count(
+                        "SELECT count(DISTINCT message_id) FROM outbox WHERE status = 'pending'"
+                    ),
+                    "a message queued twice"
+                );
             },
         );
         *stats.extra.entry("plan kills tried").or_default() += kills;
@@ -481,6 +512,21 @@ fn crash_run(seed: u64, stats: &mut Stats) {
             &|_| {},
         );
         *stats.extra.entry("delivery kills tried").or_default() += kills;
+        let unfinished = world.count("SELECT count(*) FROM run_progress");
+        assert_eq!(unfinished, 0, "a run left unfinished after a clean sync");
+        // The prune the daemon makes after a run, killed too; it never removes what the next
+        // run or delivery needs.
+        let kills = rng.below(2);
+        killed_and_restarted(
+            &world,
+            &args(&["prune"]),
+            kills,
+            &mut prune_estimate,
+            &mut rng,
+            stats,
+            &|_| {},
+        );
+        *stats.extra.entry("prune kills tried").or_default() += kills;
         check_snapshots_whole(&world);
         check_step(&world, &scenario, i + 1);
         stats.steps += 1;

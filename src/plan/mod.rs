@@ -221,8 +221,6 @@ struct Comp {
     resync: bool,
     /// Changes fire track events in this run.
     track: bool,
-    /// Dead-lettered changes of this computation wait to be re-planned (`replans`).
-    replans: bool,
 }
 
 impl Comp {
@@ -457,7 +455,6 @@ impl<'a> Emitter<'a, '_> {
 
     fn entity(&mut self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
         self.chunk.count(self.comps, rows);
-        self.replan(rows)?;
         self.estimate.entity(self.conn, rows)?;
         if matches!(self.output, Output::Plan) {
             return self.count_only(rows);
@@ -467,37 +464,6 @@ impl<'a> Emitter<'a, '_> {
         } else {
             self.user(rows)
         }
-    }
-
-    /// Re-planning never invents events (SPEC section 6): a change that drives an entity to the
-    /// value a dead-lettered change was driving it to emits what that change emitted: no track
-    /// when it fired none (an initial sync's change, unless `track_on_initial_sync`), else its
-    /// track with the same event time (Intercom de-duplicates it if it was delivered). A change
-    /// to another value is a new change and is emitted as this run emits changes.
-    fn replan(&self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
-        for row in rows.iter_mut() {
-            let Some(index) = row.computation else {
-                continue;
-            };
-            let comp = &self.comps[index as usize];
-            if !comp.replans {
-                continue;
-            }
-            let subject = if row.lane_kind == 0 {
-                "account"
-            } else {
-                "user"
-            };
-            let Some(replan) = state::replan(self.conn, &comp.id, subject, &row.entity_id)? else {
-                continue;
-            };
-            if json_value(row.value.as_deref())? != json_value(replan.value.as_deref())? {
-                continue;
-            }
-            row.track = row.track && replan.track_at.is_some();
-            row.event_at = replan.track_at;
-        }
-        Ok(())
     }
 
     /// `plan`: count the messages `account` / `user` would build, without building them (an

@@ -282,7 +282,9 @@ fn run_inner(
                         for (job, statements) in jobs.iter().zip(statements.iter_mut()) {
                             streams.push(Stream::Local {
                                 job,
-                                merge: statements.open_from(&from)?,
+                                conn,
+                                replans: job.replans(conn)?,
+                                merge: Box::new(statements.open_from(&from)?),
                             });
                         }
                         let mut merger = Merger::new(streams)?;
@@ -410,7 +412,6 @@ fn choose(
             snapshot,
             resync: full,
             track: !full && (!initial || personas.track_on_initial_sync),
-            replans: state::has_replans(conn, &c.id)?,
         });
     }
     let mut membership_report = None;
@@ -498,7 +499,6 @@ fn resume(conn: &Connection, progress: RunProgress) -> anyhow::Result<Setup> {
             snapshot: Some(snapshot),
             resync: rc.resync,
             track: rc.track,
-            replans: state::has_replans(conn, &c.id)?,
         });
     }
     let membership_report = progress.membership.then_some(MembershipReport {
@@ -647,13 +647,41 @@ impl Job {
         }
     }
 
-    /// One step of the merge: `None` at the end, `Some(None)` for an entity without a change.
-    fn step(&self, merge: &mut Merge<'_>) -> rusqlite::Result<Option<Option<ChangeRow>>> {
+    /// Whether dead-lettered changes of the job's computation wait to be re-planned (asked in
+    /// each read transaction the merge runs in).
+    fn replans(&self, conn: &Connection) -> rusqlite::Result<bool> {
         match self {
-            Job::Values { spec, .. } => Ok(merge
-                .next_pair_unless_same(!spec.resync, |pair| spec.change(pair))?
-                .map(Option::flatten)),
-            Job::Membership { full, .. } => merge.next_member(|pair| {
+            Job::Values { computation_id, .. } => state::has_replans(conn, computation_id),
+            Job::Membership { .. } => Ok(false),
+        }
+    }
+
+    /// One step of the merge: `None` at the end, `Some(None)` for an entity without a change.
+    /// With `replans`, a change is matched against its dead-lettered one in the same read
+    /// transaction as the planned state it was diffed against ([`replan`]).
+    fn step(
+        &self,
+        conn: &Connection,
+        replans: bool,
+        merge: &mut Merge<'_>,
+    ) -> anyhow::Result<Option<Option<ChangeRow>>> {
+        match self {
+            Job::Values {
+                spec,
+                computation_id,
+                subject,
+                ..
+            } => {
+                let step = merge
+                    .next_pair_unless_same(!spec.resync, |pair| spec.change(pair))?
+                    .map(Option::flatten);
+                if replans && let Some(Some(mut row)) = step {
+                    replan(conn, computation_id, subject, &mut row)?;
+                    return Ok(Some(Some(row)));
+                }
+                Ok(step)
+            }
+            Job::Membership { full, .. } => Ok(merge.next_member(|pair| {
                 let change = match (pair.attached, pair.in_snapshot) {
                     (false, true) => Change::Attach,
                     (true, false) => Change::Detach,
@@ -674,9 +702,35 @@ impl Job {
                     overrides: false,
                     event_at: None,
                 })
-            }),
+            })?),
         }
     }
+}
+
+/// Re-planning never invents events (SPEC section 6): a change that drives an entity to the
+/// value a dead-lettered change was driving it to emits what that change emitted: no track
+/// when it fired none (an initial sync's change, unless `track_on_initial_sync`), else its
+/// track with the same event time (Intercom de-duplicates it if it was delivered). A change
+/// to another value is a new change and is emitted as this run emits changes.
+///
+/// It is looked up by the merge, in the read transaction its planned state came from: a dead
+/// letter writes its planned state and its `replans` row together, so a change diffed against
+/// the state a dead letter put back always finds what that dead letter emitted.
+fn replan(
+    conn: &Connection,
+    computation_id: &str,
+    subject: &str,
+    row: &mut ChangeRow,
+) -> anyhow::Result<()> {
+    let Some(replan) = state::replan(conn, computation_id, subject, &row.entity_id)? else {
+        return Ok(());
+    };
+    if super::json_value(row.value.as_deref())? != super::json_value(replan.value.as_deref())? {
+        return Ok(());
+    }
+    row.track = row.track && replan.track_at.is_some();
+    row.event_at = replan.track_at;
+    Ok(())
 }
 
 /// Most merges a pass runs on worker threads (one thread and read connection each).
@@ -770,6 +824,7 @@ fn read_some(
     batch: &mut Vec<ChangeRow>,
     send: &SyncSender<Batch>,
 ) -> anyhow::Result<Stop> {
+    let replans = job.replans(conn)?;
     let mut statements = job.statements(conn)?;
     let mut merge = statements.open_from(from)?;
     let began = Instant::now();
@@ -779,7 +834,7 @@ fn read_some(
         None => Stop::End,
     };
     loop {
-        let Some(step) = job.step(&mut merge)? else {
+        let Some(step) = job.step(conn, replans, &mut merge)? else {
             return Ok(Stop::End);
         };
         if let Some(row) = step {
@@ -813,7 +868,9 @@ enum Stream<'s> {
     },
     Local {
         job: &'s Job,
-        merge: Merge<'s>,
+        conn: &'s Connection,
+        replans: bool,
+        merge: Box<Merge<'s>>,
     },
 }
 
@@ -832,8 +889,16 @@ impl Stream<'_> {
                         Err(_) => return Ok(None),
                     }
                 }
-                Stream::Local { job, merge } => {
-                    match job.step(merge).with_context(|| job.what())? {
+                Stream::Local {
+                    job,
+                    conn,
+                    replans,
+                    merge,
+                } => {
+                    match job
+                        .step(conn, *replans, merge)
+                        .with_context(|| job.what())?
+                    {
                         None => return Ok(None),
                         Some(Some(row)) => return Ok(Some(row)),
                         Some(None) => {}
@@ -1011,7 +1076,7 @@ impl Chunker<'_, '_> {
                 emitter.chunk = ChunkCounts::new(setup.comps.len());
                 return Ok(());
             }
-            if !self.held {
+            if !self.held && (emitter.staged > 0 || (done && last)) {
                 self.held = true;
                 hold_hook();
             }
