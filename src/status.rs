@@ -174,7 +174,12 @@ fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
 
 fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunStatus>> {
     let mut stmt = conn.prepare(
-        "SELECT id, mode, status, started_at, finished_at, \
+        // A run still being planned (or interrupted: the next run resumes it) has a
+        // `run_progress` row: say how far it got.
+        "SELECT id, mode, \
+                coalesce((SELECT 'planning or interrupted: ' || p.chunks || ' chunks committed' \
+                          FROM run_progress p WHERE p.run_id = runs.id), status), \
+                started_at, finished_at, \
                 messages_identify + messages_track + messages_group \
          FROM runs ORDER BY id DESC LIMIT ?1",
     )?;

@@ -392,6 +392,11 @@ fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
         .to_string();
     assert!(err.contains("run being planned"), "{err}");
     drop(conn);
+    let status = env.ok(&["status"]);
+    assert!(
+        status.contains("planning or interrupted: 2 chunks committed"),
+        "{status}"
+    );
     // `plan` shows the rest of the unfinished run and changes nothing.
     let plan = env.ok(&["plan", "--json"]);
     let plan: Value = serde_json::from_str(&plan).unwrap();
