@@ -127,8 +127,11 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                             // Delivery need not wait for the prune.
                             delivery_wake.notify_one();
                         }
-                        // Retention after every scheduled run, under the same plan lock.
-                        prune_after_run(&run_settings);
+                        // Retention after every scheduled run, under the same plan lock (not
+                        // when stopping: the run stopped early, and the stop should be quick).
+                        if !plan_stop.is_cancelled() {
+                            prune_after_run(&run_settings);
+                        }
                         planned
                     }),
                     Instant::now(),

@@ -300,12 +300,14 @@ fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
 
 #[test]
 fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats() {
-    // A bigger run in small chunks, killed at several points: each time the database is
-    // intact, and the next run resumes (or starts) the run and ends with every message once.
-    let env = Env::new();
-    seed(&env.conn(), 20_000);
-    let mut resumed = false;
-    for delay_ms in [20u64, 80, 200, 400] {
+    // A bigger run in small chunks, SIGKILLed after a delay that grows until a kill lands
+    // between two chunks (a fresh database each time): the database is intact, what is queued
+    // came from whole chunks, and the next run resumes the killed one and ends with every
+    // message once.
+    let mut landed = None;
+    for delay_ms in [30u64, 60, 100, 150, 200, 300, 450, 700, 1000, 1500] {
+        let env = Env::new();
+        seed(&env.conn(), 20_000);
         let mut child = env
             .cmd(&["sync", "--no-deliver"])
             .env(audience_sync::plan::CHUNK_ROWS_HOOK, "2000")
@@ -318,32 +320,30 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
         let _ = child.wait();
         integrity(&env.db);
         let conn = env.conn();
-        let unfinished = count(&conn, "SELECT count(*) FROM run_progress");
         // Whatever is queued came from committed chunks: never a message twice.
+        let queued = count(&conn, "SELECT count(*) FROM outbox");
         assert_eq!(
-            count(&conn, "SELECT count(*) FROM outbox"),
+            queued,
             count(&conn, "SELECT count(DISTINCT message_id) FROM outbox")
         );
-        if unfinished == 1 {
-            resumed = true;
-            let out = env.ok(&["sync", "--no-deliver"]);
-            assert!(
-                out.contains("resumed from its last committed chunk"),
-                "{out}"
-            );
+        if count(&conn, "SELECT count(*) FROM run_progress") == 1 {
+            assert!(queued < 20_000, "{queued} queued by an unfinished run");
+            landed = Some((env, delay_ms, queued));
             break;
         }
-        if count(
-            &conn,
-            "SELECT count(*) FROM runs WHERE planned_at IS NOT NULL",
-        ) == 1
-        {
-            break;
-        }
+        // Killed before the first chunk (nothing) or after the last (everything).
+        assert!(
+            queued == 0 || queued == 20_000,
+            "{queued} without a run to resume"
+        );
     }
-    if !resumed {
-        env.ok(&["sync", "--no-deliver"]);
-    }
+    let (env, delay_ms, queued) = landed.expect("no kill landed between two chunks");
+    eprintln!("killed after {delay_ms} ms with {queued} messages queued");
+    let out = env.ok(&["sync", "--no-deliver"]);
+    assert!(
+        out.contains("resumed from its last committed chunk"),
+        "{out}"
+    );
     let conn = env.conn();
     assert_eq!(count(&conn, "SELECT count(*) FROM run_progress"), 0);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 20_000);
@@ -352,10 +352,7 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
         20_000
     );
     assert_eq!(
-        count(
-            &conn,
-            "SELECT messages_identify FROM runs WHERE planned_at IS NOT NULL"
-        ),
+        count(&conn, "SELECT messages_identify FROM runs WHERE id = 1"),
         20_000
     );
     assert_eq!(planned(&conn), 30_000);
