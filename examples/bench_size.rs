@@ -88,7 +88,7 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm", ".lock"] {
+    for suffix in ["", "-wal", "-shm", ".lock", ".plan.lock", ".deliver.lock"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::settings::PersonasSettings;
-use crate::store::outbox::{self, Effect, MembershipEffect, NewMessage};
+use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
 use diff::Change;
 use message::{ComputationRef, User};
@@ -708,15 +708,13 @@ impl<'a> Emitter<'a, '_> {
                 true
             }
             Output::Enqueue => {
-                outbox::stage(
+                outbox::stage_values(
                     self.conn,
-                    &NewMessage {
-                        lane,
-                        message_id,
-                        kind,
-                        body: &body.to_string(),
-                        effects: &serde_json::to_string(effects)?,
-                    },
+                    lane,
+                    message_id,
+                    kind,
+                    body,
+                    &serde_json::to_value(effects)?,
                     with_user,
                 )?;
                 self.staged += 1;

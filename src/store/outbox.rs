@@ -183,7 +183,38 @@ pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> ru
         message.message_id,
         message.lane,
     );
-    let (body, effects, shape, parts) = match &split {
+    stage_split(conn, message, split.as_ref(), with_user)
+}
+
+/// [`stage`] of a message the planner holds as values (no text to parse back).
+pub fn stage_values(
+    conn: &Connection,
+    lane: &str,
+    message_id: &str,
+    kind: &str,
+    body: &Value,
+    effects: &Value,
+    with_user: bool,
+) -> rusqlite::Result<()> {
+    let split = shape::split_values(body, effects, message_id, lane);
+    let message = NewMessage {
+        lane,
+        message_id,
+        kind,
+        body: "",
+        effects: "",
+    };
+    stage_split(conn, &message, Some(&split), with_user)
+}
+
+/// Stage a message split into shape and parts, or (without a split) whole.
+fn stage_split(
+    conn: &Connection,
+    message: &NewMessage<'_>,
+    split: Option<&shape::Split>,
+    with_user: bool,
+) -> rusqlite::Result<()> {
+    let (body, effects, shape, parts) = match split {
         Some(split) => {
             // A run has a handful of shapes and stages them thousands of times each: the
             // staged id is looked up here, not by an upsert on the shape text's index.
@@ -693,17 +724,45 @@ mod tests {
         let mut conn = crate::store::open(&dir.path().join("t.db")).unwrap();
         let messages: Vec<_> = (0..N).map(typical_identify).collect();
         create_staging(&conn).unwrap();
+        // As the planner stages them: values, inside the run's transaction; every tenth as
+        // text (`stage`), which must give the same rows.
+        let values: Vec<(Value, Value)> = messages
+            .iter()
+            .map(|(_, _, body, effects)| {
+                (
+                    serde_json::from_str(body).unwrap(),
+                    serde_json::from_str(effects).unwrap(),
+                )
+            })
+            .collect();
         let started = std::time::Instant::now();
-        for (lane, id, body, effects) in &messages {
-            let message = NewMessage {
-                lane,
-                message_id: id,
-                kind: "identify",
-                body,
-                effects,
-            };
-            stage(&conn, &message, false).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        for (i, ((lane, id, body, effects), (body_value, effects_value))) in
+            messages.iter().zip(&values).enumerate()
+        {
+            if i % 10 == 0 {
+                let message = NewMessage {
+                    lane,
+                    message_id: id,
+                    kind: "identify",
+                    body,
+                    effects,
+                };
+                stage(&conn, &message, false).unwrap();
+            } else {
+                stage_values(
+                    &conn,
+                    lane,
+                    id,
+                    "identify",
+                    body_value,
+                    effects_value,
+                    false,
+                )
+                .unwrap();
+            }
         }
+        conn.execute_batch("COMMIT").unwrap();
         let tx = conn.transaction().unwrap();
         tx.execute(
             "INSERT INTO runs (id, mode, started_at) VALUES (1, 'full', 0)",

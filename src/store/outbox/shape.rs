@@ -10,7 +10,7 @@
 //! trait's value in the body and in its effect) is stored once. Everything else (`integrations`,
 //! `context.personas`, the trait keys) stays in the shape.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// A body and its effects split: the shape's text (the key it is stored under) and the parts.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,15 +33,6 @@ enum Source {
 }
 
 impl Source {
-    fn to_json(self) -> Value {
-        match self {
-            Source::Part(i) => json!(i),
-            Source::Time(i) => json!({ "t": i }),
-            Source::MessageId => json!("m"),
-            Source::Lane => json!("l"),
-        }
-    }
-
     fn from_json(value: &Value) -> Option<Source> {
         match value {
             Value::Number(n) => Some(Source::Part(usize::try_from(n.as_u64()?).ok()?)),
@@ -81,124 +72,215 @@ struct Hole {
 /// `message_id` and `lane`. `None` when either is not such JSON: the row keeps them whole, since
 /// only text that `serde_json` writes back byte for byte can be joined back byte for byte.
 pub fn split(body: &str, effects: &str, message_id: &str, lane: &str) -> Option<Split> {
-    let mut body_value: Value = serde_json::from_str(body).ok()?;
-    let mut effects_value: Value = serde_json::from_str(effects).ok()?;
+    let body_value: Value = serde_json::from_str(body).ok()?;
+    let effects_value: Value = serde_json::from_str(effects).ok()?;
     if serde_json::to_string(&body_value).ok()? != body
         || serde_json::to_string(&effects_value).ok()? != effects
     {
         return None;
     }
-    let mut taker = Taker {
+    Some(split_values(&body_value, &effects_value, message_id, lane))
+}
+
+/// [`split`] of a body and effects the planner holds as values (they are serde_json's to begin
+/// with). It writes the shape's text in one walk, without building it as a value: the planner
+/// stages every message of a run through here.
+pub fn split_values(body: &Value, effects: &Value, message_id: &str, lane: &str) -> Split {
+    let mut w = Writer {
         message_id,
         lane,
+        out: Vec::with_capacity(2048),
+        holes: Vec::with_capacity(512),
         parts: Vec::new(),
-        holes: Vec::new(),
         path: Vec::new(),
+        in_effects: false,
     };
-    if let Value::Object(top) = &mut body_value {
-        taker.body(top);
+    w.out.extend_from_slice(b"{\"b\":");
+    match body {
+        Value::Object(top) => w.body(top),
+        other => w.value(other),
     }
-    taker.effects(&mut effects_value);
-    let holes: Vec<Value> = taker
-        .holes
-        .iter()
-        .map(|hole| {
-            let mut h = vec![
-                hole.source.to_json(),
-                json!(if hole.in_effects { "e" } else { "b" }),
-            ];
-            h.extend(hole.path.iter().map(|step| match step {
-                Step::Key(k) => json!(k),
-                Step::Index(i) => json!(i),
-            }));
-            Value::Array(h)
-        })
-        .collect();
-    let shape = json!({ "b": body_value, "e": effects_value, "h": holes });
-    Some(Split {
-        shape: serde_json::to_string(&shape).ok()?,
-        parts: serde_json::to_string(&taker.parts).ok()?,
-    })
+    w.out.extend_from_slice(b",\"e\":");
+    w.in_effects = true;
+    w.effects(effects);
+    w.out.extend_from_slice(b",\"h\":[");
+    w.out.extend_from_slice(&w.holes);
+    w.out.extend_from_slice(b"]}");
+    let parts = serde_json::to_string(&w.parts).expect("values serialise");
+    Split {
+        shape: String::from_utf8(w.out).expect("serde_json writes UTF-8"),
+        parts,
+    }
 }
 
-struct Taker<'a> {
+/// One step of the path to a value being written.
+#[derive(Clone, Copy)]
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Writes a shape's text: the skeletons with `null` where a value is taken out, and the holes.
+struct Writer<'a> {
     message_id: &'a str,
     lane: &'a str,
+    out: Vec<u8>,
+    /// The holes' JSON, comma-separated.
+    holes: Vec<u8>,
     parts: Vec<Value>,
-    holes: Vec<Hole>,
-    path: Vec<Step>,
+    path: Vec<PathStep<'a>>,
+    in_effects: bool,
 }
 
-impl Taker<'_> {
-    fn body(&mut self, top: &mut Map<String, Value>) {
-        for (key, value) in top.iter_mut() {
-            self.path.push(Step::Key(key.clone()));
+impl<'a> Writer<'a> {
+    fn value(&mut self, value: &Value) {
+        serde_json::to_writer(&mut self.out, value).expect("values serialise");
+    }
+
+    fn key(&mut self, key: &str) {
+        serde_json::to_writer(&mut self.out, key).expect("strings serialise");
+        self.out.push(b':');
+    }
+
+    /// The top level of a body: which of its fields are taken out.
+    fn body(&mut self, top: &'a Map<String, Value>) {
+        self.out.push(b'{');
+        for (i, (key, value)) in top.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.key(key);
+            self.path.push(PathStep::Key(key));
             match key.as_str() {
-                "type" | "event" => {}
-                "traits" | "properties" => self.members(value, false),
-                "context" => {
-                    if let Some(traits) = value.get_mut("traits") {
-                        self.path.push(Step::Key("traits".into()));
-                        self.members(traits, false);
-                        self.path.pop();
-                    }
-                }
-                _ if !value.is_object() && !value.is_array() => self.take(value, false),
-                _ => {}
+                "type" | "event" => self.value(value),
+                "traits" | "properties" => self.members(value),
+                "context" => self.context(value),
+                _ if !value.is_object() && !value.is_array() => self.take(value),
+                _ => self.value(value),
             }
             self.path.pop();
         }
+        self.out.push(b'}');
     }
 
-    fn members(&mut self, value: &mut Value, in_effects: bool) {
-        if let Value::Object(members) = value {
-            for (key, member) in members.iter_mut() {
-                self.path.push(Step::Key(key.clone()));
-                self.take(member, in_effects);
+    /// Every member of an object taken out (its keys stay).
+    fn members(&mut self, value: &'a Value) {
+        let Value::Object(members) = value else {
+            return self.value(value);
+        };
+        self.out.push(b'{');
+        for (i, (key, member)) in members.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.key(key);
+            self.path.push(PathStep::Key(key));
+            self.take(member);
+            self.path.pop();
+        }
+        self.out.push(b'}');
+    }
+
+    /// `context`: its `traits` taken out, the rest (`personas`) kept.
+    fn context(&mut self, value: &'a Value) {
+        let Value::Object(context) = value else {
+            return self.value(value);
+        };
+        self.out.push(b'{');
+        for (i, (key, member)) in context.iter().enumerate() {
+            if i > 0 {
+                self.out.push(b',');
+            }
+            self.key(key);
+            if key == "traits" {
+                self.path.push(PathStep::Key(key));
+                self.members(member);
                 self.path.pop();
+            } else {
+                self.value(member);
             }
         }
+        self.out.push(b'}');
     }
 
-    fn effects(&mut self, value: &mut Value) {
+    /// Effects: every leaf taken out but `computation_id`, `subject` and `attached`.
+    fn effects(&mut self, value: &'a Value) {
         match value {
             Value::Array(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    self.path.push(Step::Index(i));
+                self.out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.path.push(PathStep::Index(i));
                     self.effects(item);
                     self.path.pop();
                 }
+                self.out.push(b']');
             }
             Value::Object(members) => {
-                for (key, member) in members.iter_mut() {
+                self.out.push(b'{');
+                for (i, (key, member)) in members.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push(b',');
+                    }
+                    self.key(key);
                     if matches!(key.as_str(), "computation_id" | "subject" | "attached") {
+                        self.value(member);
                         continue;
                     }
-                    self.path.push(Step::Key(key.clone()));
+                    self.path.push(PathStep::Key(key));
                     self.effects(member);
                     self.path.pop();
                 }
+                self.out.push(b'}');
             }
-            _ => self.take(value, true),
+            leaf => self.take(leaf),
         }
     }
 
-    fn take(&mut self, value: &mut Value, in_effects: bool) {
-        let value = std::mem::take(value);
-        let source = match &value {
+    /// Take `value` out: `null` in the skeleton, a hole saying where it comes from.
+    fn take(&mut self, value: &Value) {
+        self.out.extend_from_slice(b"null");
+        let source = match value {
             Value::String(s) if s == self.message_id => Source::MessageId,
             Value::String(s) if s == self.lane => Source::Lane,
             Value::String(s) => match whole_second_time(s) {
                 Some(seconds) => Source::Time(self.part(Value::from(seconds))),
-                None => Source::Part(self.part(value)),
+                None => Source::Part(self.part(value.clone())),
             },
-            _ => Source::Part(self.part(value)),
+            _ => Source::Part(self.part(value.clone())),
         };
-        self.holes.push(Hole {
-            source,
-            in_effects,
-            path: self.path.clone(),
+        if !self.holes.is_empty() {
+            self.holes.push(b',');
+        }
+        let holes = &mut self.holes;
+        holes.push(b'[');
+        match source {
+            Source::Part(i) => holes.extend_from_slice(i.to_string().as_bytes()),
+            Source::Time(i) => {
+                holes.extend_from_slice(b"{\"t\":");
+                holes.extend_from_slice(i.to_string().as_bytes());
+                holes.push(b'}');
+            }
+            Source::MessageId => holes.extend_from_slice(b"\"m\""),
+            Source::Lane => holes.extend_from_slice(b"\"l\""),
+        }
+        holes.extend_from_slice(if self.in_effects {
+            b",\"e\""
+        } else {
+            b",\"b\""
         });
+        for step in &self.path {
+            holes.push(b',');
+            match step {
+                PathStep::Key(k) => {
+                    serde_json::to_writer(&mut *holes, k).expect("strings serialise")
+                }
+                PathStep::Index(i) => holes.extend_from_slice(i.to_string().as_bytes()),
+            }
+        }
+        holes.push(b']');
     }
 
     /// The index of `value` in the parts, added if it is not there yet.
