@@ -1115,6 +1115,7 @@ impl Chunker<'_, '_> {
             emitter.chunk = ChunkCounts::new(setup.comps.len());
             emitter.staged = 0;
             state::create_staging(self.conn)?;
+            keep_wal_small(self.conn);
             if !finish {
                 abort_hook_chunk(run.progress.chunks);
             }
@@ -1153,6 +1154,35 @@ impl Chunker<'_, '_> {
             std::thread::sleep(PACE_POLL);
         }
     }
+}
+
+/// The write-ahead log past which a run checkpoints it between chunks.
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Between chunks: when the WAL has grown past [`WAL_LIMIT`], copy it into the database and
+/// truncate it. SQLite's automatic checkpoints copy what no reader still needs but cannot start
+/// the log over while the diff's readers keep overlapping read transactions, so without this
+/// the log of a big run grows by everything the run writes. The diff's readers hand over their
+/// batches outside any transaction while the run is here, so the wait for them is short; a
+/// checkpoint that cannot finish now (another reader) is simply tried after the next chunk.
+fn keep_wal_small(conn: &Connection) {
+    let Some(path) = conn.path().filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let wal = std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+    if wal < WAL_LIMIT {
+        return;
+    }
+    let started = Instant::now();
+    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    });
+    debug!(
+        wal_bytes = wal,
+        busy = result.as_ref().map_or(-1, |r| r.0),
+        took_ms = started.elapsed().as_millis() as u64,
+        "Checkpointed the write-ahead log between chunks."
+    );
 }
 
 fn add_counts(total: &mut Counts, chunk: &Counts) {
