@@ -502,6 +502,7 @@ fn crash_run(seed: u64, stats: &mut Stats) {
         );
         *stats.extra.entry("plan kills tried").or_default() += kills;
         let kills = rng.range(1, 3);
+        let mid_run = std::cell::Cell::new(0u64);
         killed_and_restarted(
             &world,
             &args(&["sync"]),
@@ -509,9 +510,19 @@ fn crash_run(seed: u64, stats: &mut Stats) {
             &mut sync_estimate,
             &mut rng,
             stats,
-            &|_| {},
+            &|w: &World| {
+                // Killed while its run was unfinished (between chunks or while planning waited
+                // for delivery): the restart resumes it.
+                if w.count("SELECT count(*) FROM run_progress") == 1 {
+                    mid_run.set(mid_run.get() + 1);
+                }
+            },
         );
         *stats.extra.entry("delivery kills tried").or_default() += kills;
+        *stats
+            .extra
+            .entry("sync kills with the run unfinished")
+            .or_default() += mid_run.get();
         let unfinished = world.count("SELECT count(*) FROM run_progress");
         assert_eq!(unfinished, 0, "a run left unfinished after a clean sync");
         // The prune the daemon makes after a run, killed too; it never removes what the next
