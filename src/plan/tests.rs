@@ -115,25 +115,27 @@ impl Db {
             company_attribute_prefix: "account_",
         };
         let report = run(&mut self.conn, &self.personas, &options, Output::Enqueue).unwrap();
+        (report, self.bodies_after(before))
+    }
+
+    /// The bodies of the messages enqueued after `seq`, in outbox order.
+    fn bodies_after(&self, seq: i64) -> Vec<Value> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq FROM outbox WHERE seq > ?1 ORDER BY seq")
             .unwrap();
         let seqs: Vec<i64> = stmt
-            .query_map([before], |r| r.get(0))
+            .query_map([seq], |r| r.get(0))
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        drop(stmt);
-        let bodies = seqs
-            .into_iter()
+        seqs.into_iter()
             .map(|seq| {
                 crate::store::outbox::body(&self.conn, seq)
                     .unwrap()
                     .unwrap()
             })
-            .collect();
-        (report, bodies)
+            .collect()
     }
 
     fn run(&mut self) -> Vec<Value> {
@@ -1346,22 +1348,7 @@ impl Db {
             assert!(resumed.resumed && resumed.finished);
         }
         assert!(state::run_progress(&self.conn).unwrap().is_none());
-        let mut stmt = self
-            .conn
-            .prepare("SELECT seq FROM outbox WHERE seq > ?1 ORDER BY seq")
-            .unwrap();
-        let seqs: Vec<i64> = stmt
-            .query_map([before], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        seqs.into_iter()
-            .map(|seq| {
-                crate::store::outbox::body(&self.conn, seq)
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect()
+        self.bodies_after(before)
     }
 
     /// Everything planning keeps, as comparable text.

@@ -28,6 +28,14 @@ pub fn json_text(value: &Value) -> Option<String> {
     }
 }
 
+/// A `SELECT id, taken_at` row as a [`SnapshotRef`].
+fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRef> {
+    Ok(SnapshotRef {
+        id: r.get(0)?,
+        taken_at: r.get(1)?,
+    })
+}
+
 /// The newest complete snapshot of a computation, by (taken_at, id).
 pub fn newest_snapshot(
     conn: &Connection,
@@ -37,12 +45,7 @@ pub fn newest_snapshot(
         "SELECT id, taken_at FROM snapshots WHERE computation_id = ?1 AND complete = 1 \
          ORDER BY taken_at DESC, id DESC LIMIT 1",
         [computation_id],
-        |r| {
-            Ok(SnapshotRef {
-                id: r.get(0)?,
-                taken_at: r.get(1)?,
-            })
-        },
+        snapshot_row,
     )
     .optional()
 }
@@ -53,12 +56,7 @@ pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<SnapshotR
         "SELECT id, taken_at FROM membership_snapshots WHERE complete = 1 \
          ORDER BY taken_at DESC, id DESC LIMIT 1",
         [],
-        |r| {
-            Ok(SnapshotRef {
-                id: r.get(0)?,
-                taken_at: r.get(1)?,
-            })
-        },
+        snapshot_row,
     )
     .optional()
 }
@@ -68,12 +66,7 @@ pub fn snapshot_ref(conn: &Connection, id: i64) -> rusqlite::Result<Option<Snaps
     conn.query_row(
         "SELECT id, taken_at FROM snapshots WHERE id = ?1",
         [id],
-        |r| {
-            Ok(SnapshotRef {
-                id: r.get(0)?,
-                taken_at: r.get(1)?,
-            })
-        },
+        snapshot_row,
     )
     .optional()
 }
@@ -83,12 +76,7 @@ pub fn membership_ref(conn: &Connection, id: i64) -> rusqlite::Result<Option<Sna
     conn.query_row(
         "SELECT id, taken_at FROM membership_snapshots WHERE id = ?1",
         [id],
-        |r| {
-            Ok(SnapshotRef {
-                id: r.get(0)?,
-                taken_at: r.get(1)?,
-            })
-        },
+        snapshot_row,
     )
     .optional()
 }
