@@ -665,3 +665,108 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
 async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_plans_within_its_outbox_bound_and_resumes_a_run_killed_mid_way() {
+    // 600 users, chunks of ~40 staged rows, at most 50 undelivered messages ahead of a slow
+    // Intercom: the daemon's run waits at the bound while its delivery drains; SIGKILLed then,
+    // the restarted daemon resumes the run and every user ends up in Intercom once.
+    let mut config = SandboxConfig::new(TOKEN);
+    config.latency = Duration::from_millis(30);
+    let sandbox = Sandbox::start(config).await.unwrap();
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, true);
+    let users = 600;
+    let members: String = (0..users)
+        .map(|i| format!("{{\"user_id\": \"user{i:03}\"}}\n"))
+        .collect();
+    load(&env, "vip.ndjson", &members);
+    let daemon = || {
+        env.command(&["--config", "daemon.toml", "run"])
+            .env("AUDIENCE_SYNC__PLAN__MAX_PENDING_MESSAGES", "50")
+            .env(audience_sync::plan::CHUNK_ROWS_HOOK, "40")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let count = |sql: &str| -> u64 { env.query(sql)[0][0].parse().unwrap() };
+    let most_pending = std::cell::Cell::new(0u64);
+    let mut sample = || {
+        let pending = count("SELECT count(*) FROM outbox WHERE status = 'pending'");
+        most_pending.set(most_pending.get().max(pending));
+    };
+
+    let mut first = daemon();
+    wait_for(
+        "the run to wait at its bound with messages delivered",
+        Duration::from_secs(60),
+        || {
+            sample();
+            count("SELECT count(*) FROM run_progress") == 1
+                && count("SELECT count(*) FROM outbox WHERE status = 'delivered'") > 0
+        },
+    )
+    .await;
+    first.kill().unwrap(); // SIGKILL, mid-run
+    first.wait().unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM run_progress"),
+        1,
+        "left unfinished"
+    );
+    let queued = count("SELECT count(*) FROM outbox");
+    assert!(
+        queued < users,
+        "{queued} of {users} planned before the kill"
+    );
+
+    let mut second = daemon();
+    wait_for(
+        "the restarted daemon to finish the run and deliver it",
+        Duration::from_secs(90),
+        || {
+            sample();
+            count("SELECT count(*) FROM run_progress") == 0
+                && count("SELECT count(*) FROM outbox WHERE status = 'pending'") == 0
+                && count("SELECT count(*) FROM outbox WHERE status = 'delivered'") >= users
+        },
+    )
+    .await;
+    let (code, _) = terminate(&mut second);
+    assert_eq!(code, Some(0));
+    // The bound, plus the chunk being planned when it was reached.
+    assert!(
+        most_pending.get() <= 50 + 40,
+        "{} undelivered at once",
+        most_pending.get()
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT message_id) FROM outbox"),
+        users,
+        "every user's identify once"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM outbox WHERE status = 'dead'"),
+        0
+    );
+    let state = sandbox.snapshot();
+    assert_eq!(
+        state.contacts.len(),
+        users as usize,
+        "no duplicate contacts"
+    );
+    for i in 0..users {
+        let user = format!("user{i:03}");
+        let contact = state
+            .contact_by_external_id(&user)
+            .unwrap_or_else(|| panic!("{user} missing"));
+        assert_eq!(
+            contact.custom_attributes.get("vip"),
+            Some(&serde_json::json!(true)),
+            "{user}"
+        );
+    }
+    sandbox.shutdown().await;
+}
