@@ -693,7 +693,7 @@ async fn the_daemon_plans_within_its_outbox_bound_and_resumes_a_run_killed_mid_w
     };
     let count = |sql: &str| -> u64 { env.query(sql)[0][0].parse().unwrap() };
     let most_pending = std::cell::Cell::new(0u64);
-    let mut sample = || {
+    let sample = || {
         let pending = count("SELECT count(*) FROM outbox WHERE status = 'pending'");
         most_pending.set(most_pending.get().max(pending));
     };
