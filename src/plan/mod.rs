@@ -61,6 +61,16 @@ impl RunMode {
             RunMode::Full => "full",
         }
     }
+
+    /// A mode as recorded (`runs.mode`, `run_computations.mode`); anything but `full` is
+    /// incremental (the schema allows only the two).
+    pub fn from_recorded(text: &str) -> RunMode {
+        if text == "full" {
+            RunMode::Full
+        } else {
+            RunMode::Incremental
+        }
+    }
 }
 
 /// What a run does with its messages.

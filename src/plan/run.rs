@@ -452,11 +452,7 @@ fn choose(
 fn resume(conn: &Connection, progress: RunProgress) -> anyhow::Result<Setup> {
     let run_id = progress.run_id;
     let (mode, membership_id) = state::run_row(conn, run_id)?;
-    let mode = if mode == "full" {
-        RunMode::Full
-    } else {
-        RunMode::Incremental
-    };
+    let mode = RunMode::from_recorded(&mode);
     let membership = match membership_id {
         Some(id) => Some(state::membership_ref(conn, id)?.with_context(|| {
             format!("run {run_id} is unfinished but its membership snapshot {id} is gone")
@@ -483,11 +479,7 @@ fn resume(conn: &Connection, progress: RunProgress) -> anyhow::Result<Setup> {
             kind: c.kind.as_str(),
             scope: c.scope.as_str(),
             snapshot_id: Some(snapshot.id),
-            mode: if rc.mode == "full" {
-                RunMode::Full
-            } else {
-                RunMode::Incremental
-            },
+            mode: RunMode::from_recorded(&rc.mode),
             skipped: None,
             counts: Counts::default(),
         });
@@ -916,6 +908,8 @@ impl Stream<'_> {
 struct Merger<'s> {
     streams: Vec<Stream<'s>>,
     heads: Vec<Option<ChangeRow>>,
+    /// The entity being gathered (reused: this runs once per entity of the run).
+    entity: String,
 }
 
 impl<'s> Merger<'s> {
@@ -924,7 +918,11 @@ impl<'s> Merger<'s> {
         for stream in streams.iter_mut() {
             heads.push(stream.next_change()?);
         }
-        Ok(Merger { streams, heads })
+        Ok(Merger {
+            streams,
+            heads,
+            entity: String::new(),
+        })
     }
 
     /// The next entity's changes into `batch`; `false` at the end.
@@ -937,12 +935,13 @@ impl<'s> Merger<'s> {
             .flatten()
             .map(|h| h.entity_id.as_str())
             .min()
-            .map(str::to_string)
         else {
             return Ok(false);
         };
+        self.entity.clear();
+        self.entity.push_str(min);
         for (head, stream) in self.heads.iter_mut().zip(self.streams.iter_mut()) {
-            while head.as_ref().is_some_and(|h| h.entity_id == min) {
+            while head.as_ref().is_some_and(|h| h.entity_id == self.entity) {
                 batch.push(head.take().expect("checked"));
                 *head = stream.next_change()?;
             }

@@ -1031,6 +1031,18 @@ fn expected(
     m
 }
 
+/// What Intercom takes from the initial sync of `a` and the run to `b`, everything delivered.
+fn undisturbed(a: &(Vec<u8>, Vec<Option<u8>>), b: &(Vec<u8>, Vec<Option<u8>>)) -> Vec<Value> {
+    let mut calm = initial_db();
+    load(&mut calm, a);
+    calm.run();
+    let mut delivered = deliver_with(&mut calm, &[]);
+    load(&mut calm, b);
+    calm.run();
+    delivered.extend(deliver_with(&mut calm, &[]));
+    delivered
+}
+
 /// A track as Intercom keeps it: it drops an event with the same contact, name and
 /// `created_at` as an earlier one.
 type Event = (String, String, String);
@@ -1111,13 +1123,7 @@ proptest! {
         dead_incremental in proptest::collection::vec(any::<bool>(), 1..6),
     ) {
         // Undisturbed: the initial sync of a, then the run to b, everything delivered.
-        let mut calm = initial_db();
-        load(&mut calm, &a);
-        calm.run();
-        let mut calm_delivered = deliver_with(&mut calm, &[]);
-        load(&mut calm, &b);
-        calm.run();
-        calm_delivered.extend(deliver_with(&mut calm, &[]));
+        let calm_delivered = undisturbed(&a, &b);
 
         // Disturbed: identifies dead-lettered in both runs, then re-planned until none is left.
         let mut rough = initial_db();
@@ -1434,13 +1440,7 @@ proptest! {
         stop in 1u64..6,
         dead in proptest::collection::vec(any::<bool>(), 1..6),
     ) {
-        let mut calm = initial_db();
-        load(&mut calm, &a);
-        calm.run();
-        let mut calm_delivered = deliver_with(&mut calm, &[]);
-        load(&mut calm, &b);
-        calm.run();
-        calm_delivered.extend(deliver_with(&mut calm, &[]));
+        let calm_delivered = undisturbed(&a, &b);
 
         let mut rough = initial_db();
         load(&mut rough, &a);
