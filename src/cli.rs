@@ -43,6 +43,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect and act on messages that failed for good.
     DeadLetters(DeadLettersArgs),
+    /// Run the SQL-defined computations ([[computations]], [membership]) and store each result
+    /// as a new snapshot.
+    Compute(ComputeArgs),
     /// Apply the retention settings now and report what was removed.
     Prune(PruneArgs),
     /// A complete local walk-through against the built-in Intercom-compatible sandbox.
@@ -108,6 +111,21 @@ pub struct LoadArgs {
     pub taken_at: Option<String>,
     /// NDJSON (.ndjson, .jsonl) or CSV with a header (.csv); `-` reads NDJSON from standard input.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// Only this computation (its key in [[computations]]); default: every computation and the
+    /// [membership] query.
+    #[arg(long, value_name = "KEY")]
+    pub computation: Option<String>,
+    /// Run and check every query; print row counts and the first rows, store nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The instant `:now` stands for, and the stored snapshots' taken_at (RFC 3339). Default:
+    /// now. For backfills, and for trying a lookback window.
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::compute;
 use crate::http::{self, Endpoints};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
 use crate::metrics;
@@ -263,6 +264,9 @@ fn plan_once(
     delivery: &Notify,
     stop: &CancellationToken,
 ) -> anyhow::Result<Report> {
+    if !settings.compute.is_empty() {
+        compute_before_run(settings);
+    }
     let mut conn = store::open(&settings.database.path)?;
     let committed = || delivery.notify_one();
     let stopping = || stop.is_cancelled();
@@ -290,6 +294,91 @@ fn plan_once(
             continue;
         }
         return Ok(report);
+    }
+}
+
+/// The label the membership query's metrics carry in place of a computation key.
+pub const MEMBERSHIP_LABEL: &str = "[membership]";
+
+/// Run the SQL-defined computations before a scheduled run (SPEC section 11). A failing query is
+/// logged and counted, and leaves that computation's previous snapshot in place: the run then
+/// plans from it, so nobody exits because a query broke.
+fn compute_before_run(settings: &Settings) {
+    let targets = match compute::targets(&settings.compute, None) {
+        Ok(targets) => targets,
+        Err(e) => {
+            error!(error = %e, "Computations not run.");
+            return;
+        }
+    };
+    let options = compute::Options {
+        only: None,
+        now: store::now_unix(),
+        origin: store::compute::Origin::Daemon,
+        dry_run: false,
+    };
+    let outcomes = match compute::compute(
+        &settings.database.path,
+        &settings.compute,
+        &targets,
+        &options,
+    ) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let reason = store::error_text(&store::explain_disk_full(e, &settings.database.path));
+            error!(error = %reason, "Computations not run; every computation keeps its previous snapshot.");
+            metrics::inc(
+                "audience_sync_computes_total",
+                &[("computation", "*"), ("outcome", "failed")],
+            );
+            return;
+        }
+    };
+    for outcome in outcomes {
+        let label = outcome.target.key().unwrap_or(MEMBERSHIP_LABEL).to_string();
+        let labels = [("computation", label.as_str())];
+        metrics::set(
+            "audience_sync_compute_duration_seconds",
+            &labels,
+            outcome.took.as_secs_f64(),
+        );
+        match &outcome.result {
+            Ok(computed) => {
+                metrics::inc(
+                    "audience_sync_computes_total",
+                    &[("computation", label.as_str()), ("outcome", "stored")],
+                );
+                metrics::set("audience_sync_compute_failed", &labels, 0.0);
+                metrics::set("audience_sync_compute_rows", &labels, computed.rows as f64);
+                info!(
+                    computation = %label,
+                    rows = computed.rows,
+                    snapshot = computed.snapshot_id.unwrap_or_default(),
+                    took_ms = outcome.took.as_millis() as u64,
+                    "Computed."
+                );
+                if computed.emptied() {
+                    warn!(
+                        computation = %label,
+                        previous_rows = computed.previous_rows.unwrap_or(0),
+                        "The query returned no rows: stored an empty snapshot; every current \
+                         member exits (or every value clears)."
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::inc(
+                    "audience_sync_computes_total",
+                    &[("computation", label.as_str()), ("outcome", "failed")],
+                );
+                metrics::set("audience_sync_compute_failed", &labels, 1.0);
+                error!(
+                    computation = %label,
+                    error = %e,
+                    "Computation failed; its previous snapshot stays."
+                );
+            }
+        }
     }
 }
 

@@ -208,6 +208,7 @@ fn load_all(
             name: Some(example.name),
             kind: example.kind,
             scope: example.scope,
+            source: crate::store::snapshots::Source::Load,
         };
         let stored =
             load::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;

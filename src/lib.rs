@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod compute;
 pub mod daemon;
 pub mod demo;
 pub mod error;

@@ -72,6 +72,26 @@ pub const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "How long the last finished run took, planning and delivery.",
     ),
     (
+        "audience_sync_computes_total",
+        "counter",
+        "Queries of SQL-defined computations run before scheduled runs, by computation (\"[membership]\": the membership query) and outcome (stored, failed).",
+    ),
+    (
+        "audience_sync_compute_failed",
+        "gauge",
+        "1 while a SQL-defined computation's last query failed (its previous snapshot stays), by computation.",
+    ),
+    (
+        "audience_sync_compute_rows",
+        "gauge",
+        "Rows the last successful query of a SQL-defined computation stored, by computation.",
+    ),
+    (
+        "audience_sync_compute_duration_seconds",
+        "gauge",
+        "How long the last query of a SQL-defined computation took (checking and storing included), by computation.",
+    ),
+    (
         "audience_sync_computation_rows",
         "gauge",
         "Rows in each computation's newest complete snapshot.",

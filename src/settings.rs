@@ -73,6 +73,40 @@ pub struct Settings {
     pub log: LogSettings,
     pub plan: PlanSettings,
     pub retention: RetentionSettings,
+    pub compute: ComputeSettings,
+}
+
+/// `[[computations]]`, `[membership]` and `[compute]`: computations defined in SQL (SPEC section
+/// 11), which `compute` (and the daemon, before each scheduled run) turns into snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct ComputeSettings {
+    pub computations: Vec<SqlComputation>,
+    /// `[membership] sql`: the account membership as a query.
+    pub membership: Option<String>,
+    /// `compute.timeout_secs`: a query running longer is stopped and stores nothing.
+    pub timeout: Duration,
+}
+
+impl ComputeSettings {
+    /// Anything to compute at all.
+    pub fn is_empty(&self) -> bool {
+        self.computations.is_empty() && self.membership.is_none()
+    }
+
+    pub fn find(&self, key: &str) -> Option<&SqlComputation> {
+        self.computations.iter().find(|c| c.key == key)
+    }
+}
+
+/// One `[[computations]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlComputation {
+    pub key: String,
+    pub name: Option<String>,
+    pub kind: crate::load::Kind,
+    pub scope: crate::load::Scope,
+    /// One read-only statement returning the columns of a snapshot file; `:now` is bound.
+    pub sql: String,
 }
 
 /// `[plan]`: how far planning runs ahead of delivery (SPEC section 9).
@@ -218,6 +252,108 @@ struct Raw {
     log: RawLog,
     plan: RawPlan,
     retention: RawRetention,
+    compute: RawCompute,
+    #[serde(default)]
+    computations: Vec<RawComputation>,
+    #[serde(default)]
+    membership: Option<RawMembership>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompute {
+    timeout_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComputation {
+    key: Option<String>,
+    name: Option<String>,
+    kind: String,
+    scope: String,
+    sql: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembership {
+    sql: String,
+}
+
+/// The longest `compute.timeout_secs`: a day.
+const MAX_COMPUTE_TIMEOUT_SECS: u64 = 86_400;
+
+/// `[[computations]]`, `[membership]`, `[compute]`: each entry named by its position (and key)
+/// when it is wrong. A key may be left out when a name is given: it is the name's snake_case
+/// (SPEC section 2).
+fn parse_compute(
+    compute: &RawCompute,
+    computations: Vec<RawComputation>,
+    membership: Option<RawMembership>,
+) -> anyhow::Result<ComputeSettings> {
+    use crate::load::{Kind, Scope};
+    use heck::ToSnakeCase;
+    positive("compute.timeout_secs", compute.timeout_secs)?;
+    if compute.timeout_secs > MAX_COMPUTE_TIMEOUT_SECS {
+        anyhow::bail!(
+            "compute.timeout_secs: {} is more than {MAX_COMPUTE_TIMEOUT_SECS} seconds (a day)",
+            compute.timeout_secs
+        );
+    }
+    let mut parsed: Vec<SqlComputation> = Vec::with_capacity(computations.len());
+    for (index, raw) in computations.into_iter().enumerate() {
+        let at = match raw.key.as_deref().or(raw.name.as_deref()) {
+            Some(named) => format!("computations[{index}] ({named:?})"),
+            None => format!("computations[{index}]"),
+        };
+        if let Some(name) = &raw.name
+            && name.trim().is_empty()
+        {
+            anyhow::bail!("{at}: name must not be empty");
+        }
+        let key = match (&raw.key, &raw.name) {
+            (Some(key), _) => key.clone(),
+            (None, Some(name)) => name.to_snake_case(),
+            (None, None) => anyhow::bail!("{at}: needs a key (or a name to derive it from)"),
+        };
+        crate::load::check_key(&key).map_err(|e| anyhow::anyhow!("{at}: key: {e}"))?;
+        if let Some(first) = parsed.iter().position(|c| c.key == key) {
+            anyhow::bail!("{at}: key {key:?} is also the key of computations[{first}]");
+        }
+        let kind = Kind::parse(raw.kind.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{at}: kind: {:?} is not \"audience\" or \"trait\"",
+                raw.kind
+            )
+        })?;
+        let scope = Scope::parse(raw.scope.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{at}: scope: {:?} is not \"user\" or \"account\"",
+                raw.scope
+            )
+        })?;
+        if raw.sql.trim().is_empty() {
+            anyhow::bail!("{at}: sql must not be empty");
+        }
+        parsed.push(SqlComputation {
+            key,
+            name: raw.name.map(|n| n.trim().to_string()),
+            kind,
+            scope,
+            sql: raw.sql,
+        });
+    }
+    let membership = match membership {
+        Some(m) if m.sql.trim().is_empty() => anyhow::bail!("membership.sql: must not be empty"),
+        Some(m) => Some(m.sql),
+        None => None,
+    };
+    Ok(ComputeSettings {
+        computations: parsed,
+        membership,
+        timeout: Duration::from_secs(compute.timeout_secs),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -559,6 +695,7 @@ impl Settings {
         }
         let retention = parse_retention(&raw.retention)?;
         positive("plan.max_pending_messages", raw.plan.max_pending_messages)?;
+        let compute = parse_compute(&raw.compute, raw.computations, raw.membership)?;
         Ok(Settings {
             database: DatabaseSettings {
                 path: PathBuf::from(raw.database.path),
@@ -600,6 +737,7 @@ impl Settings {
                 max_pending_messages: raw.plan.max_pending_messages,
             },
             retention,
+            compute,
         })
     }
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::settings::ComputeSettings;
 use crate::store::retention::{self, PruneRecord};
 use crate::store::snapshots::{self, rfc3339};
 use crate::store::{self, DatabaseSize};
@@ -24,6 +25,33 @@ pub struct Status {
     pub runs: Vec<RunStatus>,
     /// The newest prune (`audience-sync prune` or the daemon's), failed or not.
     pub last_prune: Option<LastPrune>,
+    /// The last compute of each SQL-defined computation (and of the membership query), and the
+    /// ones settings define that were never computed.
+    pub computes: Vec<ComputeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ComputeStatus {
+    /// The computation's key; `None` for the membership query.
+    pub computation: Option<String>,
+    /// Defined in the settings this report was made with.
+    pub in_settings: bool,
+    /// The last compute (`None`: never computed).
+    pub last: Option<LastCompute>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastCompute {
+    /// When it started (RFC 3339).
+    pub at: String,
+    /// What `:now` was (RFC 3339).
+    pub now: String,
+    pub origin: &'static str,
+    pub took_ms: u64,
+    pub snapshot_id: Option<i64>,
+    pub rows: Option<u64>,
+    /// Why it stored nothing.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,8 +120,13 @@ pub struct RunStatus {
 const RECENT_RUNS: usize = 5;
 
 /// The report on the database at `database`, open on `conn`; `pending_limit` is
-/// `plan.max_pending_messages`.
-pub fn collect(conn: &Connection, database: &Path, pending_limit: u64) -> rusqlite::Result<Status> {
+/// `plan.max_pending_messages`, `compute` the SQL-defined computations of the settings.
+pub fn collect(
+    conn: &Connection,
+    database: &Path,
+    pending_limit: u64,
+    compute: &ComputeSettings,
+) -> rusqlite::Result<Status> {
     let mut computations = Vec::new();
     for c in snapshots::computations(conn)? {
         let snapshot =
@@ -138,7 +171,49 @@ pub fn collect(conn: &Connection, database: &Path, pending_limit: u64) -> rusqli
             at: rfc3339(record.started_at),
             record,
         }),
+        computes: computes(conn, compute)?,
     })
+}
+
+fn computes(conn: &Connection, settings: &ComputeSettings) -> rusqlite::Result<Vec<ComputeStatus>> {
+    let mut defined: Vec<Option<String>> = settings
+        .computations
+        .iter()
+        .map(|c| Some(c.key.clone()))
+        .collect();
+    if settings.membership.is_some() {
+        defined.push(None);
+    }
+    let mut out: Vec<ComputeStatus> = Vec::new();
+    for record in crate::store::compute::last_computes(conn)? {
+        let (snapshot_id, rows, error) = match record.outcome {
+            Ok((snapshot, rows)) => (Some(snapshot), Some(rows), None),
+            Err(reason) => (None, None, Some(reason)),
+        };
+        out.push(ComputeStatus {
+            in_settings: defined.contains(&record.computation),
+            computation: record.computation,
+            last: Some(LastCompute {
+                at: rfc3339(record.started_at),
+                now: rfc3339(record.now),
+                origin: record.origin.as_str(),
+                took_ms: record.took_ms,
+                snapshot_id,
+                rows,
+                error,
+            }),
+        });
+    }
+    for key in defined {
+        if !out.iter().any(|c| c.computation == key) {
+            out.push(ComputeStatus {
+                computation: key,
+                in_settings: true,
+                last: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
@@ -216,7 +291,8 @@ pub fn render(status: &Status) -> String {
     if status.computations.is_empty() {
         let _ = writeln!(
             out,
-            "No computations yet: load a snapshot with `audience-sync load`."
+            "No computations yet: load a snapshot with `audience-sync load`, or define one in \
+             settings ([[computations]]) and run `audience-sync compute`."
         );
     } else {
         let _ = writeln!(
@@ -331,6 +407,43 @@ pub fn render(status: &Status) -> String {
                         p.at
                     );
                 }
+            }
+        }
+    }
+    if !status.computes.is_empty() {
+        let _ = writeln!(out, "SQL computations (audience-sync compute):");
+        for c in &status.computes {
+            let name = c.computation.as_deref().unwrap_or("[membership]");
+            let note = if c.in_settings {
+                ""
+            } else {
+                " (no longer in settings)"
+            };
+            match &c.last {
+                None => {
+                    let _ = writeln!(out, "  {name}: never computed");
+                }
+                Some(l) => match &l.error {
+                    None => {
+                        let _ = writeln!(
+                            out,
+                            "  {name}: {} rows at {} (:now {}) by {}, {:.2}s, snapshot {}{note}",
+                            thousands(l.rows.unwrap_or(0)),
+                            l.at,
+                            l.now,
+                            l.origin,
+                            l.took_ms as f64 / 1000.0,
+                            l.snapshot_id.unwrap_or_default()
+                        );
+                    }
+                    Some(error) => {
+                        let _ = writeln!(
+                            out,
+                            "  {name}: FAILED at {} by {}: {error}; its previous snapshot stays{note}",
+                            l.at, l.origin
+                        );
+                    }
+                },
             }
         }
     }

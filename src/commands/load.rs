@@ -23,6 +23,14 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
     {
         return Err(CliError::usage("--name must not be empty").into());
     }
+    if settings.compute.find(&args.computation).is_some() {
+        return Err(CliError::usage(format!(
+            "computation {:?} is defined in settings ([[computations]]) and stored by \
+             `audience-sync compute`; it cannot also be loaded (use another key)",
+            args.computation
+        ))
+        .into());
+    }
     let taken_at = taken_at(args.taken_at.as_deref())?;
     let input = Input::from_arg(&args.file);
     // The input is checked (format, CSV header) before the database is touched.
@@ -34,6 +42,7 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         name: args.name.as_deref(),
         kind,
         scope,
+        source: snapshots::Source::Load,
     };
     let stored =
         load::load_snapshot_with(&mut conn, &input, &spec, taken_at, store::now_unix(), true)
@@ -86,7 +95,7 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
 }
 
 /// `--taken-at` as unix seconds; now when absent.
-fn taken_at(arg: Option<&str>) -> anyhow::Result<i64> {
+pub(super) fn taken_at(arg: Option<&str>) -> anyhow::Result<i64> {
     match arg {
         None => Ok(store::now_unix()),
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)

@@ -1,5 +1,6 @@
 //! One function per command: each reads settings, opens what it needs and calls the library.
 
+mod compute;
 mod dead_letters;
 mod deliver;
 mod load;
@@ -43,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::plan(&settings(&cli.config)?, args),
         Command::Send(args) => send::send(&settings(&cli.config)?, args),
         Command::DeadLetters(args) => dead_letters::dead_letters(&settings(&cli.config)?, args),
+        Command::Compute(args) => compute::compute(&settings(&cli.config)?, args),
         Command::Prune(args) => prune::prune(&settings(&cli.config)?, args),
         Command::Demo => {
             crate::logging::init(&Settings::defaults()?.log);

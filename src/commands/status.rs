@@ -10,6 +10,7 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
         &conn,
         &settings.database.path,
         settings.plan.max_pending_messages,
+        &settings.compute,
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,6 +1,7 @@
 //! The SQLite storage layer: opening the database with the right pragmas, applying
 //! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
 
+pub mod compute;
 pub mod delivery;
 pub mod intercom;
 pub mod outbox;
@@ -25,6 +26,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_planned_overrides.sql"),
     include_str!("../../migrations/0003_outages_and_replans.sql"),
     include_str!("../../migrations/0004_runs_of_any_size.sql"),
+    include_str!("../../migrations/0005_sql_computations.sql"),
 ];
 
 /// The schema version this binary writes.

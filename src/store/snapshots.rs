@@ -24,6 +24,26 @@ pub struct ComputationSpec<'a> {
     pub name: Option<&'a str>,
     pub kind: Kind,
     pub scope: Scope,
+    pub source: Source,
+}
+
+/// Where a computation's snapshots come from. A computation defined in settings and one loaded
+/// with `load` may not share a key (SPEC section 11): each refuses the other's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `load` (or an upstream job writing snapshots with plain SQL).
+    Load,
+    /// A `[[computations]]` query that `compute` runs (recorded in `sql_computations`).
+    Sql,
+}
+
+/// Whether `compute` created this computation from a `[[computations]]` query.
+pub fn is_sql_defined(conn: &Connection, computation_id: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sql_computations WHERE computation_id = ?1)",
+        [computation_id],
+        |r| r.get(0),
+    )
 }
 
 /// What a stored snapshot looks like afterwards.
@@ -105,6 +125,23 @@ fn ensure_computation(
     now: i64,
 ) -> Result<(Computation, bool), LoadError> {
     if let Some(existing) = find_computation(tx, spec.key)? {
+        match (spec.source, is_sql_defined(tx, &existing.id)?) {
+            (Source::Load, true) => {
+                return Err(LoadError::Usage(format!(
+                    "computation {:?} is defined in settings ([[computations]]) and stored by \
+                     `audience-sync compute`; it cannot also be loaded (use another key)",
+                    spec.key
+                )));
+            }
+            (Source::Sql, false) => {
+                return Err(LoadError::Usage(format!(
+                    "computation {:?} was created by `load` (or an upstream job); a computation \
+                     defined in settings may not share its key (use another key)",
+                    spec.key
+                )));
+            }
+            _ => {}
+        }
         if existing.kind != spec.kind || existing.scope != spec.scope {
             return Err(LoadError::Usage(format!(
                 "computation {:?} is a {} {} computation; it cannot be loaded as a {} {} one \
@@ -155,6 +192,12 @@ fn ensure_computation(
             computation.created_at
         ],
     )?;
+    if spec.source == Source::Sql {
+        tx.execute(
+            "INSERT INTO sql_computations (computation_id, defined_at) VALUES (?1, ?2)",
+            params![computation.id, now],
+        )?;
+    }
     Ok((computation, true))
 }
 

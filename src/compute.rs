@@ -1,0 +1,501 @@
+//! Computations defined in SQL (SPEC section 11): run each `[[computations]]` query (and the
+//! `[membership]` one) and store its result as the newest complete snapshot, with exactly the
+//! rules and atomicity of `load`.
+//!
+//! Each target is its own transaction: a bad row, a failing query or a timeout stores nothing
+//! for that target, leaves its previous snapshot in place, and the others still go. `compute`
+//! and the daemon (before each scheduled run) share this; only the reporting differs.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::load::{self, Kind, LoadError, Record, Scope};
+use crate::settings::{ComputeSettings, SqlComputation};
+use crate::store::compute::{self as queries, ComputeRecord, Origin, Query, QueryError};
+use crate::store::{self, snapshots};
+
+/// Rows a dry run shows of each target.
+pub const SAMPLE_ROWS: usize = 5;
+
+/// What to compute, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// Only this computation (its key); `None`: every computation and the membership.
+    pub only: Option<&'a str>,
+    /// The value bound to `:now`, and the stored snapshots' `taken_at` (unix seconds).
+    pub now: i64,
+    pub origin: Origin,
+    /// Run and check every query, store nothing.
+    pub dry_run: bool,
+}
+
+/// One query: a computation's, or the account membership's.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    Computation(&'a SqlComputation),
+    Membership(&'a str),
+}
+
+impl Target<'_> {
+    /// The key `computes` records (`None`: the membership).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Target::Computation(c) => Some(&c.key),
+            Target::Membership(_) => None,
+        }
+    }
+
+    /// How messages name it: `computation "key"` or `the account membership`.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Computation(c) => format!("computation {:?}", c.key),
+            Target::Membership(_) => "the account membership ([membership] sql)".to_string(),
+        }
+    }
+
+    fn sql(&self) -> &str {
+        match self {
+            Target::Computation(c) => &c.sql,
+            Target::Membership(sql) => sql,
+        }
+    }
+
+    fn columns(&self) -> &'static [&'static str] {
+        match self {
+            Target::Computation(c) => load::snapshot_columns(c.scope),
+            Target::Membership(_) => load::MEMBERSHIP_COLUMNS,
+        }
+    }
+}
+
+/// What one target's query did.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub target: Target<'a>,
+    pub result: Result<Computed, ComputeError>,
+    pub took: Duration,
+}
+
+/// A query whose every row passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Computed {
+    pub rows: u64,
+    /// The snapshot stored (`None` for a dry run).
+    pub snapshot_id: Option<i64>,
+    /// The computation's id (`None` for the membership, and for a dry run of a new computation).
+    pub computation_id: Option<String>,
+    /// The computation was created by this compute.
+    pub created: bool,
+    /// Rows of the newest snapshot before this one (`None`: there was none).
+    pub previous_rows: Option<u64>,
+    /// The first rows as stored, as JSON (dry runs only).
+    pub sample: Vec<String>,
+}
+
+impl Computed {
+    /// An audience (or trait, or membership) that had rows and now has none: stored, since an
+    /// audience can empty, but worth a warning (a broken query looks the same).
+    pub fn emptied(&self) -> bool {
+        self.rows == 0 && self.previous_rows.unwrap_or(0) > 0
+    }
+}
+
+/// Why a target stored nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// One row breaks a rule of `load`: its number (from 1, in the query's order), the field to
+    /// blame when there is one, and why.
+    #[error("row {row}: {}{reason}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+    Row {
+        row: u64,
+        field: Option<String>,
+        reason: String,
+    },
+    /// The query was refused, failed or timed out.
+    #[error("{0}")]
+    Query(QueryError),
+    /// The result cannot be stored as this computation (kind or scope changed, a key `load`
+    /// owns, an older `:now` than the newest snapshot).
+    #[error("{0}")]
+    Refused(String),
+    /// The database failed (exit 1, not 2).
+    #[error("database error: {0:#}")]
+    Database(anyhow::Error),
+}
+
+impl ComputeError {
+    /// The query or its result is wrong (exit 2), rather than the database failing (exit 1).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, ComputeError::Database(_))
+    }
+
+    fn from_load(error: LoadError, label: &str) -> ComputeError {
+        match error {
+            LoadError::Row {
+                line,
+                field,
+                reason,
+                ..
+            } => ComputeError::Row {
+                row: line,
+                field,
+                reason,
+            },
+            LoadError::Input { reason, .. } => ComputeError::Refused(reason),
+            LoadError::Usage(message) => ComputeError::Refused(
+                message
+                    .strip_prefix(&format!("{label}: "))
+                    .map(str::to_string)
+                    .unwrap_or(message),
+            ),
+            LoadError::Database(e) => ComputeError::Database(e.into()),
+        }
+    }
+
+    fn from_query(error: QueryError) -> ComputeError {
+        match error {
+            QueryError::Cell {
+                row,
+                column,
+                reason,
+            } => ComputeError::Row {
+                row,
+                field: Some(column),
+                reason,
+            },
+            other => ComputeError::Query(other),
+        }
+    }
+}
+
+/// The targets `options` asks for, in settings order (the membership last). A `--computation`
+/// that settings do not define is bad usage.
+pub fn targets<'a>(
+    settings: &'a ComputeSettings,
+    only: Option<&str>,
+) -> Result<Vec<Target<'a>>, String> {
+    match only {
+        Some(key) => match settings.find(key) {
+            Some(c) => Ok(vec![Target::Computation(c)]),
+            None if settings.computations.is_empty() => Err(format!(
+                "no computation is defined in settings ([[computations]]), so there is no {key:?} \
+                 to compute"
+            )),
+            None => Err(format!(
+                "computation {key:?} is not defined in settings ([[computations]]); defined: {}",
+                settings
+                    .computations
+                    .iter()
+                    .map(|c| c.key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+        None => {
+            let mut all: Vec<Target<'a>> = settings
+                .computations
+                .iter()
+                .map(Target::Computation)
+                .collect();
+            if let Some(sql) = &settings.membership {
+                all.push(Target::Membership(sql));
+            }
+            Ok(all)
+        }
+    }
+}
+
+/// Run every target's query and store (or, for a dry run, check) its result. Each target's
+/// outcome is returned; a failure of one never stops the others. Every compute that was not a
+/// dry run is recorded in `computes`.
+pub fn compute<'a>(
+    database: &Path,
+    settings: &'a ComputeSettings,
+    targets: &[Target<'a>],
+    options: &Options<'_>,
+) -> anyhow::Result<Vec<Outcome<'a>>> {
+    let mut conn = store::open(database)?;
+    let reader = queries::open_query_connection(database).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open {} read-only for the computations' queries: {e}",
+            database.display()
+        )
+    })?;
+    let mut outcomes = Vec::with_capacity(targets.len());
+    for target in targets {
+        let started = Instant::now();
+        let started_at = store::now_unix();
+        let result = compute_one(&mut conn, &reader, settings.timeout, *target, options);
+        let took = started.elapsed();
+        if !options.dry_run {
+            let record = ComputeRecord {
+                started_at,
+                origin: options.origin,
+                computation: target.key().map(str::to_string),
+                now: options.now,
+                outcome: match &result {
+                    Ok(computed) => Ok((computed.snapshot_id.unwrap_or_default(), computed.rows)),
+                    Err(e) => Err(e.to_string()),
+                },
+                took_ms: took.as_millis() as u64,
+            };
+            // The record is the history, not the result: a database that cannot take it (full,
+            // locked) has already failed the compute itself, and says so there.
+            if let Err(e) = queries::record(&mut conn, &record) {
+                tracing::warn!(error = %e, target = %target.describe(), "Compute not recorded.");
+            }
+        }
+        outcomes.push(Outcome {
+            target: *target,
+            result,
+            took,
+        });
+    }
+    Ok(outcomes)
+}
+
+fn compute_one(
+    conn: &mut Connection,
+    reader: &Connection,
+    timeout: Duration,
+    target: Target<'_>,
+    options: &Options<'_>,
+) -> Result<Computed, ComputeError> {
+    let mut query =
+        Query::prepare(reader, target.sql(), target.columns()).map_err(ComputeError::Query)?;
+    let database = |e: rusqlite::Error| ComputeError::Database(e.into());
+    match target {
+        Target::Computation(computation) => {
+            let existing = snapshots::find_computation(conn, &computation.key).map_err(database)?;
+            let previous = match &existing {
+                Some(c) => snapshots::newest_snapshot(conn, &c.id).map_err(database)?,
+                None => None,
+            };
+            let previous_rows = previous.map(|(_, _, rows)| rows as u64);
+            let rows = query
+                .run(options.now, timeout)
+                .map_err(ComputeError::from_query)?;
+            let kind = computation.kind;
+            let label = computation.key.as_str();
+            let failed: RefCell<Option<QueryError>> = RefCell::new(None);
+            let checked = rows.map(|record| {
+                let record = record.map_err(|e| {
+                    *failed.borrow_mut() = Some(e);
+                    LoadError::Usage(String::new())
+                })?;
+                load::snapshot_row(label, &as_audience(record, kind), kind, computation.scope)
+            });
+            if options.dry_run {
+                let newest = previous.map(|(_, taken_at, _)| taken_at);
+                return dry_run_computation(
+                    conn,
+                    computation,
+                    existing,
+                    newest,
+                    options.now,
+                    previous_rows,
+                    checked,
+                )
+                .map_err(|e| failed.take().map_or(e, ComputeError::from_query));
+            }
+            let spec = snapshots::ComputationSpec {
+                key: &computation.key,
+                name: computation.name.as_deref(),
+                kind,
+                scope: computation.scope,
+                source: snapshots::Source::Sql,
+            };
+            let stored = snapshots::store_snapshot(
+                conn,
+                label,
+                &spec,
+                options.now,
+                store::now_unix(),
+                true,
+                checked,
+            );
+            if let Some(e) = failed.take() {
+                return Err(ComputeError::from_query(e));
+            }
+            let stored = stored.map_err(|e| ComputeError::from_load(e, label))?;
+            Ok(Computed {
+                rows: stored.rows,
+                snapshot_id: Some(stored.snapshot_id),
+                computation_id: Some(stored.computation.id),
+                created: stored.created,
+                previous_rows,
+                sample: Vec::new(),
+            })
+        }
+        Target::Membership(_) => {
+            let previous_rows = snapshots::newest_membership(conn)
+                .map_err(database)?
+                .map(|(_, _, rows)| rows as u64);
+            let rows = query
+                .run(options.now, timeout)
+                .map_err(ComputeError::from_query)?;
+            let label = "membership";
+            let failed: RefCell<Option<QueryError>> = RefCell::new(None);
+            let checked = rows.map(|record| {
+                let record = record.map_err(|e| {
+                    *failed.borrow_mut() = Some(e);
+                    LoadError::Usage(String::new())
+                })?;
+                load::membership_row(label, &record)
+            });
+            if options.dry_run {
+                let mut seen = HashSet::new();
+                let mut computed = Computed {
+                    rows: 0,
+                    snapshot_id: None,
+                    computation_id: None,
+                    created: false,
+                    previous_rows,
+                    sample: Vec::new(),
+                };
+                for row in checked {
+                    let row = match row {
+                        Ok(row) => row,
+                        Err(e) => {
+                            return Err(failed.take().map_or_else(
+                                || ComputeError::from_load(e, label),
+                                ComputeError::from_query,
+                            ));
+                        }
+                    };
+                    if !seen.insert((row.group_id.clone(), row.user_id.clone())) {
+                        return Err(ComputeError::Row {
+                            row: row.line,
+                            field: Some("user_id".to_string()),
+                            reason: format!(
+                                "user {:?} appears twice in account {:?}",
+                                row.user_id, row.group_id
+                            ),
+                        });
+                    }
+                    computed.rows += 1;
+                    if computed.sample.len() < SAMPLE_ROWS {
+                        computed.sample.push(
+                            serde_json::json!({
+                                "group_id": row.group_id,
+                                "user_id": row.user_id,
+                                "email": row.email,
+                            })
+                            .to_string(),
+                        );
+                    }
+                }
+                return Ok(computed);
+            }
+            let stored = snapshots::store_membership(conn, label, options.now, true, checked);
+            if let Some(e) = failed.take() {
+                return Err(ComputeError::from_query(e));
+            }
+            let (snapshot_id, rows) = stored.map_err(|e| ComputeError::from_load(e, label))?;
+            Ok(Computed {
+                rows,
+                snapshot_id: Some(snapshot_id),
+                computation_id: None,
+                created: false,
+                previous_rows,
+                sample: Vec::new(),
+            })
+        }
+    }
+}
+
+/// SQLite has no boolean: an audience's `value` of 1 (SQLite's `TRUE`) is `true`.
+fn as_audience(mut record: Record, kind: Kind) -> Record {
+    if kind == Kind::Audience
+        && let Some(value) = record.fields.get_mut("value")
+        && value.as_i64() == Some(1)
+    {
+        *value = Value::Bool(true);
+    }
+    record
+}
+
+/// A dry run of a computation's query: every rule `compute` would apply, checked read-only.
+fn dry_run_computation(
+    conn: &Connection,
+    computation: &SqlComputation,
+    existing: Option<snapshots::Computation>,
+    newest_taken_at: Option<i64>,
+    now: i64,
+    previous_rows: Option<u64>,
+    rows: impl Iterator<Item = Result<load::SnapshotRow, LoadError>>,
+) -> Result<Computed, ComputeError> {
+    let label = computation.key.as_str();
+    if let Some(existing) = &existing {
+        if !snapshots::is_sql_defined(conn, &existing.id)
+            .map_err(|e| ComputeError::Database(e.into()))?
+        {
+            return Err(ComputeError::Refused(format!(
+                "computation {label:?} was created by `load` (or an upstream job); a computation \
+                 defined in settings may not share its key (use another key)"
+            )));
+        }
+        if existing.kind != computation.kind || existing.scope != computation.scope {
+            return Err(ComputeError::Refused(format!(
+                "computation {label:?} is a {} {} computation; it cannot be computed as a {} {} \
+                 one (kind and scope never change: use a new key)",
+                existing.scope.as_str(),
+                existing.kind.as_str(),
+                computation.scope.as_str(),
+                computation.kind.as_str(),
+            )));
+        }
+    }
+    if let Some(newest) = newest_taken_at.filter(|t| *t > now) {
+        return Err(ComputeError::Refused(format!(
+            "taken_at {} is older than the newest snapshot of {label:?} ({}); an older snapshot \
+             would never be used",
+            snapshots::rfc3339(now),
+            snapshots::rfc3339(newest)
+        )));
+    }
+    let field = match computation.scope {
+        Scope::User => "user_id",
+        Scope::Account => "group_id",
+    };
+    let mut seen = HashSet::new();
+    let mut computed = Computed {
+        rows: 0,
+        snapshot_id: None,
+        computation_id: existing.map(|c| c.id),
+        created: false,
+        previous_rows,
+        sample: Vec::new(),
+    };
+    for row in rows {
+        let row = row.map_err(|e| ComputeError::from_load(e, label))?;
+        if !seen.insert(row.entity_id.clone()) {
+            return Err(ComputeError::Row {
+                row: row.line,
+                field: Some(field.to_string()),
+                reason: format!("entity {:?} appears twice in this snapshot", row.entity_id),
+            });
+        }
+        computed.rows += 1;
+        if computed.sample.len() < SAMPLE_ROWS {
+            let value: Value = row
+                .value
+                .as_deref()
+                .map(|v| serde_json::from_str(v).unwrap_or(Value::Null))
+                .unwrap_or(Value::Null);
+            let shown = match computation.scope {
+                Scope::User => {
+                    serde_json::json!({"entity_id": row.entity_id, "email": row.email, "value": value})
+                }
+                Scope::Account => serde_json::json!({"group_id": row.entity_id, "value": value}),
+            };
+            computed.sample.push(shown.to_string());
+        }
+    }
+    Ok(computed)
+}
