@@ -499,3 +499,231 @@ fn dry_run_computation(
     }
     Ok(computed)
 }
+
+#[cfg(test)]
+mod tests {
+    //! A query's rows and the same rows loaded from a file are one input: the property test
+    //! below stores both and compares what was stored, or the refusal (row, field, reason).
+
+    use super::*;
+    use crate::load::Input;
+    use proptest::prelude::*;
+    use rusqlite::types::Value as Sql;
+
+    /// One cell, as SQLite holds it and as the equivalent NDJSON field.
+    #[derive(Debug, Clone)]
+    enum Cell {
+        Absent,
+        Text(String),
+        Integer(i64),
+        Real(f64),
+        /// JSON text in the `value` column (a boolean, array or object).
+        Json(&'static str),
+    }
+
+    impl Cell {
+        fn sql(&self) -> Sql {
+            match self {
+                Cell::Absent => Sql::Null,
+                Cell::Text(t) => Sql::Text(t.clone()),
+                Cell::Integer(i) => Sql::Integer(*i),
+                Cell::Real(f) => Sql::Real(*f),
+                Cell::Json(j) => Sql::Text(j.to_string()),
+            }
+        }
+
+        /// The NDJSON field; `audience`: SQLite's `TRUE` (1) in an audience's `value` is `true`.
+        fn json(&self, audience_value: bool) -> Option<Value> {
+            match self {
+                Cell::Integer(1) if audience_value => Some(Value::Bool(true)),
+                Cell::Absent => None,
+                Cell::Text(t) => Some(Value::String(t.clone())),
+                Cell::Integer(i) => Some(Value::from(*i)),
+                Cell::Real(f) => Some(Value::from(*f)),
+                Cell::Json(j) => Some(serde_json::from_str(j).unwrap()),
+            }
+        }
+    }
+
+    fn identifier() -> impl Strategy<Value = Cell> {
+        prop_oneof![
+            1 => Just(Cell::Absent),
+            4 => prop::sample::select(vec!["u1", "u2", " u1 ", "U1", "u3", "u4"])
+                .prop_map(|t| Cell::Text(t.to_string())),
+            1 => prop::sample::select(vec!["", "  ", "a\tb"]).prop_map(|t| Cell::Text(t.to_string())),
+            2 => (1i64..4).prop_map(Cell::Integer),
+            1 => Just(Cell::Real(1.5)),
+        ]
+    }
+
+    fn email() -> impl Strategy<Value = Cell> {
+        prop_oneof![
+            4 => Just(Cell::Absent),
+            3 => prop::sample::select(vec!["a@example.com", " A@Example.COM ", "b@x"])
+                .prop_map(|t| Cell::Text(t.to_string())),
+            1 => prop::sample::select(vec!["not-an-email", ""]).prop_map(|t| Cell::Text(t.to_string())),
+            1 => Just(Cell::Integer(7)),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Cell> {
+        prop_oneof![
+            3 => Just(Cell::Absent),
+            2 => Just(Cell::Integer(1)),
+            1 => prop::sample::select(vec!["Gold", "", "02134"]).prop_map(|t| Cell::Text(t.to_string())),
+            1 => (-3i64..3).prop_map(Cell::Integer),
+            1 => Just(Cell::Real(2.25)),
+            2 => prop::sample::select(vec![
+                "true",
+                "false",
+                "[1,\"a\"]",
+                "[]",
+                "[[1]]",
+                "{\"a\":1}",
+                "[{\"a\":1}]"
+            ])
+            .prop_map(Cell::Json),
+        ]
+    }
+
+    fn stored(path: &Path, key: &str) -> Vec<(String, Option<String>, Option<String>)> {
+        let conn = store::open(path).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT r.entity_id, r.email, r.value FROM snapshot_rows r \
+                 JOIN snapshots s ON s.id = r.snapshot_id JOIN computations c \
+                 ON c.id = s.computation_id WHERE c.key = ?1 ORDER BY r.entity_id",
+            )
+            .unwrap();
+        stmt.query_map([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Every rule of `load` applies to query results: the same rows stored by `compute` and by
+        /// `load` (from the equivalent NDJSON file) store the same snapshot, or are refused at the
+        /// same row, naming the same field, for the same reason.
+        #[test]
+        fn a_query_and_the_same_rows_in_a_file_are_stored_or_refused_alike(
+            audience in any::<bool>(),
+            rows in prop::collection::vec((identifier(), email(), value()), 0..6),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let mut conn = store::open(&path).unwrap();
+            conn.execute_batch("CREATE TABLE src (n INTEGER, user_id, email, value)").unwrap();
+            let mut ndjson = String::new();
+            for (n, (user_id, email, value)) in rows.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO src VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![n as i64, user_id.sql(), email.sql(), value.sql()],
+                )
+                .unwrap();
+                let mut line = serde_json::Map::new();
+                for (name, cell) in [("user_id", user_id), ("email", email), ("value", value)] {
+                    if let Some(v) = cell.json(audience && name == "value") {
+                        line.insert(name.to_string(), v);
+                    }
+                }
+                ndjson.push_str(&Value::Object(line).to_string());
+                ndjson.push('\n');
+            }
+            let kind = if audience { Kind::Audience } else { Kind::Trait };
+            let settings = ComputeSettings {
+                computations: vec![SqlComputation {
+                    key: "computed".to_string(),
+                    name: None,
+                    kind,
+                    scope: Scope::User,
+                    sql: "SELECT user_id, email, value FROM src ORDER BY n".to_string(),
+                }],
+                membership: None,
+                timeout: Duration::from_secs(60),
+            };
+            let targets = targets(&settings, None).unwrap();
+            let options = Options { only: None, now: 1_000, origin: Origin::Command, dry_run: false };
+            let computed = compute(&path, &settings, &targets, &options).unwrap().remove(0).result;
+            let file = dir.path().join("rows.ndjson");
+            std::fs::write(&file, &ndjson).unwrap();
+            let spec = snapshots::ComputationSpec {
+                key: "loaded",
+                name: None,
+                kind,
+                scope: Scope::User,
+                source: snapshots::Source::Load,
+            };
+            let loaded = load::load_snapshot_with(&mut conn, &Input::File(file), &spec, 1_000, 1_000, true);
+            match (computed, loaded) {
+                (Ok(c), Ok(l)) => {
+                    prop_assert_eq!(c.rows, l.rows);
+                    prop_assert_eq!(stored(&path, "computed"), stored(&path, "loaded"));
+                }
+                (Err(ComputeError::Row { row, field, reason }), Err(LoadError::Row { line, field: f, reason: r, .. })) => {
+                    prop_assert_eq!((row, field, reason), (line, f, r));
+                }
+                (c, l) => prop_assert!(false, "compute: {:?}\nload: {:?}\n{}", c, l, ndjson),
+            }
+        }
+    }
+
+    #[test]
+    fn a_dry_run_checks_everything_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let conn = store::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE src (user_id, value);
+             INSERT INTO src VALUES ('u1', 1), ('u2', 2), ('u1', 3);",
+        )
+        .unwrap();
+        let settings = ComputeSettings {
+            computations: vec![SqlComputation {
+                key: "score".to_string(),
+                name: None,
+                kind: Kind::Trait,
+                scope: Scope::User,
+                sql: "SELECT user_id, value FROM src ORDER BY rowid".to_string(),
+            }],
+            membership: Some("SELECT 'acme' AS group_id, user_id FROM src".to_string()),
+            timeout: Duration::from_secs(60),
+        };
+        let all = targets(&settings, None).unwrap();
+        assert_eq!(all.len(), 2);
+        let options = Options {
+            only: None,
+            now: 10,
+            origin: Origin::Command,
+            dry_run: true,
+        };
+        let outcomes = compute(&path, &settings, &all, &options).unwrap();
+        match &outcomes[0].result {
+            Err(ComputeError::Row { row, field, reason }) => {
+                assert_eq!((*row, field.as_deref()), (3, Some("user_id")));
+                assert!(reason.contains("twice"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &outcomes[1].result {
+            Err(ComputeError::Row { row, .. }) => assert_eq!(*row, 3),
+            other => panic!("{other:?}"),
+        }
+        conn.execute("DELETE FROM src WHERE value = 3", []).unwrap();
+        let outcomes = compute(&path, &settings, &all, &options).unwrap();
+        let computed = outcomes[0].result.as_ref().unwrap();
+        assert_eq!(computed.rows, 2);
+        assert_eq!(computed.sample.len(), 2);
+        assert_eq!(outcomes[1].result.as_ref().unwrap().rows, 2);
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("SELECT count(*) FROM snapshots"), 0);
+        assert_eq!(count("SELECT count(*) FROM membership_snapshots"), 0);
+        assert_eq!(count("SELECT count(*) FROM computations"), 0);
+        assert_eq!(count("SELECT count(*) FROM computes"), 0);
+        // Unknown --computation keys are named with the defined ones.
+        let err = targets(&settings, Some("nope")).unwrap_err();
+        assert!(err.contains("\"nope\"") && err.contains("score"), "{err}");
+    }
+}

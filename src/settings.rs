@@ -1025,4 +1025,112 @@ mod tests {
             assert!(format!("{err:#}").contains(key), "{file}: {err:#}");
         }
     }
+
+    #[test]
+    fn sql_computations_are_parsed_and_their_mistakes_named() {
+        use crate::load::{Kind, Scope};
+        let defaults = Settings::defaults().unwrap();
+        assert!(defaults.compute.is_empty());
+        assert_eq!(defaults.compute.timeout, Duration::from_secs(300));
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            &dir,
+            "[[computations]]\n\
+             key = \"order_completed_last_30days\"\n\
+             name = \"Order Completed Last 30 Days\"\n\
+             kind = \"audience\"\n\
+             scope = \"user\"\n\
+             sql = \"SELECT user_id, email FROM orders WHERE completed_at > :now - 30*86400\"\n\
+             [[computations]]\n\
+             name = \"Account Tier\"\n\
+             kind = \"trait\"\n\
+             scope = \"account\"\n\
+             sql = \"SELECT group_id, tier AS value FROM accounts\"\n\
+             [membership]\n\
+             sql = \"SELECT group_id, user_id, email FROM account_users\"\n\
+             [compute]\n\
+             timeout_secs = 20\n",
+        );
+        let s = Settings::load_from(Some(&path), env(&[])).unwrap();
+        assert_eq!(s.compute.timeout, Duration::from_secs(20));
+        assert_eq!(
+            s.compute.computations,
+            vec![
+                SqlComputation {
+                    key: "order_completed_last_30days".to_string(),
+                    name: Some("Order Completed Last 30 Days".to_string()),
+                    kind: Kind::Audience,
+                    scope: Scope::User,
+                    sql: "SELECT user_id, email FROM orders WHERE completed_at > :now - 30*86400"
+                        .to_string(),
+                },
+                SqlComputation {
+                    // No key: the name's snake_case (SPEC section 2).
+                    key: "account_tier".to_string(),
+                    name: Some("Account Tier".to_string()),
+                    kind: Kind::Trait,
+                    scope: Scope::Account,
+                    sql: "SELECT group_id, tier AS value FROM accounts".to_string(),
+                },
+            ]
+        );
+        assert_eq!(
+            s.compute.membership.as_deref(),
+            Some("SELECT group_id, user_id, email FROM account_users")
+        );
+        let entry = |body: &str| format!("[[computations]]\n{body}\n");
+        let ok = "kind = \"audience\"\nscope = \"user\"\nsql = \"SELECT user_id FROM t\"";
+        for (file, needles) in [
+            (
+                entry(&format!("key = \"a\"\n{ok}")) + &entry(&format!("key = \"a\"\n{ok}")),
+                vec!["computations[1]", "also the key of computations[0]"],
+            ),
+            (
+                entry("key = \"a\"\nkind = \"audeince\"\nscope = \"user\"\nsql = \"SELECT 1\""),
+                vec!["computations[0] (\"a\")", "kind", "audeince"],
+            ),
+            (
+                entry("key = \"a\"\nkind = \"trait\"\nscope = \"team\"\nsql = \"SELECT 1\""),
+                vec!["scope", "team"],
+            ),
+            (
+                entry("key = \"a\"\nkind = \"trait\"\nscope = \"user\"\nsql = \"  \""),
+                vec!["computations[0]", "sql must not be empty"],
+            ),
+            (entry(ok), vec!["computations[0]", "needs a key"]),
+            (
+                entry(&format!("key = \"High Value\"\n{ok}")),
+                vec!["key", "snake_case", "high_value"],
+            ),
+            (
+                entry(&format!("key = \"a\"\nquery = \"SELECT 1\"\n{ok}")),
+                vec!["query"],
+            ),
+            (
+                entry("key = \"a\"\nkind = \"trait\"\nscope = \"user\""),
+                vec!["sql"],
+            ),
+            (
+                "[membership]\nsql = \"\"\n".to_string(),
+                vec!["membership.sql"],
+            ),
+            (
+                "[compute]\ntimeout_secs = 0\n".to_string(),
+                vec!["compute.timeout_secs"],
+            ),
+            (
+                "[compute]\ntimeout_secs = 86401\n".to_string(),
+                vec!["compute.timeout_secs"],
+            ),
+        ] {
+            let path = write(&dir, &file);
+            let err = format!(
+                "{:#}",
+                Settings::load_from(Some(&path), env(&[])).unwrap_err()
+            );
+            for needle in needles {
+                assert!(err.contains(needle), "{file}: {err} lacks {needle:?}");
+            }
+        }
+    }
 }
