@@ -310,6 +310,10 @@ fn compute_one(
                 scope: computation.scope,
                 source: snapshots::Source::Sql,
             };
+            // The query's first row is read before the write transaction opens: an aggregate does
+            // all its work there, and a writer (delivery confirming) should not wait for it.
+            let mut checked = checked.peekable();
+            checked.peek();
             let stored = snapshots::store_snapshot(
                 conn,
                 label,
@@ -392,6 +396,8 @@ fn compute_one(
                 }
                 return Ok(computed);
             }
+            let mut checked = checked.peekable();
+            checked.peek();
             let stored = snapshots::store_membership(conn, label, options.now, true, checked);
             if let Some(e) = failed.take() {
                 return Err(ComputeError::from_query(e));
