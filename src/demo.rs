@@ -1,6 +1,7 @@
 //! `audience-sync demo`: a complete local walk-through against the built-in Intercom sandbox —
-//! load example snapshots, initial sync, change them, incremental sync — printing each step and
-//! checking that Intercom ends up holding exactly what the snapshots say.
+//! load example snapshots, compute a SQL audience from an `orders` table, initial sync, change
+//! them, incremental sync — printing each step and checking that Intercom ends up holding exactly
+//! what the snapshots (and the orders) say.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -12,10 +13,12 @@ use intercom_sandbox::{Sandbox, SandboxConfig, Snapshot};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::compute::{self, Options};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
 use crate::load::{self, Input, Kind, Scope};
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
-use crate::settings::Settings;
+use crate::settings::{Settings, SqlComputation};
+use crate::store::compute::Origin;
 use crate::store::{self, snapshots::ComputationSpec};
 
 /// The example snapshots, compiled in so the demo runs from any directory.
@@ -70,6 +73,54 @@ const MEMBERS_CHANGED: &str = include_str!("../examples/demo/changed/memberships
 const INITIAL_AT: i64 = 1_795_000_000;
 const CHANGED_AT: i64 = INITIAL_AT + 3600;
 
+/// A computation defined in SQL (SPEC section 11), the seed document's own example (Segment's
+/// Personas docs use this key): users with an order completed in the last 30 days, which
+/// audience-sync computes itself from the `orders` table the demo writes into its database.
+const SQL_KEY: &str = "order_completed_last_30days";
+const SQL_NAME: &str = "Order Completed Last 30 Days";
+const SQL_QUERY: &str = "SELECT user_id, email FROM orders WHERE completed_at > :now - 30*86400 \
+                         GROUP BY user_id, email";
+const DAY: i64 = 86_400;
+/// The demo clock of the SQL audience (`:now`, and its snapshots' taken_at): the demo's start,
+/// then 31 days later, so that an order placed before the start has left the 30-day window.
+const SQL_INITIAL_AT: i64 = INITIAL_AT;
+const SQL_CHANGED_AT: i64 = INITIAL_AT + 31 * DAY;
+
+/// One order of the demo's `orders` table, completed `day` days after the demo's start.
+struct Order {
+    user_id: &'static str,
+    total: f64,
+    day: i64,
+}
+
+impl Order {
+    fn completed_at(&self) -> i64 {
+        INITIAL_AT + self.day * DAY
+    }
+}
+
+const fn order(user_id: &'static str, total: f64, day: i64) -> Order {
+    Order {
+        user_id,
+        total,
+        day,
+    }
+}
+
+/// The orders completed before the demo's start (written in step 1): u002, u005 and u006 have
+/// one in the last 30 days; u011's only order is older.
+const ORDERS_INITIAL: &[Order] = &[
+    order("u002", 129.00, -25),
+    order("u005", 42.50, -40),
+    order("u005", 18.90, -2),
+    order("u006", 310.00, -12),
+    order("u011", 64.00, -45),
+];
+
+/// The orders completed in the 31 days after it (written in step 3): u005 orders again, u007
+/// orders for the first time; u002 and u006 order nothing more.
+const ORDERS_CHANGED: &[Order] = &[order("u007", 75.25, 20), order("u005", 23.10, 28)];
+
 pub fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,6 +165,14 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     // Intercom's per-app budget, which the sandbox enforces, instead of the Personas
     // destination's 83 per 10 s: the demo's initial sync then takes seconds, not minutes.
     settings.intercom.rate_limit = intercom_sandbox::INTERCOM_RATE_LIMIT_PER_WINDOW;
+    // What a `[[computations]]` entry in settings.toml would define.
+    settings.compute.computations.push(SqlComputation {
+        key: SQL_KEY.to_string(),
+        name: Some(SQL_NAME.to_string()),
+        kind: Kind::Audience,
+        scope: Scope::User,
+        sql: SQL_QUERY.to_string(),
+    });
 
     println!("audience-sync demo");
     println!("==================");
@@ -141,6 +200,19 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         |e| e.initial,
         MEMBERS_INITIAL,
     )?;
+    println!(
+        "   {SQL_KEY:<27} user audience defined in SQL ([[computations]] in settings.toml), \
+         computed by audience-sync itself:"
+    );
+    println!("     {SQL_QUERY}");
+    write_orders(&conn, ORDERS_INITIAL)?;
+    println!(
+        "     The demo, as the upstream pipeline, writes {} orders into the database's own \
+         `orders` table",
+        ORDERS_INITIAL.len()
+    );
+    let first = compute_sql_audience(&settings, SQL_INITIAL_AT)?;
+    print_sql_audience(&conn, SQL_INITIAL_AT, first, None)?;
 
     let engine = Engine::open(&settings.database.path, &settings.intercom)?;
     println!("\n2. Initial sync: every member and value as one identify per user; no track events");
@@ -149,6 +221,7 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     print_examples(&conn, report.run_id, 2)?;
     let after_initial = sandbox.snapshot();
     print_intercom(&after_initial, None);
+    print_sql_in_intercom(&after_initial, "no event: an initial sync sends none");
 
     println!(
         "\n3. Load changed snapshots (taken an hour later: some users enter, exit, change, move account)"
@@ -161,6 +234,21 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         |e| e.changed,
         MEMBERS_CHANGED,
     )?;
+    println!(
+        "   {SQL_KEY:<27} computed again 31 days after step 1; meanwhile {} new orders:",
+        ORDERS_CHANGED.len()
+    );
+    for order in ORDERS_CHANGED {
+        println!(
+            "     {} ordered on {} ({:.2})",
+            order.user_id,
+            date(order.completed_at()),
+            order.total
+        );
+    }
+    write_orders(&conn, ORDERS_CHANGED)?;
+    let second = compute_sql_audience(&settings, SQL_CHANGED_AT)?;
+    print_sql_audience(&conn, SQL_CHANGED_AT, second, Some(first))?;
 
     println!(
         "\n4. Incremental sync: only the differences, with Audience Entered / Exited and Trait Computed events"
@@ -170,11 +258,20 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     print_examples(&conn, report.run_id, 4)?;
     let after_changes = sandbox.snapshot();
     print_intercom(&after_changes, Some(&after_initial));
+    print_sql_in_intercom(&after_changes, "no event: still a member");
 
     println!("\n5. Check: does Intercom hold exactly what the snapshots say?");
     let mismatches = check(&after_changes);
     if mismatches.is_empty() {
         println!("   Yes: every user's attributes, companies and events match the snapshots.");
+        let (before, after) = sql_members();
+        println!(
+            "   And the SQL audience matches the orders alone: {SQL_KEY} true for {}, false for \
+             {}, with their Audience Exited / Entered events at {}.",
+            list(after.iter()),
+            list(before.difference(&after)),
+            store::snapshots::rfc3339(SQL_CHANGED_AT)
+        );
     } else {
         for m in mismatches.iter().take(10) {
             println!("   MISMATCH {m}");
@@ -213,7 +310,7 @@ fn load_all(
         let stored =
             load::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;
         println!(
-            "   {:<22} {} {:<8} {:>4} rows",
+            "   {:<27} {} {:<8} {:>4} rows",
             example.key,
             example.scope.as_str(),
             example.kind.as_str(),
@@ -223,8 +320,182 @@ fn load_all(
     let path = dir.join(format!("{step}-memberships.ndjson"));
     std::fs::write(&path, members)?;
     let (_, rows) = load::load_membership(conn, &Input::File(path), taken_at)?;
-    println!("   {:<22} {rows:>18} rows", "account memberships");
+    println!("   {:<27} {rows:>18} rows", "account memberships");
     Ok(())
+}
+
+/// The upstream pipeline's part, played by the demo: the product's own `orders` table, in the
+/// database audience-sync uses (a computation's query may read any table there, read-only). In
+/// a real deployment the application or an ETL job writes it; audience-sync never does.
+fn write_orders(conn: &rusqlite::Connection, orders: &[Order]) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS orders (
+             order_id     INTEGER PRIMARY KEY,
+             user_id      TEXT NOT NULL,
+             email        TEXT,
+             total        REAL NOT NULL,
+             completed_at INTEGER NOT NULL  -- unix seconds
+         )",
+    )?;
+    let mut insert = conn.prepare(
+        "INSERT INTO orders (user_id, email, total, completed_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for order in orders {
+        let email = format!("{}@example.com", order.user_id);
+        insert.execute(rusqlite::params![
+            order.user_id,
+            email,
+            order.total,
+            order.completed_at()
+        ])?;
+    }
+    Ok(())
+}
+
+/// Compute the SQL audience as `audience-sync compute --computation KEY --now T` would: its
+/// query runs read-only with `:now` = `now`, and the result is stored as its newest snapshot,
+/// taken at `now`. Returns that snapshot's id.
+fn compute_sql_audience(settings: &Settings, now: i64) -> anyhow::Result<i64> {
+    let targets = compute::targets(&settings.compute, Some(SQL_KEY)).map_err(anyhow::Error::msg)?;
+    let options = Options {
+        only: Some(SQL_KEY),
+        now,
+        origin: Origin::Command,
+        dry_run: false,
+    };
+    let outcomes = compute::compute(
+        &settings.database.path,
+        &settings.compute,
+        &targets,
+        &options,
+    )?;
+    let outcome = outcomes
+        .into_iter()
+        .next()
+        .context("compute returned no outcome")?;
+    match outcome.result {
+        Ok(computed) => computed.snapshot_id.context("compute stored no snapshot"),
+        Err(e) => anyhow::bail!("{}: {e}", outcome.target.describe()),
+    }
+}
+
+/// What a compute stored, user by user, and why: each user's last order (from the `orders`
+/// table) against the audience's snapshot (what audience-sync stored), and against the previous
+/// one when there is one.
+fn print_sql_audience(
+    conn: &rusqlite::Connection,
+    now: i64,
+    snapshot_id: i64,
+    previous: Option<i64>,
+) -> anyhow::Result<()> {
+    let members = |snapshot_id: i64| -> anyhow::Result<BTreeSet<String>> {
+        let mut stmt =
+            conn.prepare("SELECT entity_id FROM snapshot_rows WHERE snapshot_id = ?1")?;
+        let rows = stmt
+            .query_map([snapshot_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    };
+    let now_members = members(snapshot_id)?;
+    let was_members = previous.map(members).transpose()?;
+    println!(
+        "     Computed with :now = {}: {} rows, stored as its newest snapshot (taken at :now)",
+        store::snapshots::rfc3339(now),
+        now_members.len()
+    );
+    let mut stmt = conn.prepare(
+        "SELECT user_id, max(completed_at) FROM orders WHERE completed_at <= ?1 \
+         GROUP BY user_id ORDER BY user_id",
+    )?;
+    let last_orders: Vec<(String, i64)> = stmt
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (user, last) in last_orders {
+        let is = now_members.contains(&user);
+        let why = if is {
+            "an order in the last 30 days"
+        } else {
+            "no order in the last 30 days"
+        };
+        let status = match (was_members.as_ref().map(|m| m.contains(&user)), is) {
+            (None, true) => "member",
+            (None, false) => "not a member",
+            (Some(false), true) => "enters",
+            (Some(true), false) => "exits",
+            (Some(true), true) => "stays",
+            (Some(false), false) => "stays out",
+        };
+        println!(
+            "       {user}  last order {} ({:>2} days before :now)  {status:<13} {why}",
+            date(last),
+            (now - last) / DAY
+        );
+    }
+    Ok(())
+}
+
+/// The SQL audience as Intercom holds it: the attribute and the Audience Entered / Exited
+/// events, per contact; `no_event` says why a contact has none.
+fn print_sql_in_intercom(state: &Snapshot, no_event: &str) {
+    println!("   {SQL_KEY} in Intercom now:");
+    let mut contacts: Vec<_> = state
+        .contacts
+        .iter()
+        .filter(|c| c.custom_attributes.contains_key(SQL_KEY))
+        .collect();
+    contacts.sort_by(|a, b| a.external_id.cmp(&b.external_id));
+    for contact in contacts {
+        let events: Vec<String> = contact
+            .events
+            .iter()
+            .filter(|e| e.metadata.get("audience_key").and_then(Value::as_str) == Some(SQL_KEY))
+            .map(|e| {
+                format!(
+                    "{} at {}",
+                    e.event_name,
+                    store::snapshots::rfc3339(e.created_at)
+                )
+            })
+            .collect();
+        println!(
+            "     {}  {SQL_KEY} = {:<5}  {}",
+            contact.external_id.as_deref().unwrap_or("?"),
+            contact.custom_attributes[SQL_KEY].to_string(),
+            if events.is_empty() {
+                no_event.to_string()
+            } else {
+                events.join(", ")
+            }
+        );
+    }
+}
+
+fn date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+fn list<'a>(users: impl Iterator<Item = &'a String>) -> String {
+    users.map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
+/// The SQL audience's members at each compute, from the orders alone (not by its query): the
+/// users with an order completed in the 30 days up to that compute's `:now`.
+fn sql_members() -> (BTreeSet<String>, BTreeSet<String>) {
+    let members = |orders: &mut dyn Iterator<Item = &Order>, now: i64| -> BTreeSet<String> {
+        orders
+            .filter(|o| o.completed_at() > now - 30 * DAY && o.completed_at() <= now)
+            .map(|o| o.user_id.to_string())
+            .collect()
+    };
+    (
+        members(&mut ORDERS_INITIAL.iter(), SQL_INITIAL_AT),
+        members(
+            &mut ORDERS_INITIAL.iter().chain(ORDERS_CHANGED),
+            SQL_CHANGED_AT,
+        ),
+    )
 }
 
 async fn sync(
@@ -249,7 +520,7 @@ async fn sync(
 fn print_report(report: &Report, delivery: &DeliveryReport) {
     for c in &report.computations {
         println!(
-            "   {:<22} {:<11} entered {:>3}  exited {:>3}  changed {:>3}",
+            "   {:<27} {:<11} entered {:>3}  exited {:>3}  changed {:>3}",
             c.key,
             c.mode.as_str(),
             c.counts.entered,
@@ -259,7 +530,7 @@ fn print_report(report: &Report, delivery: &DeliveryReport) {
     }
     if let Some(m) = &report.membership {
         println!(
-            "   {:<22} {:<11} attached {:>2}  detached {:>2}",
+            "   {:<27} {:<11} attached {:>2}  detached {:>2}",
             "account memberships", "", m.attached, m.detached
         );
     }
@@ -352,8 +623,9 @@ fn print_intercom(state: &Snapshot, before: Option<&Snapshot>) {
     }
 }
 
-/// What Intercom must hold after both steps, computed from the example files alone (not by the
-/// product's own diff), compared with the sandbox's state. Returns the mismatches.
+/// What Intercom must hold after both steps, computed from the example files and the orders
+/// alone (not by the product's own diff or query), compared with the sandbox's state. Returns
+/// the mismatches.
 fn check(state: &Snapshot) -> Vec<String> {
     let members = |text: &str| -> BTreeSet<String> {
         text.lines()
@@ -414,6 +686,13 @@ fn check(state: &Snapshot) -> Vec<String> {
             .or_default()
             .insert(EXAMPLES[2].key.to_string(), value);
     }
+    let (sql_before, sql_after) = sql_members();
+    for user in sql_before.union(&sql_after) {
+        expected
+            .entry(user.clone())
+            .or_default()
+            .insert(SQL_KEY.to_string(), Value::Bool(sql_after.contains(user)));
+    }
     let derived = |accounts: Option<&BTreeSet<String>>, set: &BTreeSet<String>| {
         accounts.is_some_and(|a| a.iter().any(|g| set.contains(g)))
     };
@@ -445,6 +724,12 @@ fn check(state: &Snapshot) -> Vec<String> {
             .difference(&after)
             .for_each(|u| event(u, "Audience Exited", example.key));
     }
+    sql_after
+        .difference(&sql_before)
+        .for_each(|u| event(u, "Audience Entered", SQL_KEY));
+    sql_before
+        .difference(&sql_after)
+        .for_each(|u| event(u, "Audience Exited", SQL_KEY));
     let (before, after) = (values(EXAMPLES[2].initial), values(EXAMPLES[2].changed));
     for (user, value) in &after {
         if before.get(user) != Some(value) {
@@ -481,6 +766,19 @@ fn check(state: &Snapshot) -> Vec<String> {
             })
             .collect();
         got.sort();
+        // The SQL audience's events carry the time of the compute that changed it: its `:now`.
+        for e in &contact.events {
+            if e.metadata.get("audience_key").and_then(Value::as_str) == Some(SQL_KEY)
+                && e.created_at != SQL_CHANGED_AT
+            {
+                mismatches.push(format!(
+                    "{user}: {} of {SQL_KEY} at {}, the compute's :now was {}",
+                    e.event_name,
+                    store::snapshots::rfc3339(e.created_at),
+                    store::snapshots::rfc3339(SQL_CHANGED_AT)
+                ));
+            }
+        }
         let mut want = events.remove(&user).unwrap_or_default();
         want.sort();
         if got != want {
