@@ -494,9 +494,13 @@ fn dry_run_computation(
                 .as_deref()
                 .map(|v| serde_json::from_str(v).unwrap_or(Value::Null))
                 .unwrap_or(Value::Null);
+            // As a snapshot file would hold it: a user without a user_id is its email.
             let shown = match computation.scope {
+                Scope::User if row.email.as_deref() == Some(row.entity_id.as_str()) => {
+                    serde_json::json!({"email": row.email, "value": value})
+                }
                 Scope::User => {
-                    serde_json::json!({"entity_id": row.entity_id, "email": row.email, "value": value})
+                    serde_json::json!({"user_id": row.entity_id, "email": row.email, "value": value})
                 }
                 Scope::Account => serde_json::json!({"group_id": row.entity_id, "value": value}),
             };

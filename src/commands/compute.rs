@@ -6,7 +6,7 @@ use crate::compute::{self, Options, Outcome};
 use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::compute::Origin;
-use crate::store::{self, snapshots};
+use crate::store::snapshots;
 
 pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
     if settings.compute.is_empty() {
@@ -18,10 +18,7 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
     }
     let targets = compute::targets(&settings.compute, args.computation.as_deref())
         .map_err(CliError::usage)?;
-    let now = match &args.now {
-        Some(_) => super::load::taken_at(args.now.as_deref())?,
-        None => store::now_unix(),
-    };
+    let now = super::load::instant("--now", args.now.as_deref())?;
     let options = Options {
         only: args.computation.as_deref(),
         now,

@@ -95,13 +95,18 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
 }
 
 /// `--taken-at` as unix seconds; now when absent.
-pub(super) fn taken_at(arg: Option<&str>) -> anyhow::Result<i64> {
+fn taken_at(arg: Option<&str>) -> anyhow::Result<i64> {
+    instant("--taken-at", arg)
+}
+
+/// A flag's RFC 3339 instant as unix seconds (the flag named when it is not one); now when absent.
+pub(super) fn instant(flag: &str, arg: Option<&str>) -> anyhow::Result<i64> {
     match arg {
         None => Ok(store::now_unix()),
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)
             .map(|t| t.timestamp())
             .map_err(|e| {
-                CliError::usage(format!("--taken-at {text:?} is not an RFC 3339 time ({e})")).into()
+                CliError::usage(format!("{flag} {text:?} is not an RFC 3339 time ({e})")).into()
             }),
     }
 }

@@ -44,3 +44,44 @@ fn the_demo_runs_and_intercom_matches_the_snapshots() {
         "the demo leaves no database behind"
     );
 }
+
+/// `examples/sql-audience/` does what its README says: its `orders.sql` and its settings compute
+/// alice and bob on 2026-01-15, and bob and carol on 2026-02-20 (alice's order is then too old).
+#[test]
+fn the_sql_audience_example_computes_what_its_readme_says() {
+    let env = Env::new();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sql-audience");
+    let settings = example.join("settings.toml");
+    let settings = settings.to_str().unwrap();
+    let database = env.path("example.db");
+    let members = |now: &str| {
+        let run = env
+            .command(&["--config", settings, "compute", "--now", now])
+            .env("AUDIENCE_SYNC__DATABASE__PATH", &database)
+            .output()
+            .unwrap();
+        let run = super::harness::Run::from(run).success();
+        assert!(
+            run.stdout.contains(&format!("taken at {now}")),
+            "{}",
+            run.stdout
+        );
+        let conn = rusqlite::Connection::open(&database).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT entity_id FROM snapshot_rows WHERE snapshot_id = \
+                 (SELECT max(id) FROM snapshots) ORDER BY entity_id",
+            )
+            .unwrap();
+        stmt.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    };
+    let conn = rusqlite::Connection::open(&database).unwrap();
+    conn.execute_batch(&std::fs::read_to_string(example.join("orders.sql")).unwrap())
+        .unwrap();
+    drop(conn);
+    assert_eq!(members("2026-01-15T00:00:00Z"), ["alice", "bob"]);
+    assert_eq!(members("2026-02-20T00:00:00Z"), ["bob", "carol"]);
+}
