@@ -18,8 +18,12 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
     }
     let targets = compute::targets(&settings.compute, args.computation.as_deref())
         .map_err(CliError::usage)?;
-    let now = match &args.now {
-        Some(_) => super::load::taken_at(args.now.as_deref())?,
+    let now = match args.now.as_deref() {
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp())
+            .map_err(|e| {
+                CliError::usage(format!("--now {text:?} is not an RFC 3339 time ({e})"))
+            })?,
         None => store::now_unix(),
     };
     let options = Options {
