@@ -5,6 +5,10 @@
 //! Each target is its own transaction: a bad row, a failing query or a timeout stores nothing
 //! for that target, leaves its previous snapshot in place, and the others still go. `compute`
 //! and the daemon (before each scheduled run) share this; only the reporting differs.
+//!
+//! A query runs to its end, its checked rows kept aside in a private temporary database, before
+//! the write transaction that stores them begins: the product's own writers (and delivery) are
+//! never held up by a long query, only by the store, as they would be by a `load`.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -277,6 +281,14 @@ fn compute_one(
                 None => None,
             };
             let previous_rows = previous.map(|(_, _, rows)| rows as u64);
+            // What the stored computation refuses is refused before its query runs.
+            check_computation(
+                conn,
+                computation,
+                existing.as_ref(),
+                previous.map(|(_, taken_at, _)| taken_at),
+                options.now,
+            )?;
             let rows = query
                 .run(options.now, timeout)
                 .map_err(ComputeError::from_query)?;
@@ -290,19 +302,33 @@ fn compute_one(
                 })?;
                 load::snapshot_row(label, &as_audience(record, kind), kind, computation.scope)
             });
+            let blame = |e: LoadError| {
+                failed.take().map_or_else(
+                    || ComputeError::from_load(e, label),
+                    ComputeError::from_query,
+                )
+            };
             if options.dry_run {
-                let newest = previous.map(|(_, taken_at, _)| taken_at);
                 return dry_run_computation(
-                    conn,
                     computation,
                     existing,
-                    newest,
-                    options.now,
                     previous_rows,
-                    checked,
-                )
-                .map_err(|e| failed.take().map_or(e, ComputeError::from_query));
+                    checked.map(|row| row.map_err(blame)),
+                );
             }
+            // The query runs to its end before the write transaction begins: the database
+            // stays writable (for the product, for delivery) however long the query takes, and
+            // the write lock is held only as long as `load` holds it.
+            let unique = Unique::Entity(match computation.scope {
+                Scope::User => "user_id",
+                Scope::Account => "group_id",
+            });
+            let mut staged = Staging::new(unique).map_err(database)?;
+            staged.fill(checked.map(|row| {
+                row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
+                    .map_err(blame)
+            }))?;
+            drop(query);
             let spec = snapshots::ComputationSpec {
                 key: &computation.key,
                 name: computation.name.as_deref(),
@@ -310,23 +336,26 @@ fn compute_one(
                 scope: computation.scope,
                 source: snapshots::Source::Sql,
             };
-            // The query's first row is read before the write transaction opens: an aggregate does
-            // all its work there, and a writer (delivery confirming) should not wait for it.
-            let mut checked = checked.peekable();
-            checked.peek();
-            let stored = snapshots::store_snapshot(
-                conn,
-                label,
-                &spec,
-                options.now,
-                store::now_unix(),
-                true,
-                checked,
-            );
-            if let Some(e) = failed.take() {
-                return Err(ComputeError::from_query(e));
-            }
-            let stored = stored.map_err(|e| ComputeError::from_load(e, label))?;
+            let stored = staged
+                .read(|rows| {
+                    snapshots::store_snapshot(
+                        conn,
+                        label,
+                        &spec,
+                        options.now,
+                        store::now_unix(),
+                        true,
+                        rows.map(|row| {
+                            row.map(|(line, [entity_id, email, value])| load::SnapshotRow {
+                                line,
+                                entity_id: entity_id.unwrap_or_default(),
+                                email,
+                                value,
+                            })
+                        }),
+                    )
+                })
+                .map_err(|e| ComputeError::from_load(e, label))?;
             Ok(Computed {
                 rows: stored.rows,
                 snapshot_id: Some(stored.snapshot_id),
@@ -337,9 +366,16 @@ fn compute_one(
             })
         }
         Target::Membership(_) => {
-            let previous_rows = snapshots::newest_membership(conn)
-                .map_err(database)?
-                .map(|(_, _, rows)| rows as u64);
+            let previous = snapshots::newest_membership(conn).map_err(database)?;
+            let previous_rows = previous.map(|(_, _, rows)| rows as u64);
+            if let Some((_, newest, _)) = previous.filter(|(_, t, _)| *t > options.now) {
+                return Err(ComputeError::Refused(format!(
+                    "taken_at {} is older than the newest membership snapshot ({}); an older \
+                     snapshot would never be used",
+                    snapshots::rfc3339(options.now),
+                    snapshots::rfc3339(newest)
+                )));
+            }
             let rows = query
                 .run(options.now, timeout)
                 .map_err(ComputeError::from_query)?;
@@ -352,6 +388,12 @@ fn compute_one(
                 })?;
                 load::membership_row(label, &record)
             });
+            let blame = |e: LoadError| {
+                failed.take().map_or_else(
+                    || ComputeError::from_load(e, label),
+                    ComputeError::from_query,
+                )
+            };
             if options.dry_run {
                 let mut seen = HashSet::new();
                 let mut computed = Computed {
@@ -363,15 +405,7 @@ fn compute_one(
                     sample: Vec::new(),
                 };
                 for row in checked {
-                    let row = match row {
-                        Ok(row) => row,
-                        Err(e) => {
-                            return Err(failed.take().map_or_else(
-                                || ComputeError::from_load(e, label),
-                                ComputeError::from_query,
-                            ));
-                        }
-                    };
+                    let row = row.map_err(blame)?;
                     if !seen.insert((row.group_id.clone(), row.user_id.clone())) {
                         return Err(ComputeError::Row {
                             row: row.line,
@@ -396,13 +430,30 @@ fn compute_one(
                 }
                 return Ok(computed);
             }
-            let mut checked = checked.peekable();
-            checked.peek();
-            let stored = snapshots::store_membership(conn, label, options.now, true, checked);
-            if let Some(e) = failed.take() {
-                return Err(ComputeError::from_query(e));
-            }
-            let (snapshot_id, rows) = stored.map_err(|e| ComputeError::from_load(e, label))?;
+            let mut staged = Staging::new(Unique::Membership).map_err(database)?;
+            staged.fill(checked.map(|row| {
+                row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
+                    .map_err(blame)
+            }))?;
+            drop(query);
+            let (snapshot_id, rows) = staged
+                .read(|rows| {
+                    snapshots::store_membership(
+                        conn,
+                        label,
+                        options.now,
+                        true,
+                        rows.map(|row| {
+                            row.map(|(line, [group_id, user_id, email])| load::MembershipRow {
+                                line,
+                                group_id: group_id.unwrap_or_default(),
+                                user_id: user_id.unwrap_or_default(),
+                                email,
+                            })
+                        }),
+                    )
+                })
+                .map_err(|e| ComputeError::from_load(e, label))?;
             Ok(Computed {
                 rows,
                 snapshot_id: Some(snapshot_id),
@@ -412,6 +463,112 @@ fn compute_one(
                 sample: Vec::new(),
             })
         }
+    }
+}
+
+/// A query's checked rows, kept aside until the query has finished: in a private temporary
+/// SQLite database (in memory while small, in a temporary file beyond SQLite's cache), so that a
+/// result of millions of rows is never held in memory and never held up the main database's
+/// write lock while the query ran. Each row is its number and three text cells.
+struct Staging {
+    conn: Connection,
+    unique: Unique,
+}
+
+/// What a staged result may hold once.
+#[derive(Debug, Clone, Copy)]
+enum Unique {
+    /// A computation's entity (the first cell); the field a duplicate is blamed on.
+    Entity(&'static str),
+    /// A membership's (group, user) pair (the first two cells).
+    Membership,
+}
+
+type StagedRow = (u64, [Option<String>; 3]);
+
+impl Staging {
+    /// `unique`: what a snapshot may hold once, checked as each row is kept, so that the first
+    /// bad row in the query's order is the one named, duplicates included, exactly as `load`
+    /// names it.
+    fn new(unique: Unique) -> rusqlite::Result<Staging> {
+        // An empty file name: a private temporary database, deleted when closed.
+        let conn = Connection::open("")?;
+        let key = match unique {
+            Unique::Entity(_) => "a",
+            Unique::Membership => "a, b",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = OFF;
+             PRAGMA synchronous = OFF;
+             CREATE TABLE staged (line INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, UNIQUE ({key}));"
+        ))?;
+        Ok(Staging { conn, unique })
+    }
+
+    /// Keep every row; the first error ends it (and is returned).
+    fn fill(
+        &mut self,
+        rows: impl Iterator<Item = Result<StagedRow, ComputeError>>,
+    ) -> Result<(), ComputeError> {
+        let database = |e: rusqlite::Error| ComputeError::Database(e.into());
+        let tx = self.conn.transaction().map_err(database)?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO staged (line, a, b, c) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(database)?;
+            for row in rows {
+                let (line, [a, b, c]) = row?;
+                match insert.execute(rusqlite::params![line as i64, a, b, c]) {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                    {
+                        let a = a.unwrap_or_default();
+                        let (field, reason) = match self.unique {
+                            Unique::Entity(field) => (
+                                field,
+                                format!("entity {a:?} appears twice in this snapshot"),
+                            ),
+                            Unique::Membership => (
+                                "user_id",
+                                format!(
+                                    "user {:?} appears twice in account {a:?}",
+                                    b.unwrap_or_default()
+                                ),
+                            ),
+                        };
+                        return Err(ComputeError::Row {
+                            row: line,
+                            field: Some(field.to_string()),
+                            reason,
+                        });
+                    }
+                    Err(e) => return Err(database(e)),
+                }
+            }
+        }
+        tx.commit().map_err(database)
+    }
+
+    /// The kept rows in their order, to `store`.
+    fn read<T>(
+        &self,
+        store: impl FnOnce(
+            &mut dyn Iterator<Item = Result<StagedRow, LoadError>>,
+        ) -> Result<T, LoadError>,
+    ) -> Result<T, LoadError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT line, a, b, c FROM staged ORDER BY line")?;
+        let mut rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    [r.get(1)?, r.get(2)?, r.get(3)?],
+                ))
+            })?
+            .map(|row| row.map_err(LoadError::Database));
+        store(&mut rows)
     }
 }
 
@@ -426,18 +583,18 @@ fn as_audience(mut record: Record, kind: Kind) -> Record {
     record
 }
 
-/// A dry run of a computation's query: every rule `compute` would apply, checked read-only.
-fn dry_run_computation(
+/// Refuse a computation the stored one does not allow: a key `load` owns, another kind or
+/// scope, a `:now` older than its newest snapshot (`store_snapshot` checks the same again, in
+/// its transaction).
+fn check_computation(
     conn: &Connection,
     computation: &SqlComputation,
-    existing: Option<snapshots::Computation>,
+    existing: Option<&snapshots::Computation>,
     newest_taken_at: Option<i64>,
     now: i64,
-    previous_rows: Option<u64>,
-    rows: impl Iterator<Item = Result<load::SnapshotRow, LoadError>>,
-) -> Result<Computed, ComputeError> {
+) -> Result<(), ComputeError> {
     let label = computation.key.as_str();
-    if let Some(existing) = &existing {
+    if let Some(existing) = existing {
         if !snapshots::is_sql_defined(conn, &existing.id)
             .map_err(|e| ComputeError::Database(e.into()))?
         {
@@ -465,6 +622,16 @@ fn dry_run_computation(
             snapshots::rfc3339(newest)
         )));
     }
+    Ok(())
+}
+
+/// A dry run of a computation's query: every rule `compute` would apply, checked read-only.
+fn dry_run_computation(
+    computation: &SqlComputation,
+    existing: Option<snapshots::Computation>,
+    previous_rows: Option<u64>,
+    rows: impl Iterator<Item = Result<load::SnapshotRow, ComputeError>>,
+) -> Result<Computed, ComputeError> {
     let field = match computation.scope {
         Scope::User => "user_id",
         Scope::Account => "group_id",
@@ -479,7 +646,7 @@ fn dry_run_computation(
         sample: Vec::new(),
     };
     for row in rows {
-        let row = row.map_err(|e| ComputeError::from_load(e, label))?;
+        let row = row?;
         if !seen.insert(row.entity_id.clone()) {
             return Err(ComputeError::Row {
                 row: row.line,

@@ -770,3 +770,196 @@ async fn the_daemon_plans_within_its_outbox_bound_and_resumes_a_run_killed_mid_w
     }
     sandbox.shutdown().await;
 }
+
+/// The metric `name` with exactly `labels`, if /metrics has it.
+fn sample(
+    metrics: &BTreeMap<(String, BTreeMap<String, String>), f64>,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let labels = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    metrics.get(&(name.to_string(), labels)).copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_computes_before_its_run_and_a_broken_query_keeps_its_previous_snapshot() {
+    let sandbox = Sandbox::start(SandboxConfig::new(TOKEN)).await.unwrap();
+    let env = Env::new();
+    let port = free_port();
+    configure(&env, &sandbox, port, true);
+    // Only run_on_start runs: the schedule does not fire during the test.
+    let base = std::fs::read_to_string(env.path("daemon.toml"))
+        .unwrap()
+        .replace("*/2 * * * * *", "0 0 0 1 1 *");
+    let define = |trial_sql: &str| {
+        env.write(
+            "daemon.toml",
+            format!(
+                "{base}\
+                 [[computations]]\nkey = \"paying\"\nkind = \"audience\"\nscope = \"user\"\n\
+                 sql = \"SELECT user_id, email FROM customers WHERE plan = 'pro'\"\n\
+                 [[computations]]\nkey = \"trial\"\nkind = \"audience\"\nscope = \"user\"\n\
+                 sql = \"{trial_sql}\"\n"
+            ),
+        );
+    };
+    define("SELECT user_id, email FROM customers WHERE plan = 'trial'");
+    env.run(&["--config", "daemon.toml", "status"]).success();
+    let upstream = |sql: &str| {
+        rusqlite::Connection::open(env.db_path())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    upstream(
+        "CREATE TABLE customers (user_id TEXT, email TEXT, plan TEXT);
+         INSERT INTO customers VALUES ('p1', 'p1@example.com', 'pro'), ('p2', NULL, 'pro'),
+           ('t1', 't1@example.com', 'trial'), ('t2', NULL, 'trial');",
+    );
+    env.run(&["--config", "daemon.toml", "compute"]).success();
+
+    // First life: both computations reach Intercom.
+    let mut daemon = start(&env);
+    wait_for(
+        "both computations in Intercom",
+        Duration::from_secs(60),
+        || {
+            let state = sandbox.snapshot();
+            let has = |user: &str, key: &str| {
+                state
+                    .contact_by_external_id(user)
+                    .is_some_and(|c| c.custom_attributes.get(key) == Some(&serde_json::json!(true)))
+            };
+            has("p1", "paying") && has("p2", "paying") && has("t1", "trial") && has("t2", "trial")
+        },
+    )
+    .await;
+    wait_for("the outbox to drain", Duration::from_secs(30), || {
+        env.query("SELECT count(*) FROM outbox WHERE status = 'pending'")[0][0] == "0"
+    })
+    .await;
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
+    let newest_trial = || {
+        env.query(
+            "SELECT s.id, s.row_count FROM snapshots s JOIN computations c \
+             ON c.id = s.computation_id WHERE c.key = 'trial' AND s.complete = 1 \
+             ORDER BY s.taken_at DESC, s.id DESC LIMIT 1",
+        )
+    };
+    let trial_before = newest_trial();
+    assert_eq!(trial_before[0][1], "2");
+
+    // Second life: the trial query breaks, and a new paying customer arrives.
+    define("SELECT user_id, email FROM trial_signups");
+    upstream("INSERT INTO customers VALUES ('p3', 'p3@example.com', 'pro');");
+    let mut daemon = start(&env);
+    wait_for(
+        "the new paying customer in Intercom",
+        Duration::from_secs(60),
+        || {
+            sandbox
+                .snapshot()
+                .contact_by_external_id("p3")
+                .is_some_and(|c| {
+                    c.custom_attributes.get("paying") == Some(&serde_json::json!(true))
+                        && c.events.iter().any(|e| e.event_name == "Audience Entered")
+                })
+        },
+    )
+    .await;
+    wait_for("the outbox to drain", Duration::from_secs(30), || {
+        env.query("SELECT count(*) FROM outbox WHERE status = 'pending'")[0][0] == "0"
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let metrics = parse_prometheus(
+        &client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let (code, _) = terminate(&mut daemon);
+    assert_eq!(code, Some(0));
+
+    let failed = sample(
+        &metrics,
+        "audience_sync_computes_total",
+        &[("computation", "trial"), ("outcome", "failed")],
+    );
+    assert!(failed.is_some_and(|n| n >= 1.0), "{failed:?}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "audience_sync_compute_failed",
+            &[("computation", "trial")]
+        ),
+        Some(1.0)
+    );
+    let stored = sample(
+        &metrics,
+        "audience_sync_computes_total",
+        &[("computation", "paying"), ("outcome", "stored")],
+    );
+    assert!(stored.is_some_and(|n| n >= 1.0), "{stored:?}");
+    assert_eq!(
+        sample(
+            &metrics,
+            "audience_sync_compute_failed",
+            &[("computation", "paying")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "audience_sync_compute_rows",
+            &[("computation", "paying")]
+        ),
+        Some(3.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            "audience_sync_compute_duration_seconds",
+            &[("computation", "trial")]
+        )
+        .is_some()
+    );
+
+    // The broken computation's previous snapshot stayed, and the run planned from it: its
+    // members are still in the audience in Intercom, and nobody exited.
+    assert_eq!(newest_trial(), trial_before);
+    let record = env.query(
+        "SELECT origin, snapshot_id IS NULL, error FROM computes WHERE computation = 'trial' \
+         ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(record[0][..2], ["daemon".to_string(), "1".to_string()]);
+    assert!(
+        record[0][2].contains("no such table: trial_signups"),
+        "{record:?}"
+    );
+    let state = sandbox.snapshot();
+    for user in ["t1", "t2"] {
+        let contact = state.contact_by_external_id(user).unwrap();
+        assert_eq!(
+            contact.custom_attributes.get("trial"),
+            Some(&serde_json::json!(true)),
+            "{user}"
+        );
+        assert!(contact.events.is_empty(), "{user}: {:?}", contact.events);
+    }
+    assert_eq!(
+        env.query("SELECT count(*) FROM runs")[0][0],
+        "2",
+        "both lives planned a run"
+    );
+    sandbox.shutdown().await;
+}
