@@ -20,7 +20,9 @@ use serde_json::Value;
 
 use crate::load::{self, Kind, LoadError, Record, Scope};
 use crate::settings::{ComputeSettings, SqlComputation};
-use crate::store::compute::{self as queries, ComputeRecord, Origin, Query, QueryError};
+use crate::store::compute::{
+    self as queries, ComputeRecord, Origin, Query, QueryError, StageError, Staging, Unique,
+};
 use crate::store::{self, snapshots};
 
 /// Rows a dry run shows of each target.
@@ -158,6 +160,22 @@ impl ComputeError {
                     .unwrap_or(message),
             ),
             LoadError::Database(e) => ComputeError::Database(e.into()),
+        }
+    }
+
+    fn from_stage(error: StageError<ComputeError>) -> ComputeError {
+        match error {
+            StageError::Row(e) => e,
+            StageError::Duplicate {
+                line,
+                field,
+                reason,
+            } => ComputeError::Row {
+                row: line,
+                field: Some(field.to_string()),
+                reason,
+            },
+            StageError::Database(e) => ComputeError::Database(e.into()),
         }
     }
 
@@ -324,10 +342,12 @@ fn compute_one(
                 Scope::Account => "group_id",
             });
             let mut staged = Staging::new(unique).map_err(database)?;
-            staged.fill(checked.map(|row| {
-                row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
-                    .map_err(blame)
-            }))?;
+            staged
+                .fill(checked.map(|row| {
+                    row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
+                        .map_err(blame)
+                }))
+                .map_err(ComputeError::from_stage)?;
             drop(query);
             let spec = snapshots::ComputationSpec {
                 key: &computation.key,
@@ -431,10 +451,12 @@ fn compute_one(
                 return Ok(computed);
             }
             let mut staged = Staging::new(Unique::Membership).map_err(database)?;
-            staged.fill(checked.map(|row| {
-                row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
-                    .map_err(blame)
-            }))?;
+            staged
+                .fill(checked.map(|row| {
+                    row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
+                        .map_err(blame)
+                }))
+                .map_err(ComputeError::from_stage)?;
             drop(query);
             let (snapshot_id, rows) = staged
                 .read(|rows| {
@@ -463,112 +485,6 @@ fn compute_one(
                 sample: Vec::new(),
             })
         }
-    }
-}
-
-/// A query's checked rows, kept aside until the query has finished: in a private temporary
-/// SQLite database (in memory while small, in a temporary file beyond SQLite's cache), so that a
-/// result of millions of rows is never held in memory and never held up the main database's
-/// write lock while the query ran. Each row is its number and three text cells.
-struct Staging {
-    conn: Connection,
-    unique: Unique,
-}
-
-/// What a staged result may hold once.
-#[derive(Debug, Clone, Copy)]
-enum Unique {
-    /// A computation's entity (the first cell); the field a duplicate is blamed on.
-    Entity(&'static str),
-    /// A membership's (group, user) pair (the first two cells).
-    Membership,
-}
-
-type StagedRow = (u64, [Option<String>; 3]);
-
-impl Staging {
-    /// `unique`: what a snapshot may hold once, checked as each row is kept, so that the first
-    /// bad row in the query's order is the one named, duplicates included, exactly as `load`
-    /// names it.
-    fn new(unique: Unique) -> rusqlite::Result<Staging> {
-        // An empty file name: a private temporary database, deleted when closed.
-        let conn = Connection::open("")?;
-        let key = match unique {
-            Unique::Entity(_) => "a",
-            Unique::Membership => "a, b",
-        };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = OFF;
-             PRAGMA synchronous = OFF;
-             CREATE TABLE staged (line INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, UNIQUE ({key}));"
-        ))?;
-        Ok(Staging { conn, unique })
-    }
-
-    /// Keep every row; the first error ends it (and is returned).
-    fn fill(
-        &mut self,
-        rows: impl Iterator<Item = Result<StagedRow, ComputeError>>,
-    ) -> Result<(), ComputeError> {
-        let database = |e: rusqlite::Error| ComputeError::Database(e.into());
-        let tx = self.conn.transaction().map_err(database)?;
-        {
-            let mut insert = tx
-                .prepare("INSERT INTO staged (line, a, b, c) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(database)?;
-            for row in rows {
-                let (line, [a, b, c]) = row?;
-                match insert.execute(rusqlite::params![line as i64, a, b, c]) {
-                    Ok(_) => {}
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-                    {
-                        let a = a.unwrap_or_default();
-                        let (field, reason) = match self.unique {
-                            Unique::Entity(field) => (
-                                field,
-                                format!("entity {a:?} appears twice in this snapshot"),
-                            ),
-                            Unique::Membership => (
-                                "user_id",
-                                format!(
-                                    "user {:?} appears twice in account {a:?}",
-                                    b.unwrap_or_default()
-                                ),
-                            ),
-                        };
-                        return Err(ComputeError::Row {
-                            row: line,
-                            field: Some(field.to_string()),
-                            reason,
-                        });
-                    }
-                    Err(e) => return Err(database(e)),
-                }
-            }
-        }
-        tx.commit().map_err(database)
-    }
-
-    /// The kept rows in their order, to `store`.
-    fn read<T>(
-        &self,
-        store: impl FnOnce(
-            &mut dyn Iterator<Item = Result<StagedRow, LoadError>>,
-        ) -> Result<T, LoadError>,
-    ) -> Result<T, LoadError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT line, a, b, c FROM staged ORDER BY line")?;
-        let mut rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    [r.get(1)?, r.get(2)?, r.get(3)?],
-                ))
-            })?
-            .map(|row| row.map_err(LoadError::Database));
-        store(&mut rows)
     }
 }
 

@@ -25,7 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Statement, params};
 use serde_json::{Map, Value};
 
-use crate::load::{Record, strict_json};
+use crate::load::{LoadError, Record, strict_json};
 
 /// How many compute records (`computes`) are kept.
 pub const KEPT_COMPUTES: i64 = 1_000;
@@ -316,6 +316,127 @@ impl Drop for Watchdog {
             let _ = thread.join();
         }
     }
+}
+
+/// A query's checked rows, kept aside until the query has finished: in a private temporary
+/// SQLite database (in memory while small, in a temporary file beyond SQLite's cache), so that a
+/// result of millions of rows is never held in memory and never held up the main database's
+/// write lock while the query ran. Each row is its number and three text cells.
+pub struct Staging {
+    conn: Connection,
+    unique: Unique,
+}
+
+/// What a staged result may hold once.
+#[derive(Debug, Clone, Copy)]
+pub enum Unique {
+    /// A computation's entity (the first cell); the field a duplicate is blamed on.
+    Entity(&'static str),
+    /// A membership's (group, user) pair (the first two cells).
+    Membership,
+}
+
+pub type StagedRow = (u64, [Option<String>; 3]);
+
+impl Staging {
+    /// `unique`: what a snapshot may hold once, checked as each row is kept, so that the first
+    /// bad row in the query's order is the one named, duplicates included, exactly as `load`
+    /// names it.
+    pub fn new(unique: Unique) -> rusqlite::Result<Staging> {
+        // An empty file name: a private temporary database, deleted when closed.
+        let conn = Connection::open("")?;
+        let key = match unique {
+            Unique::Entity(_) => "a",
+            Unique::Membership => "a, b",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = OFF;
+             PRAGMA synchronous = OFF;
+             CREATE TABLE staged (line INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, UNIQUE ({key}));"
+        ))?;
+        Ok(Staging { conn, unique })
+    }
+
+    /// Keep every row; the first error ends it (and is returned: the row's own, or a
+    /// [`StageError::Duplicate`] at the first row that repeats one before it).
+    pub fn fill<E>(
+        &mut self,
+        rows: impl Iterator<Item = Result<StagedRow, E>>,
+    ) -> Result<(), StageError<E>> {
+        let database = StageError::Database;
+        let tx = self.conn.transaction().map_err(database)?;
+        {
+            let mut insert = tx
+                .prepare("INSERT INTO staged (line, a, b, c) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(database)?;
+            for row in rows {
+                let (line, [a, b, c]) = row.map_err(StageError::Row)?;
+                match insert.execute(rusqlite::params![line as i64, a, b, c]) {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                    {
+                        let a = a.unwrap_or_default();
+                        let (field, reason) = match self.unique {
+                            Unique::Entity(field) => (
+                                field,
+                                format!("entity {a:?} appears twice in this snapshot"),
+                            ),
+                            Unique::Membership => (
+                                "user_id",
+                                format!(
+                                    "user {:?} appears twice in account {a:?}",
+                                    b.unwrap_or_default()
+                                ),
+                            ),
+                        };
+                        return Err(StageError::Duplicate {
+                            line,
+                            field,
+                            reason,
+                        });
+                    }
+                    Err(e) => return Err(database(e)),
+                }
+            }
+        }
+        tx.commit().map_err(database)
+    }
+
+    /// The kept rows in their order, to `store`.
+    pub fn read<T>(
+        &self,
+        store: impl FnOnce(
+            &mut dyn Iterator<Item = Result<StagedRow, LoadError>>,
+        ) -> Result<T, LoadError>,
+    ) -> Result<T, LoadError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT line, a, b, c FROM staged ORDER BY line")?;
+        let mut rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    [r.get(1)?, r.get(2)?, r.get(3)?],
+                ))
+            })?
+            .map(|row| row.map_err(LoadError::Database));
+        store(&mut rows)
+    }
+}
+
+/// Why staging stopped.
+#[derive(Debug)]
+pub enum StageError<E> {
+    /// The rows' own error.
+    Row(E),
+    /// This row repeats what an earlier one holds (`field` to blame, `load`'s reason).
+    Duplicate {
+        line: u64,
+        field: &'static str,
+        reason: String,
+    },
+    Database(rusqlite::Error),
 }
 
 /// Who ran a compute.
