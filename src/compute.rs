@@ -11,7 +11,6 @@
 //! never held up by a long query, only by the store, as they would be by a `load`.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -326,17 +325,9 @@ fn compute_one(
                     ComputeError::from_query,
                 )
             };
-            if options.dry_run {
-                return dry_run_computation(
-                    computation,
-                    existing,
-                    previous_rows,
-                    checked.map(|row| row.map_err(blame)),
-                );
-            }
             // The query runs to its end before the write transaction begins: the database
             // stays writable (for the product, for delivery) however long the query takes, and
-            // the write lock is held only as long as `load` holds it.
+            // the write lock is held only as long as `load` holds it. A dry run stops there.
             let unique = Unique::Entity(match computation.scope {
                 Scope::User => "user_id",
                 Scope::Account => "group_id",
@@ -349,6 +340,32 @@ fn compute_one(
                 }))
                 .map_err(ComputeError::from_stage)?;
             drop(query);
+            if options.dry_run {
+                return dry_run(
+                    &staged,
+                    existing.map(|c| c.id),
+                    previous_rows,
+                    |[entity_id, email, value]| {
+                        let entity_id = entity_id.unwrap_or_default();
+                        let value: Value = value
+                            .as_deref()
+                            .map(|v| serde_json::from_str(v).unwrap_or(Value::Null))
+                            .unwrap_or(Value::Null);
+                        // As a snapshot file would hold it: a user without a user_id is its email.
+                        match computation.scope {
+                            Scope::User if email.as_deref() == Some(entity_id.as_str()) => {
+                                serde_json::json!({"email": email, "value": value})
+                            }
+                            Scope::User => {
+                                serde_json::json!({"user_id": entity_id, "email": email, "value": value})
+                            }
+                            Scope::Account => {
+                                serde_json::json!({"group_id": entity_id, "value": value})
+                            }
+                        }
+                    },
+                );
+            }
             let spec = snapshots::ComputationSpec {
                 key: &computation.key,
                 name: computation.name.as_deref(),
@@ -414,42 +431,6 @@ fn compute_one(
                     ComputeError::from_query,
                 )
             };
-            if options.dry_run {
-                let mut seen = HashSet::new();
-                let mut computed = Computed {
-                    rows: 0,
-                    snapshot_id: None,
-                    computation_id: None,
-                    created: false,
-                    previous_rows,
-                    sample: Vec::new(),
-                };
-                for row in checked {
-                    let row = row.map_err(blame)?;
-                    if !seen.insert((row.group_id.clone(), row.user_id.clone())) {
-                        return Err(ComputeError::Row {
-                            row: row.line,
-                            field: Some("user_id".to_string()),
-                            reason: format!(
-                                "user {:?} appears twice in account {:?}",
-                                row.user_id, row.group_id
-                            ),
-                        });
-                    }
-                    computed.rows += 1;
-                    if computed.sample.len() < SAMPLE_ROWS {
-                        computed.sample.push(
-                            serde_json::json!({
-                                "group_id": row.group_id,
-                                "user_id": row.user_id,
-                                "email": row.email,
-                            })
-                            .to_string(),
-                        );
-                    }
-                }
-                return Ok(computed);
-            }
             let mut staged = Staging::new(Unique::Membership).map_err(database)?;
             staged
                 .fill(checked.map(|row| {
@@ -458,6 +439,14 @@ fn compute_one(
                 }))
                 .map_err(ComputeError::from_stage)?;
             drop(query);
+            if options.dry_run {
+                return dry_run(
+                    &staged,
+                    None,
+                    previous_rows,
+                    |[group_id, user_id, email]| serde_json::json!({"group_id": group_id, "user_id": user_id, "email": email}),
+                );
+            }
             let (snapshot_id, rows) = staged
                 .read(|rows| {
                     snapshots::store_membership(
@@ -541,56 +530,28 @@ fn check_computation(
     Ok(())
 }
 
-/// A dry run of a computation's query: every rule `compute` would apply, checked read-only.
-fn dry_run_computation(
-    computation: &SqlComputation,
-    existing: Option<snapshots::Computation>,
+/// What a dry run reports of a staged result: its rows, and the first of them as `show` renders
+/// them.
+fn dry_run(
+    staged: &Staging,
+    computation_id: Option<String>,
     previous_rows: Option<u64>,
-    rows: impl Iterator<Item = Result<load::SnapshotRow, ComputeError>>,
+    show: impl Fn([Option<String>; 3]) -> Value,
 ) -> Result<Computed, ComputeError> {
-    let field = match computation.scope {
-        Scope::User => "user_id",
-        Scope::Account => "group_id",
-    };
-    let mut seen = HashSet::new();
-    let mut computed = Computed {
-        rows: 0,
+    let database = |e: rusqlite::Error| ComputeError::Database(e.into());
+    Ok(Computed {
+        rows: staged.count().map_err(database)?,
         snapshot_id: None,
-        computation_id: existing.map(|c| c.id),
+        computation_id,
         created: false,
         previous_rows,
-        sample: Vec::new(),
-    };
-    for row in rows {
-        let row = row?;
-        if !seen.insert(row.entity_id.clone()) {
-            return Err(ComputeError::Row {
-                row: row.line,
-                field: Some(field.to_string()),
-                reason: format!("entity {:?} appears twice in this snapshot", row.entity_id),
-            });
-        }
-        computed.rows += 1;
-        if computed.sample.len() < SAMPLE_ROWS {
-            let value: Value = row
-                .value
-                .as_deref()
-                .map(|v| serde_json::from_str(v).unwrap_or(Value::Null))
-                .unwrap_or(Value::Null);
-            // As a snapshot file would hold it: a user without a user_id is its email.
-            let shown = match computation.scope {
-                Scope::User if row.email.as_deref() == Some(row.entity_id.as_str()) => {
-                    serde_json::json!({"email": row.email, "value": value})
-                }
-                Scope::User => {
-                    serde_json::json!({"user_id": row.entity_id, "email": row.email, "value": value})
-                }
-                Scope::Account => serde_json::json!({"group_id": row.entity_id, "value": value}),
-            };
-            computed.sample.push(shown.to_string());
-        }
-    }
-    Ok(computed)
+        sample: staged
+            .first(SAMPLE_ROWS)
+            .map_err(database)?
+            .into_iter()
+            .map(|(_, cells)| show(cells).to_string())
+            .collect(),
+    })
 }
 
 #[cfg(test)]

@@ -403,6 +403,27 @@ impl Staging {
         tx.commit().map_err(database)
     }
 
+    /// How many rows are kept.
+    pub fn count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM staged", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
+    /// The first `n` rows kept, in order.
+    pub fn first(&self, n: usize) -> rusqlite::Result<Vec<StagedRow>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT line, a, b, c FROM staged ORDER BY line LIMIT ?1")?;
+        stmt.query_map([n as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                [r.get(1)?, r.get(2)?, r.get(3)?],
+            ))
+        })?
+        .collect()
+    }
+
     /// The kept rows in their order, to `store`.
     pub fn read<T>(
         &self,
