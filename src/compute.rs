@@ -332,16 +332,20 @@ fn compute_one(
                 Scope::User => "user_id",
                 Scope::Account => "group_id",
             });
-            let mut staged = Staging::new(unique).map_err(database)?;
+            let mut staged = Staging::new(conn, unique).map_err(database)?;
             staged
-                .fill(checked.map(|row| {
-                    row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
-                        .map_err(blame)
-                }))
+                .fill(
+                    conn,
+                    checked.map(|row| {
+                        row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
+                            .map_err(blame)
+                    }),
+                )
                 .map_err(ComputeError::from_stage)?;
             drop(query);
             if options.dry_run {
-                return dry_run(
+                let shown = dry_run(
+                    conn,
                     &staged,
                     existing.map(|c| c.id),
                     previous_rows,
@@ -365,6 +369,8 @@ fn compute_one(
                         }
                     },
                 );
+                staged.clear(conn).map_err(database)?;
+                return shown;
             }
             let spec = snapshots::ComputationSpec {
                 key: &computation.key,
@@ -373,26 +379,15 @@ fn compute_one(
                 scope: computation.scope,
                 source: snapshots::Source::Sql,
             };
-            let stored = staged
-                .read(|rows| {
-                    snapshots::store_snapshot(
-                        conn,
-                        label,
-                        &spec,
-                        options.now,
-                        store::now_unix(),
-                        true,
-                        rows.map(|row| {
-                            row.map(|(line, [entity_id, email, value])| load::SnapshotRow {
-                                line,
-                                entity_id: entity_id.unwrap_or_default(),
-                                email,
-                                value,
-                            })
-                        }),
-                    )
-                })
-                .map_err(|e| ComputeError::from_load(e, label))?;
+            let stored = snapshots::store_staged_snapshot(
+                conn,
+                label,
+                &spec,
+                options.now,
+                store::now_unix(),
+            )
+            .map_err(|e| ComputeError::from_load(e, label))?;
+            staged.clear(conn).map_err(database)?;
             Ok(Computed {
                 rows: stored.rows,
                 snapshot_id: Some(stored.snapshot_id),
@@ -431,40 +426,31 @@ fn compute_one(
                     ComputeError::from_query,
                 )
             };
-            let mut staged = Staging::new(Unique::Membership).map_err(database)?;
+            let mut staged = Staging::new(conn, Unique::Membership).map_err(database)?;
             staged
-                .fill(checked.map(|row| {
-                    row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
-                        .map_err(blame)
-                }))
+                .fill(
+                    conn,
+                    checked.map(|row| {
+                        row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
+                            .map_err(blame)
+                    }),
+                )
                 .map_err(ComputeError::from_stage)?;
             drop(query);
             if options.dry_run {
-                return dry_run(
+                let shown = dry_run(
+                    conn,
                     &staged,
                     None,
                     previous_rows,
                     |[group_id, user_id, email]| serde_json::json!({"group_id": group_id, "user_id": user_id, "email": email}),
                 );
+                staged.clear(conn).map_err(database)?;
+                return shown;
             }
-            let (snapshot_id, rows) = staged
-                .read(|rows| {
-                    snapshots::store_membership(
-                        conn,
-                        label,
-                        options.now,
-                        true,
-                        rows.map(|row| {
-                            row.map(|(line, [group_id, user_id, email])| load::MembershipRow {
-                                line,
-                                group_id: group_id.unwrap_or_default(),
-                                user_id: user_id.unwrap_or_default(),
-                                email,
-                            })
-                        }),
-                    )
-                })
+            let (snapshot_id, rows) = snapshots::store_staged_membership(conn, label, options.now)
                 .map_err(|e| ComputeError::from_load(e, label))?;
+            staged.clear(conn).map_err(database)?;
             Ok(Computed {
                 rows,
                 snapshot_id: Some(snapshot_id),
@@ -533,6 +519,7 @@ fn check_computation(
 /// What a dry run reports of a staged result: its rows, and the first of them as `show` renders
 /// them.
 fn dry_run(
+    conn: &Connection,
     staged: &Staging,
     computation_id: Option<String>,
     previous_rows: Option<u64>,
@@ -540,13 +527,13 @@ fn dry_run(
 ) -> Result<Computed, ComputeError> {
     let database = |e: rusqlite::Error| ComputeError::Database(e.into());
     Ok(Computed {
-        rows: staged.count().map_err(database)?,
+        rows: staged.count(conn).map_err(database)?,
         snapshot_id: None,
         computation_id,
         created: false,
         previous_rows,
         sample: staged
-            .first(SAMPLE_ROWS)
+            .first(conn, SAMPLE_ROWS)
             .map_err(database)?
             .into_iter()
             .map(|(_, cells)| show(cells).to_string())

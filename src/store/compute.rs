@@ -25,7 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Statement, params};
 use serde_json::{Map, Value};
 
-use crate::load::{LoadError, Record, strict_json};
+use crate::load::{Record, strict_json};
 
 /// How many compute records (`computes`) are kept.
 pub const KEPT_COMPUTES: i64 = 1_000;
@@ -318,14 +318,18 @@ impl Drop for Watchdog {
     }
 }
 
-/// A query's checked rows, kept aside until the query has finished: in a private temporary
-/// SQLite database (in memory while small, in a temporary file beyond SQLite's cache), so that a
-/// result of millions of rows is never held in memory and never held up the main database's
-/// write lock while the query ran. Each row is its number and three text cells.
+/// A query's checked rows, kept aside until the query has finished, in a temporary table of the
+/// writing connection (`temp.compute_staged`: in memory while small, in a temporary file beyond
+/// SQLite's cache), so that a result of millions of rows is never held in memory and the main
+/// database's write lock is not taken while the query runs. Writing a temporary table locks
+/// nothing in the database file. Each row is its number and three text cells; the stored
+/// snapshot is then copied from it in one statement (`snapshots::store_staged_snapshot`).
 pub struct Staging {
-    conn: Connection,
     unique: Unique,
 }
+
+/// The temporary table a staged result is kept in.
+pub const STAGED: &str = "temp.compute_staged";
 
 /// What a staged result may hold once.
 #[derive(Debug, Clone, Copy)]
@@ -339,82 +343,95 @@ pub enum Unique {
 pub type StagedRow = (u64, [Option<String>; 3]);
 
 impl Staging {
-    /// `unique`: what a snapshot may hold once, checked as each row is kept, so that the first
-    /// bad row in the query's order is the one named, duplicates included, exactly as `load`
-    /// names it.
-    pub fn new(unique: Unique) -> rusqlite::Result<Staging> {
-        // An empty file name: a private temporary database, deleted when closed.
-        let conn = Connection::open("")?;
+    /// An empty staging table on `conn` (a previous one is dropped). `unique`: what a snapshot
+    /// may hold once, checked as each row is kept, so that the first bad row in the query's
+    /// order is the one named, duplicates included, exactly as `load` names it.
+    pub fn new(conn: &Connection, unique: Unique) -> rusqlite::Result<Staging> {
         let key = match unique {
             Unique::Entity(_) => "a",
             Unique::Membership => "a, b",
         };
         conn.execute_batch(&format!(
-            "PRAGMA journal_mode = OFF;
-             PRAGMA synchronous = OFF;
-             CREATE TABLE staged (line INTEGER PRIMARY KEY, a TEXT, b TEXT, c TEXT, UNIQUE ({key}));"
+            "DROP TABLE IF EXISTS {STAGED};
+             CREATE TEMP TABLE compute_staged (line INTEGER PRIMARY KEY, a TEXT NOT NULL, b TEXT, \
+             c TEXT, UNIQUE ({key}));"
         ))?;
-        Ok(Staging { conn, unique })
+        Ok(Staging { unique })
     }
 
     /// Keep every row; the first error ends it (and is returned: the row's own, or a
     /// [`StageError::Duplicate`] at the first row that repeats one before it).
     pub fn fill<E>(
         &mut self,
+        conn: &Connection,
         rows: impl Iterator<Item = Result<StagedRow, E>>,
     ) -> Result<(), StageError<E>> {
         let database = StageError::Database;
-        let tx = self.conn.transaction().map_err(database)?;
-        {
-            let mut insert = tx
-                .prepare("INSERT INTO staged (line, a, b, c) VALUES (?1, ?2, ?3, ?4)")
-                .map_err(database)?;
-            for row in rows {
-                let (line, [a, b, c]) = row.map_err(StageError::Row)?;
-                match insert.execute(rusqlite::params![line as i64, a, b, c]) {
-                    Ok(_) => {}
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-                    {
-                        let a = a.unwrap_or_default();
-                        let (field, reason) = match self.unique {
-                            Unique::Entity(field) => (
-                                field,
-                                format!("entity {a:?} appears twice in this snapshot"),
-                            ),
-                            Unique::Membership => (
-                                "user_id",
-                                format!(
-                                    "user {:?} appears twice in account {a:?}",
-                                    b.unwrap_or_default()
-                                ),
-                            ),
-                        };
-                        return Err(StageError::Duplicate {
-                            line,
+        // A transaction of the temporary schema only: the database file stays unlocked.
+        conn.execute_batch("BEGIN").map_err(database)?;
+        let filled = self.insert_all(conn, rows);
+        let end = if filled.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        conn.execute_batch(end).map_err(database)?;
+        filled
+    }
+
+    fn insert_all<E>(
+        &self,
+        conn: &Connection,
+        rows: impl Iterator<Item = Result<StagedRow, E>>,
+    ) -> Result<(), StageError<E>> {
+        let database = StageError::Database;
+        let mut insert = conn
+            .prepare(&format!(
+                "INSERT INTO {STAGED} (line, a, b, c) VALUES (?1, ?2, ?3, ?4)"
+            ))
+            .map_err(database)?;
+        for row in rows {
+            let (line, [a, b, c]) = row.map_err(StageError::Row)?;
+            match insert.execute(rusqlite::params![line as i64, a, b, c]) {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+                {
+                    let a = a.unwrap_or_default();
+                    let (field, reason) = match self.unique {
+                        Unique::Entity(field) => (
                             field,
-                            reason,
-                        });
-                    }
-                    Err(e) => return Err(database(e)),
+                            format!("entity {a:?} appears twice in this snapshot"),
+                        ),
+                        Unique::Membership => (
+                            "user_id",
+                            format!(
+                                "user {:?} appears twice in account {a:?}",
+                                b.unwrap_or_default()
+                            ),
+                        ),
+                    };
+                    return Err(StageError::Duplicate {
+                        line,
+                        field,
+                        reason,
+                    });
                 }
+                Err(e) => return Err(database(e)),
             }
         }
-        tx.commit().map_err(database)
+        Ok(())
     }
 
     /// How many rows are kept.
-    pub fn count(&self) -> rusqlite::Result<u64> {
-        self.conn
-            .query_row("SELECT count(*) FROM staged", [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
+    pub fn count(&self, conn: &Connection) -> rusqlite::Result<u64> {
+        conn.query_row(&format!("SELECT count(*) FROM {STAGED}"), [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n as u64)
     }
 
     /// The first `n` rows kept, in order.
-    pub fn first(&self, n: usize) -> rusqlite::Result<Vec<StagedRow>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT line, a, b, c FROM staged ORDER BY line LIMIT ?1")?;
+    pub fn first(&self, conn: &Connection, n: usize) -> rusqlite::Result<Vec<StagedRow>> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT line, a, b, c FROM {STAGED} ORDER BY line LIMIT ?1"
+        ))?;
         stmt.query_map([n as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)? as u64,
@@ -424,25 +441,9 @@ impl Staging {
         .collect()
     }
 
-    /// The kept rows in their order, to `store`.
-    pub fn read<T>(
-        &self,
-        store: impl FnOnce(
-            &mut dyn Iterator<Item = Result<StagedRow, LoadError>>,
-        ) -> Result<T, LoadError>,
-    ) -> Result<T, LoadError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT line, a, b, c FROM staged ORDER BY line")?;
-        let mut rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    [r.get(1)?, r.get(2)?, r.get(3)?],
-                ))
-            })?
-            .map(|row| row.map_err(LoadError::Database));
-        store(&mut rows)
+    /// Drop the staging table (the connection's temporary space goes back).
+    pub fn clear(self, conn: &Connection) -> rusqlite::Result<()> {
+        conn.execute_batch(&format!("DROP TABLE IF EXISTS {STAGED}"))
     }
 }
 

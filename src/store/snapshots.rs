@@ -221,26 +221,7 @@ pub fn store_snapshot(
     rows: impl Iterator<Item = Result<SnapshotRow, LoadError>>,
 ) -> Result<Stored, LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (computation, created) = ensure_computation(&tx, spec, now)?;
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM snapshots WHERE computation_id = ?1 AND complete = 1",
-        [&computation.id],
-        |r| r.get(0),
-    )?;
-    if let Some(newest) = newest.filter(|n| *n > taken_at) {
-        return Err(LoadError::Usage(format!(
-            "{file}: taken_at {} is older than the newest snapshot of {:?} ({}); an older \
-             snapshot would never be used",
-            rfc3339(taken_at),
-            computation.key,
-            rfc3339(newest)
-        )));
-    }
-    tx.execute(
-        "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES (?1, ?2, 0)",
-        params![computation.id, taken_at],
-    )?;
-    let snapshot_id = tx.last_insert_rowid();
+    let (computation, created, snapshot_id) = begin_snapshot(&tx, file, spec, taken_at, now)?;
     let mut count = 0u64;
     {
         let mut insert = tx.prepare(
@@ -275,17 +256,83 @@ pub fn store_snapshot(
             "an empty snapshot would make every member exit (or every value go)",
         ));
     }
-    tx.execute(
-        "UPDATE snapshots SET complete = 1, row_count = ?1 WHERE id = ?2",
-        params![count as i64, snapshot_id],
-    )?;
-    tx.commit()?;
+    complete_snapshot(tx, snapshot_id, count)?;
     Ok(Stored {
         snapshot_id,
         rows: count,
         created,
         computation,
     })
+}
+
+/// Store a computation snapshot whose rows `compute` has checked and staged
+/// ([`super::compute::Staging`]): the same transaction as [`store_snapshot`], the rows copied in
+/// one statement, in entity order.
+pub fn store_staged_snapshot(
+    conn: &mut Connection,
+    file: &str,
+    spec: &ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+) -> Result<Stored, LoadError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (computation, created, snapshot_id) = begin_snapshot(&tx, file, spec, taken_at, now)?;
+    let count = tx.execute(
+        &format!(
+            "INSERT INTO snapshot_rows (snapshot_id, entity_id, email, value) \
+             SELECT ?1, a, b, c FROM {} ORDER BY a",
+            super::compute::STAGED
+        ),
+        [snapshot_id],
+    )? as u64;
+    complete_snapshot(tx, snapshot_id, count)?;
+    Ok(Stored {
+        snapshot_id,
+        rows: count,
+        created,
+        computation,
+    })
+}
+
+/// The first statements of a snapshot's transaction: the computation (created if new), the
+/// refusal of a snapshot older than the newest, the header with `complete = 0`.
+fn begin_snapshot(
+    tx: &Transaction<'_>,
+    file: &str,
+    spec: &ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+) -> Result<(Computation, bool, i64), LoadError> {
+    let (computation, created) = ensure_computation(tx, spec, now)?;
+    let newest: Option<i64> = tx.query_row(
+        "SELECT max(taken_at) FROM snapshots WHERE computation_id = ?1 AND complete = 1",
+        [&computation.id],
+        |r| r.get(0),
+    )?;
+    if let Some(newest) = newest.filter(|n| *n > taken_at) {
+        return Err(LoadError::Usage(format!(
+            "{file}: taken_at {} is older than the newest snapshot of {:?} ({}); an older \
+             snapshot would never be used",
+            rfc3339(taken_at),
+            computation.key,
+            rfc3339(newest)
+        )));
+    }
+    tx.execute(
+        "INSERT INTO snapshots (computation_id, taken_at, complete) VALUES (?1, ?2, 0)",
+        params![computation.id, taken_at],
+    )?;
+    Ok((computation, created, tx.last_insert_rowid()))
+}
+
+/// The last statement of a snapshot's transaction: `complete = 1` with its row count.
+fn complete_snapshot(tx: Transaction<'_>, snapshot_id: i64, count: u64) -> Result<(), LoadError> {
+    tx.execute(
+        "UPDATE snapshots SET complete = 1, row_count = ?1 WHERE id = ?2",
+        params![count as i64, snapshot_id],
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Store an account membership snapshot in one transaction. Any error stores nothing.
@@ -297,24 +344,7 @@ pub fn store_membership(
     rows: impl Iterator<Item = Result<MembershipRow, LoadError>>,
 ) -> Result<(i64, u64), LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM membership_snapshots WHERE complete = 1",
-        [],
-        |r| r.get(0),
-    )?;
-    if let Some(newest) = newest.filter(|n| *n > taken_at) {
-        return Err(LoadError::Usage(format!(
-            "{file}: taken_at {} is older than the newest membership snapshot ({}); an older \
-             snapshot would never be used",
-            rfc3339(taken_at),
-            rfc3339(newest)
-        )));
-    }
-    tx.execute(
-        "INSERT INTO membership_snapshots (taken_at, complete) VALUES (?1, 0)",
-        [taken_at],
-    )?;
-    let snapshot_id = tx.last_insert_rowid();
+    let snapshot_id = begin_membership(&tx, file, taken_at)?;
     let mut count = 0u64;
     {
         let mut insert = tx.prepare(
@@ -345,6 +375,54 @@ pub fn store_membership(
             "an empty membership snapshot would detach every user from every account",
         ));
     }
+    tx.execute(
+        "UPDATE membership_snapshots SET complete = 1 WHERE id = ?1",
+        [snapshot_id],
+    )?;
+    tx.commit()?;
+    Ok((snapshot_id, count))
+}
+
+/// The first statements of a membership snapshot's transaction: the refusal of a snapshot older
+/// than the newest, the header with `complete = 0`.
+fn begin_membership(tx: &Transaction<'_>, file: &str, taken_at: i64) -> Result<i64, LoadError> {
+    let newest: Option<i64> = tx.query_row(
+        "SELECT max(taken_at) FROM membership_snapshots WHERE complete = 1",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(newest) = newest.filter(|n| *n > taken_at) {
+        return Err(LoadError::Usage(format!(
+            "{file}: taken_at {} is older than the newest membership snapshot ({}); an older \
+             snapshot would never be used",
+            rfc3339(taken_at),
+            rfc3339(newest)
+        )));
+    }
+    tx.execute(
+        "INSERT INTO membership_snapshots (taken_at, complete) VALUES (?1, 0)",
+        [taken_at],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Store an account membership snapshot whose rows `compute` has checked and staged: the same
+/// transaction as [`store_membership`], the rows copied in one statement.
+pub fn store_staged_membership(
+    conn: &mut Connection,
+    file: &str,
+    taken_at: i64,
+) -> Result<(i64, u64), LoadError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let snapshot_id = begin_membership(&tx, file, taken_at)?;
+    let count = tx.execute(
+        &format!(
+            "INSERT INTO membership_rows (snapshot_id, group_id, user_id, email) \
+             SELECT ?1, a, b, c FROM {} ORDER BY a, b",
+            super::compute::STAGED
+        ),
+        [snapshot_id],
+    )? as u64;
     tx.execute(
         "UPDATE membership_snapshots SET complete = 1 WHERE id = ?1",
         [snapshot_id],
