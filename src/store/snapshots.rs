@@ -222,11 +222,7 @@ pub fn store_snapshot(
 ) -> Result<Stored, LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (computation, created) = ensure_computation(&tx, spec, now)?;
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM snapshots WHERE computation_id = ?1 AND complete = 1",
-        [&computation.id],
-        |r| r.get(0),
-    )?;
+    let newest = super::state::newest_snapshot(&tx, &computation.id)?.map(|s| s.taken_at);
     if let Some(newest) = newest.filter(|n| *n > taken_at) {
         return Err(LoadError::Usage(format!(
             "{file}: taken_at {} is older than the newest snapshot of {:?} ({}); an older \
@@ -297,11 +293,7 @@ pub fn store_membership(
     rows: impl Iterator<Item = Result<MembershipRow, LoadError>>,
 ) -> Result<(i64, u64), LoadError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM membership_snapshots WHERE complete = 1",
-        [],
-        |r| r.get(0),
-    )?;
+    let newest = super::state::newest_membership(&tx)?.map(|m| m.taken_at);
     if let Some(newest) = newest.filter(|n| *n > taken_at) {
         return Err(LoadError::Usage(format!(
             "{file}: taken_at {} is older than the newest membership snapshot ({}); an older \
