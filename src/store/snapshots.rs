@@ -386,6 +386,37 @@ pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<(i64, i64
     Ok(Some((m.id, m.taken_at, rows)))
 }
 
+/// A computation and the rows of its newest complete snapshot, as `/metrics` exports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestRows {
+    pub key: String,
+    /// The snapshot's `row_count`, 0 when none is recorded (an upstream job writing with plain
+    /// SQL may leave it NULL; [`newest_snapshot`] counts the rows then, this does not).
+    pub rows: i64,
+}
+
+/// Every computation with a complete snapshot and the rows of its newest one, by key.
+pub fn newest_snapshot_rows(conn: &Connection) -> rusqlite::Result<Vec<NewestRows>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT c.key, coalesce(s.row_count, 0) FROM computations c \
+         JOIN snapshots s ON s.id = {} ORDER BY c.key",
+        super::state::newest_snapshot_id("c.id")
+    ))?;
+    stmt.query_map([], |r| {
+        Ok(NewestRows {
+            key: r.get(0)?,
+            rows: r.get(1)?,
+        })
+    })?
+    .collect()
+}
+
+/// The entities (user or group ids) of a snapshot.
+pub fn snapshot_entities(conn: &Connection, snapshot_id: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT entity_id FROM snapshot_rows WHERE snapshot_id = ?1")?;
+    stmt.query_map([snapshot_id], |r| r.get(0))?.collect()
+}
+
 pub fn rfc3339(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -1484,6 +1484,43 @@ pub fn add_run_counts(
     Ok(())
 }
 
+/// A recorded run, as `status` lists it and `/metrics` times the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub id: i64,
+    pub mode: String,
+    /// `runs.status`: planned, delivering, finished or failed.
+    pub status: String,
+    /// Chunks committed while the run is still being planned (or was interrupted: the next run
+    /// resumes it); `None` once its last chunk is written.
+    pub chunks_committed: Option<i64>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// Identify, track and group messages it enqueued.
+    pub messages: i64,
+}
+
+/// The newest `limit` runs, newest first.
+pub fn recent_runs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RunSummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, mode, status, (SELECT p.chunks FROM run_progress p WHERE p.run_id = runs.id), \
+                started_at, finished_at, messages_identify + messages_track + messages_group \
+         FROM runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    stmt.query_map([limit as i64], |r| {
+        Ok(RunSummary {
+            id: r.get(0)?,
+            mode: r.get(1)?,
+            status: r.get(2)?,
+            chunks_committed: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            messages: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
 /// The run's last chunk is written: it is planned (delivery may mark it finished from now on).
 pub fn finish_run_plan(conn: &Connection, run_id: i64, planned_at: i64) -> rusqlite::Result<()> {
     conn.execute(
