@@ -220,10 +220,9 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
 /// SQLite's quick check.
 fn health_check(database: &Path) -> anyhow::Result<()> {
     let conn = store::open(database)?;
-    let verdict: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+    let problem = store::connection::quick_check(&conn)
         .with_context(|| format!("cannot check {}", database.display()))?;
-    if verdict != "ok" {
+    if let Some(verdict) = problem {
         anyhow::bail!(
             "the database {} fails PRAGMA quick_check: {verdict}",
             database.display()

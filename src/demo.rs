@@ -19,7 +19,7 @@ use crate::load::{self, Input, Kind, Scope};
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::{Settings, SqlComputation};
 use crate::store::compute::Origin;
-use crate::store::{self, snapshots::ComputationSpec};
+use crate::store::{self, examples, snapshots::ComputationSpec};
 
 /// The example snapshots, compiled in so the demo runs from any directory.
 struct Example {
@@ -78,8 +78,7 @@ const CHANGED_AT: i64 = INITIAL_AT + 3600;
 /// audience-sync computes itself from the `orders` table the demo writes into its database.
 const SQL_KEY: &str = "order_completed_last_30days";
 const SQL_NAME: &str = "Order Completed Last 30 Days";
-const SQL_QUERY: &str = "SELECT user_id, email FROM orders WHERE completed_at > :now - 30*86400 \
-                         GROUP BY user_id, email";
+const SQL_QUERY: &str = examples::ORDER_COMPLETED_LAST_30DAYS;
 const DAY: i64 = 86_400;
 /// The demo clock of the SQL audience (`:now`, and its snapshots' taken_at): the demo's start,
 /// then 31 days later, so that an order placed before the start has left the 30-day window.
@@ -328,27 +327,22 @@ fn load_all(
 /// database audience-sync uses (a computation's query may read any table there, read-only). In
 /// a real deployment the application or an ETL job writes it; audience-sync never does.
 fn write_orders(conn: &rusqlite::Connection, orders: &[Order]) -> anyhow::Result<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS orders (
-             order_id     INTEGER PRIMARY KEY,
-             user_id      TEXT NOT NULL,
-             email        TEXT,
-             total        REAL NOT NULL,
-             completed_at INTEGER NOT NULL  -- unix seconds
-         )",
+    let emails: Vec<String> = orders
+        .iter()
+        .map(|order| format!("{}@example.com", order.user_id))
+        .collect();
+    examples::write_orders(
+        conn,
+        orders
+            .iter()
+            .zip(&emails)
+            .map(|(order, email)| examples::Order {
+                user_id: order.user_id,
+                email,
+                total: order.total,
+                completed_at: order.completed_at(),
+            }),
     )?;
-    let mut insert = conn.prepare(
-        "INSERT INTO orders (user_id, email, total, completed_at) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for order in orders {
-        let email = format!("{}@example.com", order.user_id);
-        insert.execute(rusqlite::params![
-            order.user_id,
-            email,
-            order.total,
-            order.completed_at()
-        ])?;
-    }
     Ok(())
 }
 
@@ -389,12 +383,9 @@ fn print_sql_audience(
     previous: Option<i64>,
 ) -> anyhow::Result<()> {
     let members = |snapshot_id: i64| -> anyhow::Result<BTreeSet<String>> {
-        let mut stmt =
-            conn.prepare("SELECT entity_id FROM snapshot_rows WHERE snapshot_id = ?1")?;
-        let rows = stmt
-            .query_map([snapshot_id], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        Ok(store::snapshots::snapshot_entities(conn, snapshot_id)?
+            .into_iter()
+            .collect())
     };
     let now_members = members(snapshot_id)?;
     let was_members = previous.map(members).transpose()?;
@@ -403,14 +394,8 @@ fn print_sql_audience(
         store::snapshots::rfc3339(now),
         now_members.len()
     );
-    let mut stmt = conn.prepare(
-        "SELECT user_id, max(completed_at) FROM orders WHERE completed_at <= ?1 \
-         GROUP BY user_id ORDER BY user_id",
-    )?;
-    let last_orders: Vec<(String, i64)> = stmt
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (user, last) in last_orders {
+    for order in examples::last_orders(conn, now)? {
+        let (user, last) = (order.user_id, order.completed_at);
         let is = now_members.contains(&user);
         let why = if is {
             "an order in the last 30 days"
@@ -554,15 +539,8 @@ fn print_examples(
     step: usize,
 ) -> anyhow::Result<()> {
     let Some(run_id) = run_id else { return Ok(()) };
-    let mut stmt = conn.prepare(
-        "SELECT seq FROM outbox WHERE run_id = ?1 AND seq = (SELECT min(seq) FROM outbox o \
-         WHERE o.run_id = ?1 AND o.type = outbox.type) ORDER BY seq",
-    )?;
-    let seqs: Vec<i64> = stmt
-        .query_map([run_id], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
     println!("   Example messages of step {step}:");
-    for seq in seqs {
+    for seq in crate::store::outbox::first_of_each_type(conn, run_id)? {
         let Some(mut value) = crate::store::outbox::body(conn, seq)? else {
             continue;
         };

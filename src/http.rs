@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{self, Sample};
 use crate::store::retention::{self, PruneRecord};
-use crate::store::{self, DatabaseSize};
+use crate::store::{self, DatabaseSize, delivery, snapshots, state};
 
 /// What the endpoints read: the database (opened read-only per request) and the health rule.
 #[derive(Debug, Clone)]
@@ -51,36 +51,20 @@ pub fn read_figures(
         last_prune: retention::last_prune(conn)?,
         ..DatabaseFigures::default()
     };
-    let mut stmt =
-        conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")?;
-    figures.outbox = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    let oldest: Option<i64> = conn.query_row(
-        "SELECT min(enqueued_at) FROM outbox WHERE status = 'pending'",
-        [],
-        |r| r.get(0),
-    )?;
+    figures.outbox = delivery::messages_by_status(conn)?
+        .into_iter()
+        .map(|c| (c.status, c.messages))
+        .collect();
+    let oldest = delivery::oldest_pending_enqueued_at(conn)?;
     figures.oldest_pending_age_secs = oldest.map(|t| (now - t).max(0)).unwrap_or(0);
-    let last: Option<(i64, Option<i64>)> = conn
-        .query_row(
-            "SELECT started_at, finished_at FROM runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
-    if let Some((started, finished)) = last {
-        figures.last_run_started_at = Some(started);
-        figures.last_run_duration_secs = finished.map(|f| (f - started).max(0));
+    if let Some(last) = state::recent_runs(conn, 1)?.into_iter().next() {
+        figures.last_run_started_at = Some(last.started_at);
+        figures.last_run_duration_secs = last.finished_at.map(|f| (f - last.started_at).max(0));
     }
-    let mut stmt = conn.prepare(
-        "SELECT c.key, coalesce(s.row_count, 0) FROM computations c \
-         JOIN snapshots s ON s.id = (SELECT id FROM snapshots WHERE computation_id = c.id AND complete = 1 \
-                                     ORDER BY taken_at DESC, id DESC LIMIT 1) ORDER BY c.key",
-    )?;
-    figures.computation_rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    figures.computation_rows = snapshots::newest_snapshot_rows(conn)?
+        .into_iter()
+        .map(|c| (c.key, c.rows))
+        .collect();
     Ok(figures)
 }
 

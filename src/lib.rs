@@ -18,3 +18,5 @@ pub mod segment;
 pub mod settings;
 pub mod status;
 pub mod store;
+#[cfg(test)]
+mod tidy;

@@ -4,13 +4,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::settings::ComputeSettings;
 use crate::store::retention::{self, PruneRecord};
 use crate::store::snapshots::{self, rfc3339};
-use crate::store::{self, DatabaseSize};
+use crate::store::{self, DatabaseSize, delivery, state};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -217,58 +217,34 @@ fn computes(conn: &Connection, settings: &ComputeSettings) -> rusqlite::Result<V
 }
 
 fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
-    let mut status = OutboxStatus::default();
-    let mut stmt = conn.prepare(
-        "SELECT status, attempts > 0 OR failing_since IS NOT NULL, count(*) FROM outbox \
-         GROUP BY 1, 2",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let state: String = row.get(0)?;
-        let tried: bool = row.get(1)?;
-        let n: i64 = row.get(2)?;
-        match (state.as_str(), tried) {
-            ("pending", false) => status.pending += n,
-            ("pending", true) => status.retrying += n,
-            ("delivered", _) => status.delivered += n,
-            ("dead", _) => status.dead += n,
-            _ => {}
-        }
-    }
-    status.oldest_pending = conn
-        .query_row(
-            "SELECT min(enqueued_at) FROM outbox WHERE status = 'pending'",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .optional()?
-        .flatten()
-        .map(rfc3339);
-    Ok(status)
+    let counts = delivery::outbox_counts(conn)?;
+    Ok(OutboxStatus {
+        pending: counts.pending,
+        retrying: counts.retrying,
+        delivered: counts.delivered,
+        dead: counts.dead,
+        oldest_pending: delivery::oldest_pending_enqueued_at(conn)?.map(rfc3339),
+        ..OutboxStatus::default()
+    })
 }
 
 fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunStatus>> {
-    let mut stmt = conn.prepare(
-        // A run still being planned (or interrupted: the next run resumes it) has a
-        // `run_progress` row: say how far it got.
-        "SELECT id, mode, \
-                coalesce((SELECT 'planning or interrupted: ' || p.chunks || ' chunks committed' \
-                          FROM run_progress p WHERE p.run_id = runs.id), status), \
-                started_at, finished_at, \
-                messages_identify + messages_track + messages_group \
-         FROM runs ORDER BY id DESC LIMIT ?1",
-    )?;
-    stmt.query_map([RECENT_RUNS as i64], |r| {
-        Ok(RunStatus {
-            id: r.get(0)?,
-            mode: r.get(1)?,
-            status: r.get(2)?,
-            started_at: rfc3339(r.get(3)?),
-            finished_at: r.get::<_, Option<i64>>(4)?.map(rfc3339),
-            messages: r.get(5)?,
+    Ok(state::recent_runs(conn, RECENT_RUNS)?
+        .into_iter()
+        .map(|r| RunStatus {
+            id: r.id,
+            mode: r.mode,
+            // A run still being planned (or interrupted: the next run resumes it) says how far
+            // it got.
+            status: match r.chunks_committed {
+                Some(chunks) => format!("planning or interrupted: {chunks} chunks committed"),
+                None => r.status,
+            },
+            started_at: rfc3339(r.started_at),
+            finished_at: r.finished_at.map(rfc3339),
+            messages: r.messages,
         })
-    })?
-    .collect()
+        .collect())
 }
 
 /// The report as text for a person.

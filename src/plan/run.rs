@@ -37,6 +37,7 @@ use crate::error::CliError;
 use crate::load::{Kind, Scope};
 use crate::plan::diff::{self, Change};
 use crate::settings::PersonasSettings;
+use crate::store::connection;
 use crate::store::outbox;
 use crate::store::snapshots;
 use crate::store::state::{
@@ -146,15 +147,13 @@ pub fn run(
     if enqueue {
         // The writes insert outbox rows into indexes keyed by random message ids: with the
         // default 2 MiB page cache they would spill and re-read pages many times over.
-        conn.pragma_update(None, "cache_size", WRITE_CACHE_KIB)?;
+        connection::set_cache_size(conn, WRITE_CACHE_KIB)?;
     }
     let result = run_inner(conn, personas, options, output, pace, chunking);
-    if !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
+    let _ = connection::rollback_open_transaction(conn);
     if enqueue {
         let _ = state::drop_staging(conn);
-        conn.pragma_update(None, "cache_size", DEFAULT_CACHE_KIB)?;
+        connection::set_cache_size(conn, DEFAULT_CACHE_KIB)?;
     }
     result
 }
@@ -173,7 +172,7 @@ fn run_inner(
 ) -> anyhow::Result<Report> {
     let enqueue = matches!(output, Output::Enqueue);
     let started = Instant::now();
-    conn.execute_batch("BEGIN DEFERRED")?;
+    connection::begin_deferred(conn)?;
     let setup = match state::run_progress(conn)? {
         Some(progress) => resume(conn, progress)?,
         None => choose(conn, personas, options)?,
@@ -201,7 +200,7 @@ fn run_inner(
     let jobs_users = jobs(conn, fixed, &run, Pass::Users)?;
     if enqueue {
         state::create_staging(conn)?;
-        conn.execute_batch("COMMIT")?;
+        connection::commit(conn)?;
     }
 
     let db_path = conn
@@ -302,7 +301,7 @@ fn run_inner(
         }
     }
     if !enqueue {
-        conn.execute_batch("COMMIT")?;
+        connection::commit(conn)?;
     }
     let requests = std::mem::take(&mut emitter.estimate).finish(
         conn,
@@ -785,12 +784,12 @@ fn worker(
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     // A merge reads each page once, in order: a small page cache loses nothing, and a run
     // holds one connection per merge, so memory grows with their number, not snapshot size.
-    conn.pragma_update(None, "cache_size", WORKER_CACHE_KIB)?;
+    connection::set_cache_size(&conn, WORKER_CACHE_KIB)?;
     let mut batch = Vec::with_capacity(WORKER_BATCH);
     loop {
-        conn.execute_batch("BEGIN DEFERRED")?;
+        connection::begin_deferred(&conn)?;
         let stop = read_some(&conn, job, &from, &mut batch, send);
-        conn.execute_batch("COMMIT")?;
+        connection::commit(&conn)?;
         let stop = stop?;
         if matches!(stop, Stop::Gone) {
             return Ok(());
@@ -1059,7 +1058,7 @@ impl Chunker<'_, '_> {
                 return Ok(());
             }
             if self.enqueue {
-                self.conn.execute_batch("BEGIN DEFERRED")?;
+                connection::begin_deferred(self.conn)?;
             }
             let read = Instant::now();
             let (done, entity) = fill(emitter, self.limits)?;
@@ -1079,9 +1078,7 @@ impl Chunker<'_, '_> {
                 self.held = true;
                 hold_hook();
             }
-            self.conn
-                .execute_batch("COMMIT")
-                .context("cannot end the run's read transaction")?;
+            connection::commit(self.conn).context("cannot end the run's read transaction")?;
             let finish = done && last;
             if done && !last && emitter.staged == 0 {
                 // The pass had nothing more: the next pass's first chunk records the progress.
@@ -1173,12 +1170,10 @@ fn keep_wal_small(conn: &Connection) {
         return;
     }
     let started = Instant::now();
-    let result = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-    });
+    let result = connection::checkpoint_truncate(conn);
     debug!(
         wal_bytes = wal,
-        busy = result.as_ref().map_or(-1, |r| r.0),
+        busy = result.as_ref().map_or(-1, |r| i64::from(r.busy)),
         took_ms = started.elapsed().as_millis() as u64,
         "Checkpointed the write-ahead log between chunks."
     );
@@ -1214,8 +1209,7 @@ fn write_chunk(
     finish: bool,
     now: i64,
 ) -> anyhow::Result<MessageCounts> {
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .context("cannot start the run's write transaction")?;
+    connection::begin_immediate(conn).context("cannot start the run's write transaction")?;
     if run.progress.run_id == 0 {
         let run_id = state::insert_run(
             conn,
@@ -1321,8 +1315,7 @@ fn write_chunk(
     if finish {
         abort_hook("before_commit");
     }
-    conn.execute_batch("COMMIT")
-        .context("cannot commit the run's chunk")?;
+    connection::commit(conn).context("cannot commit the run's chunk")?;
     if finish {
         abort_hook("after_commit");
     }

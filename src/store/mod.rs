@@ -2,7 +2,9 @@
 //! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
 
 pub mod compute;
+pub mod connection;
 pub mod delivery;
+pub mod examples;
 pub mod intercom;
 pub mod outbox;
 pub mod retention;

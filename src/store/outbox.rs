@@ -411,6 +411,16 @@ pub fn effects(conn: &Connection, seq: i64) -> rusqlite::Result<Option<Vec<Effec
         .map_err(|e| unreadable(3, seq, "effects", e))
 }
 
+/// The `seq` of the first message of each type (identify, track, group) a run enqueued, in
+/// outbox order: the run's example messages `demo` shows.
+pub fn first_of_each_type(conn: &Connection, run_id: i64) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq FROM outbox WHERE run_id = ?1 AND seq = (SELECT min(seq) FROM outbox o \
+         WHERE o.run_id = ?1 AND o.type = outbox.type) ORDER BY seq",
+    )?;
+    stmt.query_map([run_id], |r| r.get(0))?.collect()
+}
+
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
 /// by never starting a lane's message while an earlier one of the same lane is unfinished.
 pub fn pending(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<OutboxMessage>> {

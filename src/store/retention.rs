@@ -51,6 +51,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
+use super::state::NEWEST_FIRST;
 use crate::settings::RetentionSettings;
 
 /// Rows deleted per transaction at most.
@@ -681,7 +682,7 @@ fn survey(conn: &Connection, kind: Kind, policy: &Policy, now: i64) -> rusqlite:
     // Complete snapshots beyond the newest N, in the order runs pick the newest.
     let beyond = format!(
         "SELECT s.id, {key}, s.taken_at, {needed} FROM \
-         (SELECT *, row_number() OVER ({partition} ORDER BY taken_at DESC, id DESC) AS newest \
+         (SELECT *, row_number() OVER ({partition} ORDER BY {NEWEST_FIRST}) AS newest \
           FROM {header} WHERE complete = 1) s {join} \
          WHERE s.newest > ?1 AND s.id < (SELECT max(id) FROM {header}) ORDER BY s.id",
         needed = kind.needed("s"),

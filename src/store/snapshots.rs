@@ -304,11 +304,7 @@ fn begin_snapshot(
     now: i64,
 ) -> Result<(Computation, bool, i64), LoadError> {
     let (computation, created) = ensure_computation(tx, spec, now)?;
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM snapshots WHERE computation_id = ?1 AND complete = 1",
-        [&computation.id],
-        |r| r.get(0),
-    )?;
+    let newest = super::state::newest_snapshot(tx, &computation.id)?.map(|s| s.taken_at);
     if let Some(newest) = newest.filter(|n| *n > taken_at) {
         return Err(LoadError::Usage(format!(
             "{file}: taken_at {} is older than the newest snapshot of {:?} ({}); an older \
@@ -386,11 +382,7 @@ pub fn store_membership(
 /// The first statements of a membership snapshot's transaction: the refusal of a snapshot older
 /// than the newest, the header with `complete = 0`.
 fn begin_membership(tx: &Transaction<'_>, file: &str, taken_at: i64) -> Result<i64, LoadError> {
-    let newest: Option<i64> = tx.query_row(
-        "SELECT max(taken_at) FROM membership_snapshots WHERE complete = 1",
-        [],
-        |r| r.get(0),
-    )?;
+    let newest = super::state::newest_membership(tx)?.map(|m| m.taken_at);
     if let Some(newest) = newest.filter(|n| *n > taken_at) {
         return Err(LoadError::Usage(format!(
             "{file}: taken_at {} is older than the newest membership snapshot ({}); an older \
@@ -470,6 +462,37 @@ pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<(i64, i64
         |r| r.get(0),
     )?;
     Ok(Some((m.id, m.taken_at, rows)))
+}
+
+/// A computation and the rows of its newest complete snapshot, as `/metrics` exports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestRows {
+    pub key: String,
+    /// The snapshot's `row_count`, 0 when none is recorded (an upstream job writing with plain
+    /// SQL may leave it NULL; [`newest_snapshot`] counts the rows then, this does not).
+    pub rows: i64,
+}
+
+/// Every computation with a complete snapshot and the rows of its newest one, by key.
+pub fn newest_snapshot_rows(conn: &Connection) -> rusqlite::Result<Vec<NewestRows>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT c.key, coalesce(s.row_count, 0) FROM computations c \
+         JOIN snapshots s ON s.id = {} ORDER BY c.key",
+        super::state::newest_snapshot_id("c.id")
+    ))?;
+    stmt.query_map([], |r| {
+        Ok(NewestRows {
+            key: r.get(0)?,
+            rows: r.get(1)?,
+        })
+    })?
+    .collect()
+}
+
+/// The entities (user or group ids) of a snapshot.
+pub fn snapshot_entities(conn: &Connection, snapshot_id: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("SELECT entity_id FROM snapshot_rows WHERE snapshot_id = ?1")?;
+    stmt.query_map([snapshot_id], |r| r.get(0))?.collect()
 }
 
 pub fn rfc3339(unix: i64) -> String {

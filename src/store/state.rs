@@ -36,25 +36,59 @@ fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRef> {
     })
 }
 
-/// The newest complete snapshot of a computation, by (taken_at, id).
+// ─── The newest snapshot ────────────────────────────────────────────────────────────────────
+//
+// Which complete snapshot is "the newest" is decided here and nowhere else. The one a run diffs
+// (`newest_snapshot`, `newest_membership`), the one `status` reports (`snapshots::newest_*`),
+// the one `/metrics` reports (`snapshots::newest_snapshot_rows`, through `newest_snapshot_id`),
+// the one a new load may not be older than (`snapshots::store_snapshot`, `store_membership`)
+// and retention's ranking of the newest N (`NEWEST_FIRST`) all come from here.
+
+/// The order that puts the newest snapshot first, over `snapshots` or `membership_snapshots`
+/// (of complete ones only: an incomplete snapshot is invisible): the highest `taken_at`, two
+/// snapshots taken at the same time by the one stored last (the higher id).
+pub(super) const NEWEST_FIRST: &str = "taken_at DESC, id DESC";
+
+/// SQL: the id of the newest complete snapshot of the computation whose id is the SQL
+/// expression `computation` (a parameter such as `?1`, or a column of the outer query), NULL
+/// when it has none.
+pub(super) fn newest_snapshot_id(computation: &str) -> String {
+    format!(
+        "(SELECT id FROM snapshots WHERE computation_id = {computation} AND complete = 1 \
+         ORDER BY {NEWEST_FIRST} LIMIT 1)"
+    )
+}
+
+/// SQL: the id of the newest complete membership snapshot, NULL when there is none.
+fn newest_membership_id() -> String {
+    format!(
+        "(SELECT id FROM membership_snapshots WHERE complete = 1 ORDER BY {NEWEST_FIRST} LIMIT 1)"
+    )
+}
+
+/// The newest complete snapshot of a computation ([`NEWEST_FIRST`]).
 pub fn newest_snapshot(
     conn: &Connection,
     computation_id: &str,
 ) -> rusqlite::Result<Option<SnapshotRef>> {
     conn.query_row(
-        "SELECT id, taken_at FROM snapshots WHERE computation_id = ?1 AND complete = 1 \
-         ORDER BY taken_at DESC, id DESC LIMIT 1",
+        &format!(
+            "SELECT id, taken_at FROM snapshots WHERE id = {}",
+            newest_snapshot_id("?1")
+        ),
         [computation_id],
         snapshot_row,
     )
     .optional()
 }
 
-/// The newest complete membership snapshot, by (taken_at, id).
+/// The newest complete membership snapshot ([`NEWEST_FIRST`]).
 pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<SnapshotRef>> {
     conn.query_row(
-        "SELECT id, taken_at FROM membership_snapshots WHERE complete = 1 \
-         ORDER BY taken_at DESC, id DESC LIMIT 1",
+        &format!(
+            "SELECT id, taken_at FROM membership_snapshots WHERE id = {}",
+            newest_membership_id()
+        ),
         [],
         snapshot_row,
     )
@@ -1448,6 +1482,43 @@ pub fn add_run_counts(
         group as i64
     ])?;
     Ok(())
+}
+
+/// A recorded run, as `status` lists it and `/metrics` times the last one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    pub id: i64,
+    pub mode: String,
+    /// `runs.status`: planned, delivering, finished or failed.
+    pub status: String,
+    /// Chunks committed while the run is still being planned (or was interrupted: the next run
+    /// resumes it); `None` once its last chunk is written.
+    pub chunks_committed: Option<i64>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// Identify, track and group messages it enqueued.
+    pub messages: i64,
+}
+
+/// The newest `limit` runs, newest first.
+pub fn recent_runs(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<RunSummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, mode, status, (SELECT p.chunks FROM run_progress p WHERE p.run_id = runs.id), \
+                started_at, finished_at, messages_identify + messages_track + messages_group \
+         FROM runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    stmt.query_map([limit as i64], |r| {
+        Ok(RunSummary {
+            id: r.get(0)?,
+            mode: r.get(1)?,
+            status: r.get(2)?,
+            chunks_committed: r.get(3)?,
+            started_at: r.get(4)?,
+            finished_at: r.get(5)?,
+            messages: r.get(6)?,
+        })
+    })?
+    .collect()
 }
 
 /// The run's last chunk is written: it is planned (delivery may mark it finished from now on).
