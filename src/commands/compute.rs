@@ -1,9 +1,9 @@
 //! `audience-sync compute [--computation KEY] [--dry-run] [--now RFC3339]`: run the SQL-defined
 //! computations (SPEC section 11) and store each result as a new snapshot.
 
+use super::error::CliError;
 use crate::cli::ComputeArgs;
 use crate::compute::{self, Options, Outcome};
-use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::compute::Origin;
 use crate::store::snapshots;

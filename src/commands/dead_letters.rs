@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
+use super::error::CliError;
 use crate::cli::{DeadLetterAction, DeadLettersArgs};
-use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::delivery::{self as queue, Acted, DeadLetter, Selection};
 use crate::store::{self, Lock, RunLock};

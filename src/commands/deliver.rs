@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::error::CliError;
+use super::error::CliError;
 use crate::intercom::delivery::{self, DeliveryReport, Progress};
 use crate::settings::Settings;
 use crate::store::{Lock, RunLock};

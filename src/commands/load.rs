@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
+use super::error::CliError;
 use crate::cli::{KindArg, LoadArgs, LoadMembersArgs, ScopeArg};
-use crate::error::CliError;
 use crate::load::{self, Input, Kind, LoadError, Scope};
 use crate::settings::Settings;
 use crate::store::{self, snapshots};

@@ -10,8 +10,8 @@ use intercom_sandbox::{
     ScheduledOutage, SlowResponses,
 };
 
+use super::error::CliError;
 use crate::cli::{FaultPointArg, SandboxArgs};
-use crate::error::CliError;
 
 /// Start the sandbox, print its base URL as the first line of standard output, and serve until
 /// SIGINT or SIGTERM.

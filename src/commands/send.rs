@@ -17,8 +17,8 @@ use std::io::{self, BufRead, BufReader, Write};
 
 use anyhow::Context;
 
+use super::error::CliError;
 use crate::cli::SendArgs;
-use crate::error::CliError;
 use crate::intercom::mapping::{EventNames, KnownIds, MapOptions, map_message};
 use crate::intercom::plan::AttributeNeed;
 use crate::segment::{Message, NdjsonLines, Track};

@@ -20,8 +20,8 @@ use std::io::{self, BufRead, BufReader};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::error::CliError;
 use crate::cli::SendArgs;
-use crate::error::CliError;
 use crate::intercom::executor::contact_key;
 use crate::intercom::mapping::{KnownIds, MapOptions, map_message};
 use crate::segment::{Message, NdjsonLines, parse_json_line};

@@ -88,14 +88,14 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     if stopped {
-        return Err(crate::error::CliError::runtime(
+        return Err(super::error::CliError::runtime(
             "the run stopped before its end; the next `sync` (or the daemon) resumes it from its \
              last committed chunk",
         )
         .into());
     }
     if delivered.dead > 0 {
-        return Err(crate::error::CliError::runtime(format!(
+        return Err(super::error::CliError::runtime(format!(
             "{} messages were dead-lettered during this sync: see them with `audience-sync \
              dead-letters list`, and send them again with `audience-sync dead-letters retry` once \
              the cause is fixed (their entities are re-planned by the next run otherwise)",

@@ -15,7 +15,7 @@ pub mod diff;
 pub mod message;
 pub mod run;
 
-pub use run::{CHUNK_ROWS, Chunking, Pace};
+pub use run::{CHUNK_ROWS, Chunking, Pace, RunError};
 use run::{ChunkCounts, DiffSpec};
 
 use std::collections::HashSet;
