@@ -7,6 +7,7 @@ mod dead_letters;
 mod deliver;
 pub mod error;
 mod load;
+pub mod output;
 mod plan;
 mod prune;
 mod sandbox;
@@ -23,10 +24,13 @@ use crate::cli::{Cli, Command};
 use crate::settings::Settings;
 
 /// The binary: parse the command line, run the command, print any error once with its causes.
+/// A command ended by a closed standard output (`| head`, see [`output`]) exits 0 and says
+/// nothing, as ripgrep does.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::stdout_closed(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprint!("{}", error::error_text(&error));
             ExitCode::from(error::exit_code(&error))
