@@ -1,12 +1,9 @@
-//! The command line: clap definitions for every command of SPEC section 7, and dispatch.
+//! The command line: clap definitions for every command of SPEC section 7, and nothing else.
+//! What each command does, and how its outcome becomes an exit code, is `commands`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use crate::commands;
-use crate::error::exit_code_of;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -282,43 +279,4 @@ pub enum FaultPointArg {
     After,
     /// Each fault picks one of the two, half and half.
     Either,
-}
-
-/// Parse the command line, run the command, print any error once with its causes.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match commands::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprint!("{}", error_text(&error));
-            ExitCode::from(exit_code_of(&error))
-        }
-    }
-}
-
-/// An error as `main` prints it: the error, then each cause on its own line. A full disk
-/// (`store::DiskFull`) leads, and the causes that only repeat SQLite's message are left out: it
-/// is explained once.
-pub fn error_text(error: &anyhow::Error) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let full = error.downcast_ref::<crate::store::DiskFull>();
-    let head = match full {
-        Some(full) => full.to_string(),
-        None => error.to_string(),
-    };
-    let _ = writeln!(out, "error: {head}");
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if text == head {
-            continue;
-        }
-        if let Some(full) = full
-            && (text.contains(&full.cause) || text.contains(crate::store::DISK_FULL_TEXT))
-        {
-            continue;
-        }
-        let _ = writeln!(out, "  caused by: {text}");
-    }
-    out
 }

@@ -6,7 +6,6 @@ pub mod commands;
 pub mod compute;
 pub mod daemon;
 pub mod demo;
-pub mod error;
 pub mod http;
 pub mod intercom;
 pub mod load;

@@ -3,5 +3,5 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    audience_sync::cli::main()
+    audience_sync::commands::main()
 }

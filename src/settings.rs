@@ -11,8 +11,6 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use url::Url;
 
-use crate::error::CliError;
-
 /// The shipped `settings.toml` is the documented default: it is compiled in as the first source.
 pub const DEFAULTS: &str = include_str!("../settings.toml");
 
@@ -24,6 +22,19 @@ pub const RATE_LIMIT_AUTO: u32 = u32::MAX;
 
 /// Intercom's documented budget for a private app: 10,000 requests a minute.
 const INTERCOM_DOCUMENTED_PER_MINUTE: u64 = 10_000;
+
+/// Settings that cannot be used: the file named by `--config` is missing, or the settings do
+/// not parse or do not make sense. Bad input (the command line maps it to exit 2); a settings
+/// file that exists but cannot be read is not this, it is an IO failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("settings file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// `place` names the sources (`settings (FILE and AUDIENCE_SYNC__* variables)`); `reason` is
+    /// what was wrong, with its causes.
+    #[error("invalid {place}: {reason}")]
+    Invalid { place: String, reason: String },
+}
 
 /// Where settings are looked for when `--config` is not given, in order.
 pub const DEFAULT_PATHS: [&str; 2] = ["settings.toml", "/etc/audience-sync/settings.toml"];
@@ -542,11 +553,7 @@ impl Settings {
         let file = match explicit {
             Some(path) => {
                 if !path.is_file() {
-                    return Err(CliError::usage(format!(
-                        "settings file {} does not exist",
-                        path.display()
-                    ))
-                    .into());
+                    return Err(SettingsError::Missing(path.to_path_buf()).into());
                 }
                 Some(path.to_path_buf())
             }
@@ -587,11 +594,17 @@ impl Settings {
             ),
             None => "settings (built-in defaults and AUDIENCE_SYNC__* variables)".to_string(),
         };
-        let config = builder
-            .build()
-            .map_err(|e| CliError::usage(format!("invalid {where_}: {e}")))?;
-        Settings::from_config(config)
-            .map_err(|e| CliError::usage(format!("invalid {where_}: {e:#}")).into())
+        let config = builder.build().map_err(|e| SettingsError::Invalid {
+            place: where_.clone(),
+            reason: e.to_string(),
+        })?;
+        Settings::from_config(config).map_err(|e| {
+            SettingsError::Invalid {
+                place: where_,
+                reason: format!("{e:#}"),
+            }
+            .into()
+        })
     }
 
     fn from_config(config: Config) -> anyhow::Result<Settings> {

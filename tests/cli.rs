@@ -1,6 +1,7 @@
 //! Command-line tests: the real binary against a real SQLite file in a fresh temporary directory.
 
 mod cli {
+    mod broken_pipe;
     mod compute;
     mod daemon;
     mod demo;

@@ -1,9 +1,12 @@
 //! `audience-sync compute [--computation KEY] [--dry-run] [--now RFC3339]`: run the SQL-defined
 //! computations (SPEC section 11) and store each result as a new snapshot.
 
+use std::io::Write;
+
+use super::error::CliError;
+use super::output::{stdout, stdout_lossy};
 use crate::cli::ComputeArgs;
 use crate::compute::{self, Options, Outcome};
-use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::compute::Origin;
 use crate::store::snapshots;
@@ -31,11 +34,18 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
         &targets,
         &options,
     )?;
+    // A dry run only reports: a closed standard output ends it. Stored snapshots stay stored, and
+    // the failures below still decide the exit code, whoever reads the report.
+    let mut out = if args.dry_run {
+        stdout()
+    } else {
+        stdout_lossy()
+    };
     let mut bad_input = 0;
     let mut failed = 0;
     for outcome in &outcomes {
         match &outcome.result {
-            Ok(_) => print_outcome(outcome, &options),
+            Ok(_) => print_outcome(&mut out, outcome, &options)?,
             Err(e) => {
                 failed += 1;
                 if e.is_bad_input() {
@@ -73,9 +83,13 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
     }
 }
 
-fn print_outcome(outcome: &Outcome<'_>, options: &Options<'_>) {
+fn print_outcome(
+    out: &mut impl Write,
+    outcome: &Outcome<'_>,
+    options: &Options<'_>,
+) -> std::io::Result<()> {
     let Ok(computed) = &outcome.result else {
-        return;
+        return Ok(());
     };
     let what = match outcome.target {
         compute::Target::Computation(c) => {
@@ -89,21 +103,27 @@ fn print_outcome(outcome: &Outcome<'_>, options: &Options<'_>) {
         compute::Target::Membership(_) => "the account membership".to_string(),
     };
     if options.dry_run {
-        println!(
+        writeln!(
+            out,
             "{what}: {} rows; would be stored as its newest snapshot taken at {} (dry run: \
              nothing stored){}",
             computed.rows,
             snapshots::rfc3339(options.now),
             if computed.sample.is_empty() { "" } else { ":" }
-        );
+        )?;
         for row in &computed.sample {
-            println!("  {row}");
+            writeln!(out, "  {row}")?;
         }
         if computed.rows > computed.sample.len() as u64 && !computed.sample.is_empty() {
-            println!("  … {} more", computed.rows - computed.sample.len() as u64);
+            writeln!(
+                out,
+                "  … {} more",
+                computed.rows - computed.sample.len() as u64
+            )?;
         }
     } else {
-        println!(
+        writeln!(
+            out,
             "Computed {} rows into {what}{}, snapshot {} taken at {}, in {:.2}s.",
             computed.rows,
             match (&computed.computation_id, computed.created) {
@@ -114,7 +134,7 @@ fn print_outcome(outcome: &Outcome<'_>, options: &Options<'_>) {
             computed.snapshot_id.unwrap_or_default(),
             snapshots::rfc3339(options.now),
             outcome.took.as_secs_f64()
-        );
+        )?;
     }
     if computed.emptied() {
         eprintln!(
@@ -129,4 +149,5 @@ fn print_outcome(outcome: &Outcome<'_>, options: &Options<'_>) {
             }
         );
     }
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! `audience-sync dead-letters [list|retry|discard]`: messages that failed for good.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
+use super::error::CliError;
+use super::output::{stdout, stdout_lossy};
 use crate::cli::{DeadLetterAction, DeadLettersArgs};
-use crate::error::CliError;
 use crate::settings::Settings;
 use crate::store::delivery::{self as queue, Acted, DeadLetter, Selection};
 use crate::store::{self, Lock, RunLock};
@@ -17,9 +19,9 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
             let conn = store::open(&settings.database.path)?;
             let letters = queue::dead_letters(&conn)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&letters)?);
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&letters)?)?;
             } else {
-                print!("{}", render(&letters));
+                stdout().write_all(render(&letters).as_bytes())?;
             }
             Ok(())
         }
@@ -29,20 +31,18 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
             let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
             let acted = queue::retry_dead(&mut conn, selection(&ids, all, "retry")?)?;
-            print!(
-                "{}",
-                report(
-                    &acted,
-                    "queued again (delivered by the next `sync` or the daemon)"
-                )
+            let text = report(
+                &acted,
+                "queued again (delivered by the next `sync` or the daemon)",
             );
+            stdout_lossy().write_all(text.as_bytes())?;
             Ok(())
         }
         DeadLetterAction::Discard { ids, all } => {
             let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
             let acted = queue::discard_dead(&mut conn, selection(&ids, all, "discard")?)?;
-            print!("{}", report(&acted, "discarded"));
+            stdout_lossy().write_all(report(&acted, "discarded").as_bytes())?;
             Ok(())
         }
     }

@@ -1,7 +1,7 @@
 //! Delivery from a command (`sync`, `send`): a tokio runtime, Ctrl-C / SIGTERM to stop after the
 //! requests in flight, a progress bar on a terminal (log lines otherwise), and the summary.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,7 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::error::CliError;
+use super::error::CliError;
+use super::output::stdout_lossy;
 use crate::intercom::delivery::{self, DeliveryReport, Progress};
 use crate::settings::Settings;
 use crate::store::{Lock, RunLock};
@@ -20,11 +21,12 @@ use crate::store::{Lock, RunLock};
 /// outbox already, it delivers what was just queued: say so and return `None`.
 pub fn deliver_outbox(settings: &Settings) -> anyhow::Result<Option<DeliveryReport>> {
     let Some(delivering) = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)? else {
-        println!(
+        writeln!(
+            stdout_lossy(),
             "Another audience-sync process (the daemon?) is delivering from {}: it delivers \
              these messages; `audience-sync status` shows the outbox.",
             settings.database.path.display()
-        );
+        )?;
         return Ok(None);
     };
     deliver_while(settings, delivering, &Planning::done()).map(Some)
@@ -114,7 +116,7 @@ pub fn deliver_while(
         total.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok::<_, anyhow::Error>(total)
     })?;
-    println!("{}", summary(&report));
+    writeln!(stdout_lossy(), "{}", summary(&report))?;
     if let Some(reason) = &report.stopped {
         return Err(CliError::runtime(format!(
             "delivery stopped: {reason}; {} messages remain queued",

@@ -1,9 +1,11 @@
 //! `audience-sync load` and `audience-sync load-members`.
 
+use std::io::Write;
 use std::time::Instant;
 
+use super::error::CliError;
+use super::output::stdout_lossy;
 use crate::cli::{KindArg, LoadArgs, LoadMembersArgs, ScopeArg};
-use crate::error::CliError;
 use crate::load::{self, Input, Kind, LoadError, Scope};
 use crate::settings::Settings;
 use crate::store::{self, snapshots};
@@ -58,7 +60,8 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         );
     }
     let elapsed = started.elapsed();
-    println!(
+    writeln!(
+        stdout_lossy(),
         "Loaded {} rows into {} {} computation {:?} ({}{}), snapshot {} taken at {}, in {:.2}s.",
         stored.rows,
         scope.as_str(),
@@ -69,7 +72,7 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         stored.snapshot_id,
         snapshots::rfc3339(taken_at),
         elapsed.as_secs_f64()
-    );
+    )?;
     Ok(())
 }
 
@@ -87,10 +90,11 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
             input.display_name()
         );
     }
-    println!(
+    writeln!(
+        stdout_lossy(),
         "Loaded {count} account memberships, membership snapshot {snapshot_id} taken at {}.",
         snapshots::rfc3339(taken_at)
-    );
+    )?;
     Ok(())
 }
 

@@ -1,9 +1,13 @@
 //! One function per command: each reads settings, opens what it needs and calls the library.
+//! [`main`] parses the command line (`cli`), runs the command, and turns its outcome into the
+//! exit code (`error`): the library raises typed errors, only this module maps them to 0, 1 or 2.
 
 mod compute;
 mod dead_letters;
 mod deliver;
+pub mod error;
 mod load;
+pub mod output;
 mod plan;
 mod prune;
 mod sandbox;
@@ -12,8 +16,27 @@ mod send_deliver;
 mod status;
 mod sync;
 
+use std::process::ExitCode;
+
+use clap::Parser;
+
 use crate::cli::{Cli, Command};
 use crate::settings::Settings;
+
+/// The binary: parse the command line, run the command, print any error once with its causes.
+/// A command ended by a closed standard output (`| head`, see [`output`]) exits 0 and says
+/// nothing, as ripgrep does.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::stdout_closed(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprint!("{}", error::error_text(&error));
+            ExitCode::from(error::exit_code(&error))
+        }
+    }
+}
 
 /// Run the command. A full disk under the database, wherever it struck (a load, a run, a prune,
 /// delivery confirming), comes back explained once with the database's path

@@ -1,9 +1,11 @@
 //! `audience-sync plan`: what the next run would emit, changing nothing.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde_json::json;
 
+use super::output::stdout;
 use crate::cli::PlanArgs;
 use crate::intercom::ratelimit::Persisted;
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
@@ -25,12 +27,13 @@ pub fn plan(settings: &Settings, args: PlanArgs) -> anyhow::Result<()> {
     let report = plan::run(&mut conn, &settings.personas, &options, Output::Plan)?;
     let budget = EtaBudget::current(settings, store::intercom::rate_limit(&conn)?);
     if args.json {
-        println!(
+        writeln!(
+            stdout(),
             "{}",
             serde_json::to_string_pretty(&report_json_with(settings, &report, &budget))?
-        );
+        )?;
     } else {
-        print!("{}", report_text_with(settings, &report, &budget));
+        stdout().write_all(report_text_with(settings, &report, &budget).as_bytes())?;
     }
     Ok(())
 }

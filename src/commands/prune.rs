@@ -2,7 +2,9 @@
 //! (`store::retention`, SPEC section 9) and report what was removed.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
+use super::output::{stdout, stdout_lossy};
 use crate::cli::PruneArgs;
 use crate::settings::Settings;
 use crate::status::{bytes, thousands as n};
@@ -30,10 +32,16 @@ pub fn prune(settings: &Settings, args: PruneArgs) -> anyhow::Result<()> {
     };
     let policy = Policy::from(&settings.retention);
     let report = retention::prune(&mut conn, &policy, options, store::now_unix())?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    // What was pruned is pruned: a closed standard output only loses the report.
+    let mut out = if args.dry_run {
+        stdout()
     } else {
-        print!("{}", render(settings, &report));
+        stdout_lossy()
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        out.write_all(render(settings, &report).as_bytes())?;
     }
     Ok(())
 }

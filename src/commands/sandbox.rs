@@ -10,8 +10,9 @@ use intercom_sandbox::{
     ScheduledOutage, SlowResponses,
 };
 
+use super::error::CliError;
+use super::output::stdout;
 use crate::cli::{FaultPointArg, SandboxArgs};
-use crate::error::CliError;
 
 /// Start the sandbox, print its base URL as the first line of standard output, and serve until
 /// SIGINT or SIGTERM.
@@ -27,10 +28,10 @@ pub fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
         let sandbox = Sandbox::start(config)
             .await
             .context("cannot start the Intercom sandbox")?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", sandbox.base_url())?;
-        stdout.flush()?;
-        drop(stdout);
+        let mut out = stdout();
+        writeln!(out, "{}", sandbox.base_url())?;
+        out.flush()?;
+        drop(out);
         eprintln!(
             "Intercom sandbox at {} ({} requests per {} s). State: {}/_sandbox/state. Ctrl-C stops it.",
             sandbox.base_url(),

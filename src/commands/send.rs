@@ -17,8 +17,9 @@ use std::io::{self, BufRead, BufReader, Write};
 
 use anyhow::Context;
 
+use super::error::CliError;
+use super::output::stdout;
 use crate::cli::SendArgs;
-use crate::error::CliError;
 use crate::intercom::mapping::{EventNames, KnownIds, MapOptions, map_message};
 use crate::intercom::plan::AttributeNeed;
 use crate::segment::{Message, NdjsonLines, Track};
@@ -37,8 +38,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     };
     // The edge reads the clock once; the mapping itself is pure.
     let options = MapOptions::from_settings(&settings.intercom, chrono::Utc::now().timestamp());
-    let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
+    let mut out = io::BufWriter::new(stdout());
     let summary = dry_run(input, &mut out, &mut io::stderr(), &options)?;
     out.flush().context("cannot write to standard output")?;
     if summary.refused > 0 {

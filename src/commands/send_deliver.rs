@@ -15,13 +15,14 @@
 //! attempt to deliver it sends the same `created_at` and Intercom de-duplicates a retry.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::error::CliError;
+use super::output::stdout_lossy;
 use crate::cli::SendArgs;
-use crate::error::CliError;
 use crate::intercom::executor::contact_key;
 use crate::intercom::mapping::{KnownIds, MapOptions, map_message};
 use crate::segment::{Message, NdjsonLines, parse_json_line};
@@ -85,7 +86,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     tx.commit()?;
     let pending = crate::store::delivery::pending_count(&conn)?;
     drop(conn);
-    println!("Queued {queued} of {messages} messages.");
+    writeln!(stdout_lossy(), "Queued {queued} of {messages} messages.")?;
     // Nothing to deliver (every line refused, and nothing queued before): Intercom is not
     // called and the database is left as it was.
     if pending > 0 {

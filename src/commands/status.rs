@@ -1,5 +1,8 @@
 //! `audience-sync status`.
 
+use std::io::Write;
+
+use super::output::stdout;
 use crate::cli::StatusArgs;
 use crate::settings::Settings;
 use crate::{status, store};
@@ -13,9 +16,9 @@ pub fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
         &settings.compute,
     )?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(stdout(), "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", status::render(&report));
+        stdout().write_all(status::render(&report).as_bytes())?;
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use crate::settings::Settings;
 use crate::store::{self, Lock, RunLock};
 
 use super::deliver::Planning;
+use super::error::CliError;
+use super::output::{stdout, stdout_lossy};
 
 pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
     let mode = if args.full {
@@ -29,8 +31,9 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
     if args.dry_run {
         // Changes nothing, so it needs no run lock: it may run beside the daemon.
         let mut conn = store::open(&settings.database.path)?;
-        let stdout = std::io::stdout();
-        let mut out = std::io::BufWriter::new(stdout.lock());
+        // A closed standard output (`| head`) ends the run at its next write; its read
+        // transaction is rolled back, so there is nothing to undo.
+        let mut out = std::io::BufWriter::new(stdout());
         plan::run(
             &mut conn,
             &settings.personas,
@@ -51,7 +54,7 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
                 &options(store::now_unix()),
                 Output::Enqueue,
             )?;
-            print_report(settings, &report);
+            print_report(settings, &report)?;
             if !report.resumed {
                 return Ok(());
             }
@@ -60,11 +63,12 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
 
     let delivering = RunLock::acquire_if_free(&settings.database.path, Lock::Deliver)?;
     if delivering.is_none() {
-        println!(
+        writeln!(
+            stdout_lossy(),
             "Another audience-sync process (the daemon?) is delivering from {}: it delivers \
              these messages as this run plans them; `audience-sync status` shows the outbox.",
             settings.database.path.display()
-        );
+        )?;
     }
     let planning = Planning::new();
     let (planned, delivered) = std::thread::scope(|scope| {
@@ -88,14 +92,14 @@ pub fn sync(settings: &Settings, args: SyncArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     if stopped {
-        return Err(crate::error::CliError::runtime(
+        return Err(CliError::runtime(
             "the run stopped before its end; the next `sync` (or the daemon) resumes it from its \
              last committed chunk",
         )
         .into());
     }
     if delivered.dead > 0 {
-        return Err(crate::error::CliError::runtime(format!(
+        return Err(CliError::runtime(format!(
             "{} messages were dead-lettered during this sync: see them with `audience-sync \
              dead-letters list`, and send them again with `audience-sync dead-letters retry` once \
              the cause is fixed (their entities are re-planned by the next run otherwise)",
@@ -128,7 +132,7 @@ fn plan_paced<'a>(
             &options(store::now_unix()),
             &pace,
         )?;
-        print_report(settings, &report);
+        print_report(settings, &report)?;
         if !report.finished {
             return Ok(true);
         }
@@ -138,7 +142,7 @@ fn plan_paced<'a>(
     }
 }
 
-fn print_report(settings: &Settings, report: &Report) {
+fn print_report(settings: &Settings, report: &Report) -> std::io::Result<()> {
     info!(
         run = report.run_id.unwrap_or_default(),
         identify = report.messages.identify,
@@ -148,17 +152,22 @@ fn print_report(settings: &Settings, report: &Report) {
         "Run enqueued."
     );
     if report.resumed {
-        println!(
+        writeln!(
+            stdout_lossy(),
             "Run {} was unfinished (a crash or a stop): resumed from its last committed chunk.",
             report.run_id.unwrap_or_default()
-        );
+        )?;
     }
-    print!("{}", super::plan::report_text(settings, report));
+    stdout_lossy().write_all(super::plan::report_text(settings, report).as_bytes())?;
     if let Some(run_id) = report.run_id {
         if report.finished {
-            println!("Enqueued as run {run_id}.");
+            writeln!(stdout_lossy(), "Enqueued as run {run_id}.")?;
         } else {
-            println!("Run {run_id} stopped before its end; the next run resumes it.");
+            writeln!(
+                stdout_lossy(),
+                "Run {run_id} stopped before its end; the next run resumes it."
+            )?;
         }
     }
+    Ok(())
 }

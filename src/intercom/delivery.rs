@@ -42,7 +42,6 @@ use super::executor::{Executor, Outcome, contact_key};
 use super::outage::{Breaker, Transition};
 use super::ratelimit::RateLimiter;
 use super::resolve;
-use crate::error::CliError;
 use crate::http;
 use crate::metrics;
 use crate::segment::Message;
@@ -229,14 +228,19 @@ pub struct Engine {
     settings: IntercomSettings,
 }
 
-/// Refuse to deliver without an access token (exit 2), before anything is queued or sent.
-pub fn require_token(settings: &IntercomSettings) -> anyhow::Result<()> {
+/// Delivery cannot start: the settings hold no access token. Bad input (the command line maps
+/// it to exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "intercom.access_token is empty: set it in the settings file, in \
+     AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file"
+)]
+pub struct MissingToken;
+
+/// Refuse to deliver without an access token, before anything is queued or sent.
+pub fn require_token(settings: &IntercomSettings) -> Result<(), MissingToken> {
     if settings.access_token.is_empty() {
-        return Err(CliError::usage(
-            "intercom.access_token is empty: set it in the settings file, in \
-             AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN, or with intercom.access_token_file",
-        )
-        .into());
+        return Err(MissingToken);
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ pub mod diff;
 pub mod message;
 pub mod run;
 
-pub use run::{CHUNK_ROWS, Chunking, Pace};
+pub use run::{CHUNK_ROWS, Chunking, Pace, RunError};
 use run::{ChunkCounts, DiffSpec};
 
 use std::collections::HashSet;
@@ -713,7 +713,9 @@ impl<'a> Emitter<'a, '_> {
         let counted = match self.output {
             Output::Plan => true,
             Output::DryRun(out) => {
-                serde_json::to_writer(&mut **out, body)?;
+                // As an `io::Error` (not wrapped in serde_json's): the command line must see a
+                // closed standard output (a broken pipe) for what it is.
+                serde_json::to_writer(&mut **out, body).map_err(std::io::Error::from)?;
                 out.write_all(b"\n")?;
                 true
             }

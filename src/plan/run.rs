@@ -33,7 +33,6 @@ use super::{
     ABORT_HOOK, CHUNK_ROWS_HOOK, Comp, ComputationReport, Emitter, Estimator, HOLD_HOOK,
     MembershipReport, MessageCounts, Output, Report, RunMode, RunOptions,
 };
-use crate::error::CliError;
 use crate::load::{Kind, Scope};
 use crate::plan::diff::{self, Change};
 use crate::settings::PersonasSettings;
@@ -333,6 +332,16 @@ fn run_inner(
     })
 }
 
+/// A run that cannot begin because of what it was asked for (`RunOptions::computation`). Bad
+/// input (the command line maps it to exit 2); nothing was read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no computation with key {0:?}")]
+    UnknownComputation(String),
+    #[error("computation {0:?} is disabled (computations.enabled = 0)")]
+    DisabledComputation(String),
+}
+
 /// The first key after `entity` (a merge restarted there yields what follows it).
 fn after(entity: &str) -> Position {
     let mut key = String::with_capacity(entity.len() + 1);
@@ -352,13 +361,10 @@ fn choose(
     let all = snapshots::computations(conn)?;
     if let Some(key) = options.computation {
         let Some(c) = all.iter().find(|c| c.key == key) else {
-            return Err(CliError::usage(format!("no computation with key {key:?}")).into());
+            return Err(RunError::UnknownComputation(key.to_string()).into());
         };
         if !c.enabled {
-            return Err(CliError::usage(format!(
-                "computation {key:?} is disabled (computations.enabled = 0)"
-            ))
-            .into());
+            return Err(RunError::DisabledComputation(key.to_string()).into());
         }
         selected.push(c.clone());
     } else {

@@ -164,31 +164,65 @@ pub struct RunLock {
     _file: File,
 }
 
+/// Why a [`RunLock`] was not taken. Every case is a runtime failure (exit 1), not bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock ([`RunLock::try_acquire`]).
+    #[error(
+        "another audience-sync process is {} {} (lock {} is held); runs never overlap, try again \
+         when it has finished",
+        .lock.what(),
+        .database.display(),
+        .lock_file.display()
+    )]
+    Held {
+        lock: Lock,
+        database: PathBuf,
+        lock_file: PathBuf,
+    },
+    #[error("cannot create the database directory {}", .dir.display())]
+    CreateDirectory {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open the lock file {}", .lock_file.display())]
+    Open {
+        lock_file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot lock {}", .lock_file.display())]
+    Lock {
+        lock_file: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 impl RunLock {
-    /// Take the lock, or fail at once with a message naming the database and the lock file.
+    /// Take the lock, or fail at once ([`LockError::Held`]) naming the database and the lock
+    /// file.
     pub fn try_acquire(database: &Path, lock: Lock) -> anyhow::Result<RunLock> {
         match RunLock::acquire_if_free(database, lock)? {
             Some(held) => Ok(held),
-            None => Err(crate::error::CliError::runtime(format!(
-                "another audience-sync process is {} {} (lock {} is held); runs never overlap, \
-                 try again when it has finished",
-                lock.what(),
-                database.display(),
-                lock_path(database, lock).display()
-            ))
+            None => Err(LockError::Held {
+                lock,
+                database: database.to_path_buf(),
+                lock_file: lock_path(database, lock),
+            }
             .into()),
         }
     }
 
-    /// Take the lock if no other process holds it; `None` when one does.
+    /// Take the lock if no other process holds it; `None` when one does. Fails with a
+    /// [`LockError`] when the lock file cannot be made, opened or locked.
     pub fn acquire_if_free(database: &Path, lock: Lock) -> anyhow::Result<Option<RunLock>> {
         let path = lock_path(database, lock);
         if let Some(parent) = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty() && !p.exists())
         {
-            std::fs::create_dir_all(parent).with_context(|| {
-                format!("cannot create the database directory {}", parent.display())
+            std::fs::create_dir_all(parent).map_err(|source| LockError::CreateDirectory {
+                dir: parent.to_path_buf(),
+                source,
             })?;
         }
         let file = OpenOptions::new()
@@ -197,13 +231,18 @@ impl RunLock {
             .read(true)
             .write(true)
             .open(&path)
-            .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+            .map_err(|source| LockError::Open {
+                lock_file: path.clone(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => Ok(Some(RunLock { _file: file })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(anyhow::Error::new(e).context(format!("cannot lock {}", path.display())))
+            Err(std::fs::TryLockError::Error(source)) => Err(LockError::Lock {
+                lock_file: path,
+                source,
             }
+            .into()),
         }
     }
 }
@@ -221,7 +260,7 @@ fn lock_path(database: &Path, lock: Lock) -> PathBuf {
 /// A write that failed because the file system holding the database is full (SQLite's
 /// `SQLITE_FULL`, or an `ENOSPC` from a file of ours). SQLite rolled the transaction back, so
 /// nothing already stored or queued was lost; the step can simply be run again once there is
-/// room. Its text is the one explanation the command line prints (`cli::main` leaves out the
+/// room. Its text is the one explanation the command line prints (`commands::main` leaves out the
 /// causes that only repeat SQLite's message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskFull {
