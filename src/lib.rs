@@ -1,6 +1,8 @@
 //! audience-sync keeps Intercom in step with audiences and computed traits, the way Segment
 //! Personas does. See ARCHITECTURE.md for the data flow and the code map.
 
+pub use audience_sync_core::domain;
+
 pub mod cli;
 pub mod commands;
 pub mod compute;

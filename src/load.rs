@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+pub use crate::domain::{Kind, Scope};
+
 /// The longest input line (NDJSON) or CSV record accepted: a longer one is refused rather than
 /// held in memory, since no row of a snapshot comes near it.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -204,54 +206,6 @@ impl Read for CrlfToLf {
             self.pos += 1;
         }
         Ok(written)
-    }
-}
-
-/// Which snapshot rows describe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Audience,
-    Trait,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Audience => "audience",
-            Kind::Trait => "trait",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Kind> {
-        match text {
-            "audience" => Some(Kind::Audience),
-            "trait" => Some(Kind::Trait),
-            _ => None,
-        }
-    }
-}
-
-/// Whose values a computation holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    User,
-    Account,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::User => "user",
-            Scope::Account => "account",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Scope> {
-        match text {
-            "user" => Some(Scope::User),
-            "account" => Some(Scope::Account),
-            _ => None,
-        }
     }
 }
 

@@ -103,8 +103,8 @@ impl ComputeSettings {
 pub struct SqlComputation {
     pub key: String,
     pub name: Option<String>,
-    pub kind: crate::load::Kind,
-    pub scope: crate::load::Scope,
+    pub kind: crate::domain::Kind,
+    pub scope: crate::domain::Scope,
     /// One read-only statement returning the columns of a snapshot file; `:now` is bound.
     pub sql: String,
 }
@@ -292,7 +292,7 @@ fn parse_compute(
     computations: Vec<RawComputation>,
     membership: Option<RawMembership>,
 ) -> anyhow::Result<ComputeSettings> {
-    use crate::load::{Kind, Scope};
+    use crate::domain::{Kind, Scope};
     use heck::ToSnakeCase;
     positive("compute.timeout_secs", compute.timeout_secs)?;
     if compute.timeout_secs > MAX_COMPUTE_TIMEOUT_SECS {
@@ -1028,7 +1028,7 @@ mod tests {
 
     #[test]
     fn sql_computations_are_parsed_and_their_mistakes_named() {
-        use crate::load::{Kind, Scope};
+        use crate::domain::{Kind, Scope};
         let defaults = Settings::defaults().unwrap();
         assert!(defaults.compute.is_empty());
         assert_eq!(defaults.compute.timeout, Duration::from_secs(300));

@@ -3,8 +3,9 @@
 use std::time::Instant;
 
 use crate::cli::{KindArg, LoadArgs, LoadMembersArgs, ScopeArg};
+use crate::domain::{Kind, Scope};
 use crate::error::CliError;
-use crate::load::{self, Input, Kind, LoadError, Scope};
+use crate::load::{self, Input, LoadError};
 use crate::settings::Settings;
 use crate::store::{self, snapshots};
 

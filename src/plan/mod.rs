@@ -26,6 +26,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::domain::Kind;
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
@@ -252,11 +253,11 @@ impl Comp {
         }
     }
 
-    fn kind(&self) -> diff::Kind {
+    fn kind(&self) -> Kind {
         if self.audience {
-            diff::Kind::Audience
+            Kind::Audience
         } else {
-            diff::Kind::Trait
+            Kind::Trait
         }
     }
 }
