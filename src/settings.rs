@@ -22,6 +22,8 @@ pub const DEFAULTS: &str = include_str!("../settings.toml");
 /// nothing, the rate limiter assumes the Personas budget instead (see `intercom::ratelimit`).
 pub const RATE_LIMIT_AUTO: u32 = u32::MAX;
 
+pub use audience_sync_core::intercom::values::LongStrings;
+
 /// Intercom's documented budget for a private app: 10,000 requests a minute.
 const INTERCOM_DOCUMENTED_PER_MINUTE: u64 = 10_000;
 
@@ -136,14 +138,6 @@ pub struct PersonasSettings {
     pub audience_entered_event: String,
     pub audience_exited_event: String,
     pub trait_computed_event: String,
-}
-
-/// What to do with a string longer than Intercom's 255 characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LongStrings {
-    Truncate,
-    Reject,
 }
 
 #[derive(Debug, Clone)]

@@ -11,8 +11,8 @@
 //! `sync --dry-run` write nothing. Memory holds one entity's changes at a time (and a worker's
 //! batch), never a snapshot.
 
-pub mod diff;
-pub mod message;
+pub use audience_sync_core::plan::{diff, message};
+
 pub mod run;
 
 pub use run::{CHUNK_ROWS, Chunking, Pace};

@@ -13,11 +13,10 @@ use super::plan::{
     Request, StepId,
 };
 use super::values::{
-    DataType, Model, Warning, attribute_value, company_name_hash, fit_string, infer_data_type,
-    metadata_value, unix_seconds,
+    DataType, LongStrings, Model, Warning, attribute_value, company_name_hash, fit_string,
+    infer_data_type, metadata_value, unix_seconds,
 };
 use crate::segment::{Common, Group, Identify, Message, Object, Track, non_empty_str};
-use crate::settings::{IntercomSettings, LongStrings};
 
 /// Intercom keeps at most this many metadata keys per event, the first ones sent.
 pub const MAX_METADATA_KEYS: usize = 10;
@@ -57,10 +56,12 @@ pub struct MapOptions {
 }
 
 impl MapOptions {
-    pub fn from_settings(settings: &IntercomSettings, now: i64) -> MapOptions {
+    /// `intercom.long_strings` and `intercom.company_attribute_prefix`, with the caller's "now"
+    /// (the daemon crate's `intercom::map_options` reads them from settings).
+    pub fn new(long_strings: LongStrings, company_attribute_prefix: &str, now: i64) -> MapOptions {
         MapOptions {
-            long_strings: settings.long_strings,
-            company_attribute_prefix: settings.company_attribute_prefix.clone(),
+            long_strings,
+            company_attribute_prefix: company_attribute_prefix.to_string(),
             now,
         }
     }

@@ -6,13 +6,21 @@
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
 use serde_json::{Number, Value};
 
 use super::mapping::MapError;
-use crate::settings::LongStrings;
 
 /// Intercom's limit for string attribute values and event-metadata strings, in Unicode characters.
 pub const MAX_STRING_CHARS: usize = 255;
+
+/// What to do with a string longer than Intercom's 255 characters (`intercom.long_strings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongStrings {
+    Truncate,
+    Reject,
+}
 
 /// Where a custom data attribute lives. Intercom refuses one name on both models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
