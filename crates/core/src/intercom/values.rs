@@ -9,8 +9,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Number, Value};
 
-use super::mapping::MapError;
-
 /// Intercom's limit for string attribute values and event-metadata strings, in Unicode characters.
 pub const MAX_STRING_CHARS: usize = 255;
 
@@ -20,6 +18,29 @@ pub const MAX_STRING_CHARS: usize = 255;
 pub enum LongStrings {
     Truncate,
     Reject,
+}
+
+/// Why a message cannot be mapped (the delivery engine dead-letters it; `send` names its line).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MapError {
+    #[error("Intercom needs a user id or an email: the message has neither `userId` nor an email")]
+    NoIdentifier,
+    #[error(
+        "`{field}` has {chars} characters, more than Intercom's 255 (intercom.long_strings = \"reject\")"
+    )]
+    LongString { field: String, chars: usize },
+    #[error(
+        "attribute `{name}` is of type {attribute_type} in Intercom and cannot take a {value_type} value without losing it"
+    )]
+    AttributeType {
+        name: String,
+        attribute_type: DataType,
+        value_type: &'static str,
+    },
+    #[error(
+        "event name `{name}` is new, and this workspace already has {limit} active event names, Intercom's limit: archive some in Intercom, or keep this event away from Intercom"
+    )]
+    TooManyEventNames { name: String, limit: usize },
 }
 
 /// Where a custom data attribute lives. Intercom refuses one name on both models.
