@@ -16,12 +16,7 @@ use crate::error::CliError;
 /// The shipped `settings.toml` is the documented default: it is compiled in as the first source.
 pub const DEFAULTS: &str = include_str!("../settings.toml");
 
-/// `intercom.rate_limit = "auto"` in [`IntercomSettings::rate_limit`]: no cap of our own, the
-/// budget is the one Intercom announces (`X-RateLimit-Limit` per window). As a cap it is
-/// "unbounded", so `min(cap, announced)` is the announced budget; when Intercom announces
-/// nothing, the rate limiter assumes the Personas budget instead (see `intercom::ratelimit`).
-pub const RATE_LIMIT_AUTO: u32 = u32::MAX;
-
+pub use audience_sync_core::intercom::budget::RATE_LIMIT_AUTO;
 pub use audience_sync_core::intercom::values::LongStrings;
 
 /// Intercom's documented budget for a private app: 10,000 requests a minute.

@@ -1,9 +1,9 @@
 //! Everything that speaks Intercom: the mapping from Segment messages to request plans, the HTTP client and delivery.
 //!
-//! The pure parts (mapping, request plans, value rules, dispositions, the outage breaker) live
-//! in the core crate, `audience_sync_core::intercom`, and are re-exported here at their old
-//! paths; this module keeps what does IO: the client, the executor, bulk lookups, the drain and
-//! the rate limiter.
+//! The pure parts (mapping, request plans, value rules, dispositions, the outage breaker, the
+//! rate budget) live in the core crate, `audience_sync_core::intercom`, and are re-exported here
+//! at their old paths; this module keeps what does IO: the client, the executor, bulk lookups,
+//! the drain and the rate limiter's waiting.
 
 pub use audience_sync_core::intercom::{disposition, mapping, outage, plan, values};
 

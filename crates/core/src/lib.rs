@@ -11,7 +11,7 @@
 //! - [`plan`]: the per-entity diff (`plan::diff`) and the Personas messages (`plan::message`).
 //! - [`segment`]: the typed Segment message model.
 //! - [`intercom`]: the mapping from a Segment message to a plan of Intercom requests, with
-//!   Intercom's value rules; dispositions of answers; the outage breaker.
+//!   Intercom's value rules; dispositions of answers; the outage breaker; the rate budget.
 //! - [`shape`]: compact outbox rows (a message split into its shape and its parts).
 
 pub mod domain;
