@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::load::{self, Kind, LoadError, Record, Scope};
+use crate::domain::{Kind, Scope};
+use crate::load::{self, LoadError, Record};
 use crate::settings::{ComputeSettings, SqlComputation};
 use crate::store::compute::{
     self as queries, ComputeRecord, Origin, Query, QueryError, StageError, Staging, Unique,

@@ -14,8 +14,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::compute::{self, Options};
+use crate::domain::{Kind, Scope};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
-use crate::load::{self, Input, Kind, Scope};
+use crate::load::{self, Input};
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::{Settings, SqlComputation};
 use crate::store::compute::Origin;

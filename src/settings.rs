@@ -14,11 +14,8 @@ use url::Url;
 /// The shipped `settings.toml` is the documented default: it is compiled in as the first source.
 pub const DEFAULTS: &str = include_str!("../settings.toml");
 
-/// `intercom.rate_limit = "auto"` in [`IntercomSettings::rate_limit`]: no cap of our own, the
-/// budget is the one Intercom announces (`X-RateLimit-Limit` per window). As a cap it is
-/// "unbounded", so `min(cap, announced)` is the announced budget; when Intercom announces
-/// nothing, the rate limiter assumes the Personas budget instead (see `intercom::ratelimit`).
-pub const RATE_LIMIT_AUTO: u32 = u32::MAX;
+pub use audience_sync_core::intercom::budget::RATE_LIMIT_AUTO;
+pub use audience_sync_core::intercom::values::LongStrings;
 
 /// Intercom's documented budget for a private app: 10,000 requests a minute.
 const INTERCOM_DOCUMENTED_PER_MINUTE: u64 = 10_000;
@@ -114,8 +111,8 @@ impl ComputeSettings {
 pub struct SqlComputation {
     pub key: String,
     pub name: Option<String>,
-    pub kind: crate::load::Kind,
-    pub scope: crate::load::Scope,
+    pub kind: crate::domain::Kind,
+    pub scope: crate::domain::Scope,
     /// One read-only statement returning the columns of a snapshot file; `:now` is bound.
     pub sql: String,
 }
@@ -147,14 +144,6 @@ pub struct PersonasSettings {
     pub audience_entered_event: String,
     pub audience_exited_event: String,
     pub trait_computed_event: String,
-}
-
-/// What to do with a string longer than Intercom's 255 characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LongStrings {
-    Truncate,
-    Reject,
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +292,7 @@ fn parse_compute(
     computations: Vec<RawComputation>,
     membership: Option<RawMembership>,
 ) -> anyhow::Result<ComputeSettings> {
-    use crate::load::{Kind, Scope};
+    use crate::domain::{Kind, Scope};
     use heck::ToSnakeCase;
     positive("compute.timeout_secs", compute.timeout_secs)?;
     if compute.timeout_secs > MAX_COMPUTE_TIMEOUT_SECS {
@@ -1041,7 +1030,7 @@ mod tests {
 
     #[test]
     fn sql_computations_are_parsed_and_their_mistakes_named() {
-        use crate::load::{Kind, Scope};
+        use crate::domain::{Kind, Scope};
         let defaults = Settings::defaults().unwrap();
         assert!(defaults.compute.is_empty());
         assert_eq!(defaults.compute.timeout, Duration::from_secs(300));

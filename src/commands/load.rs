@@ -6,7 +6,8 @@ use std::time::Instant;
 use super::error::CliError;
 use super::output::stdout_lossy;
 use crate::cli::{KindArg, LoadArgs, LoadMembersArgs, ScopeArg};
-use crate::load::{self, Input, Kind, LoadError, Scope};
+use crate::domain::{Kind, Scope};
+use crate::load::{self, Input, LoadError};
 use crate::settings::Settings;
 use crate::store::{self, snapshots};
 

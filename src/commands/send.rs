@@ -37,7 +37,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         Box::new(BufReader::new(file))
     };
     // The edge reads the clock once; the mapping itself is pure.
-    let options = MapOptions::from_settings(&settings.intercom, chrono::Utc::now().timestamp());
+    let options = crate::intercom::map_options(&settings.intercom, chrono::Utc::now().timestamp());
     let mut out = io::BufWriter::new(stdout());
     let summary = dry_run(input, &mut out, &mut io::stderr(), &options)?;
     out.flush().context("cannot write to standard output")?;

@@ -41,7 +41,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         Box::new(BufReader::new(file))
     };
     let mut conn = store::open(&settings.database.path)?;
-    let options = MapOptions::from_settings(&settings.intercom, chrono::Utc::now().timestamp());
+    let options = crate::intercom::map_options(&settings.intercom, chrono::Utc::now().timestamp());
     let now = store::now_unix();
     let tx = conn.transaction()?;
     let (mut messages, mut queued, mut refused) = (0usize, 0usize, 0usize);

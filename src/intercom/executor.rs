@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::client::{Answer, Client, Transport};
 use super::disposition::{self, ApiError, Disposition};
-use super::mapping::{Admission, EventNames, KnownIds, MapOptions, map_message};
+use super::mapping::{Admission, EventNames, KnownIds, map_message};
 use super::plan::{
     AttributeNeed, COMPANY_ID, CONTACT_ID, ContactLookup, Method, OnMissing, Op, Plan, Request,
 };
@@ -233,7 +233,7 @@ impl Executor {
         attempt: u32,
         cancel: &CancellationToken,
     ) -> Step {
-        let options = MapOptions::from_settings(&self.settings, unix_seconds());
+        let options = super::map_options(&self.settings, unix_seconds());
         let mut known = KnownIds::nothing();
         let looked_up = (|| -> rusqlite::Result<()> {
             let db = self.db();

@@ -11,8 +11,8 @@
 //! `sync --dry-run` write nothing. Memory holds one entity's changes at a time (and a worker's
 //! batch), never a snapshot.
 
-pub mod diff;
-pub mod message;
+pub use audience_sync_core::plan::{diff, message};
+
 pub mod run;
 
 pub use run::{CHUNK_ROWS, Chunking, Pace, RunError};
@@ -26,6 +26,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::domain::Kind;
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
@@ -252,11 +253,11 @@ impl Comp {
         }
     }
 
-    fn kind(&self) -> diff::Kind {
+    fn kind(&self) -> Kind {
         if self.audience {
-            diff::Kind::Audience
+            Kind::Audience
         } else {
-            diff::Kind::Trait
+            Kind::Trait
         }
     }
 }

@@ -33,7 +33,7 @@ use super::{
     ABORT_HOOK, CHUNK_ROWS_HOOK, Comp, ComputationReport, Emitter, Estimator, HOLD_HOOK,
     MembershipReport, MessageCounts, Output, Report, RunMode, RunOptions,
 };
-use crate::load::{Kind, Scope};
+use crate::domain::{Kind, Scope};
 use crate::plan::diff::{self, Change};
 use crate::settings::PersonasSettings;
 use crate::store::connection;
@@ -577,7 +577,7 @@ fn jobs(
 pub(super) struct DiffSpec {
     /// Index into the run's computation list.
     pub index: usize,
-    pub kind: diff::Kind,
+    pub kind: Kind,
     pub resync: bool,
     pub track: bool,
     /// 0: an account's own values; 1: user values.

@@ -21,11 +21,12 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use audience_sync_core::json::strict_json;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, Statement, params};
 use serde_json::{Map, Value};
 
-use crate::load::{Record, strict_json};
+use crate::load::Record;
 
 /// How many compute records (`computes`) are kept.
 pub const KEPT_COMPUTES: i64 = 1_000;

@@ -3,10 +3,10 @@
 //! `intercom_contacts`, `intercom_companies`, `intercom_event_names`, `intercom_rate_limit`,
 //! `intercom_outage`).
 
+use audience_sync_core::intercom::budget::Persisted;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::now_unix;
-use crate::intercom::ratelimit::Persisted;
 
 /// The cached Intercom contact id of a user entity (its `user_id`, or its lower-cased email).
 pub fn contact_id(conn: &Connection, entity_id: &str) -> rusqlite::Result<Option<String>> {

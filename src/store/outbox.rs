@@ -1,16 +1,14 @@
 //! The outbox: enqueueing a run's messages, listing pending ones in order, and the two state
 //! transitions delivery ends every message with (`mark_delivered`, `mark_dead`).
 
-mod shape;
-
 use std::collections::HashMap;
 
+use audience_sync_core::shape::{self, Shape};
 use rusqlite::types::{FromSqlResult, Type, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use self::shape::Shape;
 use super::now_unix;
 
 /// One state change a message implies. Delivery confirms it (`mark_delivered`: delivered state
@@ -175,7 +173,8 @@ pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Stage one message of a run (see `state::create_staging`); `enqueue_staged` enqueues them.
 /// `with_user`: a `group` call carrying a userId (an attach). The body and effects are staged
-/// split into their shape and parts (`shape.rs`), or whole when they do not split.
+/// split into their shape and parts (`audience_sync_core::shape`), or whole when they do not
+/// split.
 pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> rusqlite::Result<()> {
     let split = shape::split(
         message.body,

@@ -3,7 +3,8 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 
-use crate::load::{Kind, LoadError, MembershipRow, Scope, SnapshotRow};
+use crate::domain::{Kind, Scope};
+use crate::load::{LoadError, MembershipRow, SnapshotRow};
 
 /// A computation as stored in `computations`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,38 +12,15 @@ use super::plan::{
     AttributeNeed, COMPANY_ID, CONTACT_ID, ContactLookup, Method, OnMissing, Op, Plan, Produces,
     Request, StepId,
 };
+pub use super::values::MapError;
 use super::values::{
-    DataType, Model, Warning, attribute_value, company_name_hash, fit_string, infer_data_type,
+    LongStrings, Model, Warning, attribute_value, company_name_hash, fit_string, infer_data_type,
     metadata_value, unix_seconds,
 };
 use crate::segment::{Common, Group, Identify, Message, Object, Track, non_empty_str};
-use crate::settings::{IntercomSettings, LongStrings};
 
 /// Intercom keeps at most this many metadata keys per event, the first ones sent.
 pub const MAX_METADATA_KEYS: usize = 10;
-
-/// Why a message cannot be mapped (the delivery engine dead-letters it; `send` names its line).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum MapError {
-    #[error("Intercom needs a user id or an email: the message has neither `userId` nor an email")]
-    NoIdentifier,
-    #[error(
-        "`{field}` has {chars} characters, more than Intercom's 255 (intercom.long_strings = \"reject\")"
-    )]
-    LongString { field: String, chars: usize },
-    #[error(
-        "attribute `{name}` is of type {attribute_type} in Intercom and cannot take a {value_type} value without losing it"
-    )]
-    AttributeType {
-        name: String,
-        attribute_type: DataType,
-        value_type: &'static str,
-    },
-    #[error(
-        "event name `{name}` is new, and this workspace already has {limit} active event names, Intercom's limit: archive some in Intercom, or keep this event away from Intercom"
-    )]
-    TooManyEventNames { name: String, limit: usize },
-}
 
 /// What the mapping needs from settings and the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,10 +34,12 @@ pub struct MapOptions {
 }
 
 impl MapOptions {
-    pub fn from_settings(settings: &IntercomSettings, now: i64) -> MapOptions {
+    /// `intercom.long_strings` and `intercom.company_attribute_prefix`, with the caller's "now"
+    /// (the daemon crate's `intercom::map_options` reads them from settings).
+    pub fn new(long_strings: LongStrings, company_attribute_prefix: &str, now: i64) -> MapOptions {
         MapOptions {
-            long_strings: settings.long_strings,
-            company_attribute_prefix: settings.company_attribute_prefix.clone(),
+            long_strings,
+            company_attribute_prefix: company_attribute_prefix.to_string(),
             now,
         }
     }

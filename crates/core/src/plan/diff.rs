@@ -1,6 +1,8 @@
 //! The per-entity diff: what one (old planned value, new snapshot value) pair means, as a
 //! Personas change. Pure: no database, no clock.
 
+use crate::domain::Kind;
+
 /// One change of one entity in one run. The numbers are stored in the run's change list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Change {
@@ -48,13 +50,6 @@ impl Change {
             Change::Entered | Change::Exited | Change::Appeared | Change::Changed
         )
     }
-}
-
-/// A computation's kind, as the diff needs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Audience,
-    Trait,
 }
 
 /// The planned value after `change`, and the change, for one entity; `None` when nothing is

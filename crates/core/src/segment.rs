@@ -46,12 +46,12 @@ pub enum ParseError {
 /// Parse one line of NDJSON strictly: malformed JSON and an object holding the same key twice
 /// (`{"userId": "a", "userId": "b"}`, which would otherwise keep the last) are refused.
 pub fn parse_json_line(line: &str) -> Result<Value, ParseError> {
-    crate::load::strict_json::from_str(line).map_err(|e| {
+    crate::json::strict_json::from_str(line).map_err(|e| {
         let error = match &e {
-            crate::load::strict_json::Error::Syntax(error) => error,
-            crate::load::strict_json::Error::DuplicateKey { error, .. } => error,
+            crate::json::strict_json::Error::Syntax(error) => error,
+            crate::json::strict_json::Error::DuplicateKey { error, .. } => error,
         };
-        ParseError::Json(crate::load::json_reason(error))
+        ParseError::Json(crate::json::json_reason(error))
     })
 }
 

@@ -6,13 +6,42 @@
 use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
 use serde_json::{Number, Value};
-
-use super::mapping::MapError;
-use crate::settings::LongStrings;
 
 /// Intercom's limit for string attribute values and event-metadata strings, in Unicode characters.
 pub const MAX_STRING_CHARS: usize = 255;
+
+/// What to do with a string longer than Intercom's 255 characters (`intercom.long_strings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongStrings {
+    Truncate,
+    Reject,
+}
+
+/// Why a message cannot be mapped (the delivery engine dead-letters it; `send` names its line).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MapError {
+    #[error("Intercom needs a user id or an email: the message has neither `userId` nor an email")]
+    NoIdentifier,
+    #[error(
+        "`{field}` has {chars} characters, more than Intercom's 255 (intercom.long_strings = \"reject\")"
+    )]
+    LongString { field: String, chars: usize },
+    #[error(
+        "attribute `{name}` is of type {attribute_type} in Intercom and cannot take a {value_type} value without losing it"
+    )]
+    AttributeType {
+        name: String,
+        attribute_type: DataType,
+        value_type: &'static str,
+    },
+    #[error(
+        "event name `{name}` is new, and this workspace already has {limit} active event names, Intercom's limit: archive some in Intercom, or keep this event away from Intercom"
+    )]
+    TooManyEventNames { name: String, limit: usize },
+}
 
 /// Where a custom data attribute lives. Intercom refuses one name on both models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -1,0 +1,68 @@
+//! The vocabulary every layer shares: what a computation is (`Kind`) and whose values it holds
+//! (`Scope`). Parsed once at the edge (settings, `load`, the database's text columns); inner
+//! layers take these types.
+
+/// Which snapshot rows describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Audience,
+    Trait,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audience => "audience",
+            Kind::Trait => "trait",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Kind> {
+        match text {
+            "audience" => Some(Kind::Audience),
+            "trait" => Some(Kind::Trait),
+            _ => None,
+        }
+    }
+}
+
+/// Whose values a computation holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Account,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Account => "account",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text {
+            "user" => Some(Scope::User),
+            "account" => Some(Scope::Account),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for kind in [Kind::Audience, Kind::Trait] {
+            assert_eq!(Kind::parse(kind.as_str()), Some(kind));
+        }
+        for scope in [Scope::User, Scope::Account] {
+            assert_eq!(Scope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(Kind::parse("Audience"), None);
+        assert_eq!(Scope::parse("group"), None);
+    }
+}
