@@ -20,7 +20,10 @@ use tracing::{debug, error, info, warn};
 use crate::compute;
 use crate::http::{self, Endpoints};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
-use crate::metrics;
+use crate::metrics::{
+    ComputationLabels, ComputeLabels, ComputeOutcome, MessageLabels, MessageType, Mode, RunLabels,
+    RunOutcome, metrics,
+};
 use crate::notify::{notify, watchdog_interval};
 use crate::plan::{self, Pace, Report, RunMode, RunOptions};
 use crate::settings::Settings;
@@ -89,7 +92,6 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
         "Daemon started."
     );
     let _ = notify("READY=1\nSTATUS=Waiting for the next scheduled run");
-    metrics::set("audience_sync_up", &[], 1.0);
     if settings.schedule.run_on_start {
         let _ = tick_tx.try_send(());
     }
@@ -148,7 +150,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                         wake.notify_one();
                     }
                     Err(e) => {
-                        metrics::inc("audience_sync_runs_total", &[("mode", "incremental"), ("outcome", "failed")]);
+                        metrics().runs.get_or_create(&RunLabels { mode: Mode::Incremental, outcome: RunOutcome::Failed }).inc();
                         // A full disk (or any failure) fails this run only: delivery goes on
                         // (on a disk that full its confirmations wait for room too), and /healthz
                         // says why until a run succeeds.
@@ -326,29 +328,42 @@ fn compute_before_run(settings: &Settings) {
         Err(e) => {
             let reason = store::error_text(&store::explain_disk_full(e, &settings.database.path));
             error!(error = %reason, "Computations not run; every computation keeps its previous snapshot.");
-            metrics::inc(
-                "audience_sync_computes_total",
-                &[("computation", "*"), ("outcome", "failed")],
-            );
+            metrics()
+                .computes
+                .get_or_create(&ComputeLabels {
+                    computation: "*".to_string(),
+                    outcome: ComputeOutcome::Failed,
+                })
+                .inc();
             return;
         }
     };
     for outcome in outcomes {
         let label = outcome.target.key().unwrap_or(MEMBERSHIP_LABEL).to_string();
-        let labels = [("computation", label.as_str())];
-        metrics::set(
-            "audience_sync_compute_duration_seconds",
-            &labels,
-            outcome.took.as_secs_f64(),
-        );
+        let computation = ComputationLabels {
+            computation: label.clone(),
+        };
+        let computes = |outcome| {
+            metrics()
+                .computes
+                .get_or_create(&ComputeLabels {
+                    computation: label.clone(),
+                    outcome,
+                })
+                .inc();
+        };
+        metrics()
+            .compute_duration_seconds
+            .get_or_create(&computation)
+            .set(outcome.took.as_secs_f64());
         match &outcome.result {
             Ok(computed) => {
-                metrics::inc(
-                    "audience_sync_computes_total",
-                    &[("computation", label.as_str()), ("outcome", "stored")],
-                );
-                metrics::set("audience_sync_compute_failed", &labels, 0.0);
-                metrics::set("audience_sync_compute_rows", &labels, computed.rows as f64);
+                computes(ComputeOutcome::Stored);
+                metrics().compute_failed.get_or_create(&computation).set(0);
+                metrics()
+                    .compute_rows
+                    .get_or_create(&computation)
+                    .set(computed.rows as i64);
                 info!(
                     computation = %label,
                     rows = computed.rows,
@@ -366,11 +381,8 @@ fn compute_before_run(settings: &Settings) {
                 }
             }
             Err(e) => {
-                metrics::inc(
-                    "audience_sync_computes_total",
-                    &[("computation", label.as_str()), ("outcome", "failed")],
-                );
-                metrics::set("audience_sync_compute_failed", &labels, 1.0);
+                computes(ComputeOutcome::Failed);
+                metrics().compute_failed.get_or_create(&computation).set(1);
                 error!(
                     computation = %label,
                     error = %e,
@@ -428,24 +440,26 @@ fn prune_after_run(settings: &Settings) {
 
 fn record_run(report: &Report, took: Duration) {
     let outcome = if report.finished {
-        "planned"
+        RunOutcome::Planned
     } else {
-        "stopped"
+        RunOutcome::Stopped
     };
-    metrics::inc(
-        "audience_sync_runs_total",
-        &[("mode", report.mode.as_str()), ("outcome", outcome)],
-    );
-    for (kind, n) in [
-        ("identify", report.messages.identify),
-        ("track", report.messages.track),
-        ("group", report.messages.group()),
+    metrics()
+        .runs
+        .get_or_create(&RunLabels {
+            mode: report.mode.into(),
+            outcome,
+        })
+        .inc();
+    for (r#type, n) in [
+        (MessageType::Identify, report.messages.identify),
+        (MessageType::Track, report.messages.track),
+        (MessageType::Group, report.messages.group()),
     ] {
-        metrics::add(
-            "audience_sync_messages_enqueued_total",
-            &[("type", kind)],
-            n,
-        );
+        metrics()
+            .messages_enqueued
+            .get_or_create(&MessageLabels { r#type })
+            .inc_by(n);
     }
     info!(
         run = report.run_id.unwrap_or_default(),

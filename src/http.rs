@@ -13,7 +13,10 @@ use axum::routing::get;
 use rusqlite::{Connection, OpenFlags};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{self, Sample};
+use crate::metrics::{
+    self, ComputationLabels, DatabaseFile, DatabaseGauges, FileLabels, NoLabels, OutboxLabels,
+    OutboxStatus, Pruned, PrunedLabels, metrics,
+};
 use crate::store::retention::{self, PruneRecord};
 use crate::store::{self, DatabaseSize, delivery, snapshots, state};
 
@@ -68,95 +71,85 @@ pub fn read_figures(
     Ok(figures)
 }
 
-fn samples(figures: &DatabaseFigures, max_pending_messages: u64) -> Vec<Sample> {
-    let gauge = |name, value: u64| Sample {
-        name,
-        labels: vec![],
-        value: value as f64,
-    };
-    let mut samples = vec![
-        Sample {
-            name: "audience_sync_outbox_oldest_pending_age_seconds",
-            labels: vec![],
-            value: figures.oldest_pending_age_secs as f64,
-        },
-        gauge("audience_sync_outbox_pending_limit", max_pending_messages),
-        gauge("audience_sync_database_free_bytes", figures.size.free_bytes),
-    ];
+/// The gauges `/metrics` exports from `figures`.
+fn gauges(figures: &DatabaseFigures, max_pending_messages: u64) -> DatabaseGauges {
+    let gauges = DatabaseGauges::default();
+    gauges
+        .outbox_oldest_pending_age_seconds
+        .set(figures.oldest_pending_age_secs);
+    gauges.outbox_pending_limit.set(max_pending_messages as i64);
+    gauges
+        .database_free_bytes
+        .set(figures.size.free_bytes as i64);
     for (file, bytes) in [
-        ("main", figures.size.file_bytes),
-        ("wal", figures.size.wal_bytes),
+        (DatabaseFile::Main, figures.size.file_bytes),
+        (DatabaseFile::Wal, figures.size.wal_bytes),
     ] {
-        samples.push(Sample {
-            name: "audience_sync_database_bytes",
-            labels: vec![("file", file.to_string())],
-            value: bytes as f64,
-        });
+        gauges
+            .database_bytes
+            .get_or_create(&FileLabels { file })
+            .set(bytes as i64);
     }
     if let Some(prune) = &figures.last_prune {
-        samples.push(Sample {
-            name: "audience_sync_last_prune_timestamp_seconds",
-            labels: vec![],
-            value: prune.started_at as f64,
-        });
-        samples.push(gauge(
-            "audience_sync_last_prune_bytes_returned",
-            prune.bytes_returned,
-        ));
-        samples.push(gauge(
-            "audience_sync_last_prune_failed",
-            u64::from(prune.error.is_some()),
-        ));
+        gauges
+            .last_prune_timestamp_seconds
+            .get_or_create(&NoLabels)
+            .set(prune.started_at);
+        gauges
+            .last_prune_bytes_returned
+            .get_or_create(&NoLabels)
+            .set(prune.bytes_returned as i64);
+        gauges
+            .last_prune_failed
+            .get_or_create(&NoLabels)
+            .set(i64::from(prune.error.is_some()));
         for (what, n) in [
-            ("delivered_messages", prune.delivered_messages),
-            ("runs", prune.runs),
-            ("snapshots", prune.snapshots),
-            ("snapshot_rows", prune.snapshot_rows),
-            ("membership_snapshots", prune.membership_snapshots),
-            ("membership_rows", prune.membership_rows),
+            (Pruned::DeliveredMessages, prune.delivered_messages),
+            (Pruned::Runs, prune.runs),
+            (Pruned::Snapshots, prune.snapshots),
+            (Pruned::SnapshotRows, prune.snapshot_rows),
+            (Pruned::MembershipSnapshots, prune.membership_snapshots),
+            (Pruned::MembershipRows, prune.membership_rows),
         ] {
-            samples.push(Sample {
-                name: "audience_sync_last_prune_removed",
-                labels: vec![("what", what.to_string())],
-                value: n as f64,
-            });
+            gauges
+                .last_prune_removed
+                .get_or_create(&PrunedLabels { what })
+                .set(n as i64);
         }
     }
-    for status in ["pending", "delivered", "dead"] {
+    for &status in OutboxStatus::ALL {
         let n = figures
             .outbox
             .iter()
-            .find(|(s, _)| s == status)
+            .find(|(s, _)| s == status.as_str())
             .map(|(_, n)| *n)
             .unwrap_or(0);
-        samples.push(Sample {
-            name: "audience_sync_outbox_messages",
-            labels: vec![("status", status.to_string())],
-            value: n as f64,
-        });
+        gauges
+            .outbox_messages
+            .get_or_create(&OutboxLabels { status })
+            .set(n);
     }
     if let Some(started) = figures.last_run_started_at {
-        samples.push(Sample {
-            name: "audience_sync_last_run_timestamp_seconds",
-            labels: vec![],
-            value: started as f64,
-        });
+        gauges
+            .last_run_timestamp_seconds
+            .get_or_create(&NoLabels)
+            .set(started);
     }
     if let Some(duration) = figures.last_run_duration_secs {
-        samples.push(Sample {
-            name: "audience_sync_last_run_duration_seconds",
-            labels: vec![],
-            value: duration as f64,
-        });
+        gauges
+            .last_run_duration_seconds
+            .get_or_create(&NoLabels)
+            .set(duration);
     }
     for (key, rows) in &figures.computation_rows {
-        samples.push(Sample {
-            name: "audience_sync_computation_rows",
-            labels: vec![("computation", key.clone())],
-            value: *rows as f64,
-        });
+        gauges
+            .computation_rows
+            .get_or_create(&ComputationLabels {
+                computation: key.clone(),
+            })
+            .set(*rows);
     }
-    samples
+    gauges
 }
 
 fn open_read_only(path: &PathBuf) -> rusqlite::Result<Connection> {
@@ -179,25 +172,16 @@ async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
 }
 
 async fn metrics_handler(State(endpoints): State<Arc<Endpoints>>) -> impl IntoResponse {
-    let extra = match figures(&endpoints).await {
-        Ok(figures) => samples(&figures, endpoints.max_pending_messages),
+    let database = match figures(&endpoints).await {
+        Ok(figures) => Some(gauges(&figures, endpoints.max_pending_messages)),
         Err(error) => {
             tracing::warn!(%error, "Cannot read the database for /metrics.");
-            Vec::new()
+            None
         }
     };
-    let mut all = extra;
-    all.push(Sample {
-        name: "audience_sync_up",
-        labels: vec![],
-        value: 1.0,
-    });
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::render(&all),
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(database.as_ref()),
     )
 }
 
@@ -258,11 +242,7 @@ pub fn delivery_stopped() -> Option<String> {
 
 /// Record that delivery stopped (or, with `None`, that it runs again).
 pub fn set_delivery_stopped(reason: Option<String>) {
-    metrics::set(
-        "audience_sync_delivery_stopped",
-        &[],
-        if reason.is_some() { 1.0 } else { 0.0 },
-    );
+    metrics().delivery_stopped.set(i64::from(reason.is_some()));
     *STOPPED.lock().unwrap_or_else(|e| e.into_inner()) = reason;
 }
 
@@ -279,11 +259,9 @@ pub fn intercom_unreachable() -> Option<String> {
 /// Record that delivery paused for an outage (the text `/healthz` answers with), or, with
 /// `None`, that Intercom answers again.
 pub fn set_intercom_unreachable(text: Option<String>) {
-    metrics::set(
-        "audience_sync_intercom_unreachable",
-        &[],
-        if text.is_some() { 1.0 } else { 0.0 },
-    );
+    metrics()
+        .intercom_unreachable
+        .set(i64::from(text.is_some()));
     *UNREACHABLE.lock().unwrap_or_else(|e| e.into_inner()) = text;
 }
 
@@ -300,11 +278,7 @@ pub fn planning_failed() -> Option<String> {
 /// Record that the daemon's last run failed to plan (the reason `/healthz` answers with), or,
 /// with `None`, that a run planned again. Set by the daemon's planning task.
 pub fn set_planning_failed(reason: Option<String>) {
-    metrics::set(
-        "audience_sync_planning_failed",
-        &[],
-        if reason.is_some() { 1.0 } else { 0.0 },
-    );
+    metrics().planning_failed.set(i64::from(reason.is_some()));
     *PLANNING_FAILED.lock().unwrap_or_else(|e| e.into_inner()) = reason;
 }
 
@@ -401,7 +375,7 @@ mod tests {
             err.starts_with("the last run failed: the disk holding /x/y.db is full"),
             "{err}"
         );
-        let text = metrics::render(&samples(&figures, 100_000));
+        let text = metrics::render(Some(&gauges(&figures, 100_000)));
         assert!(
             text.contains("audience_sync_outbox_messages{status=\"pending\"} 1\n"),
             "{text}"
@@ -419,7 +393,7 @@ mod tests {
         let mut conn = crate::store::open(&path).unwrap();
         let figures = read_figures(&conn, &path, 1100).unwrap();
         assert_eq!(figures.last_prune, None);
-        let text = metrics::render(&samples(&figures, 250));
+        let text = metrics::render(Some(&gauges(&figures, 250)));
         assert!(
             text.contains("# TYPE audience_sync_outbox_pending_limit gauge\naudience_sync_outbox_pending_limit 250\n"),
             "{text}"
@@ -456,7 +430,7 @@ mod tests {
         };
         retention::prune(&mut conn, &policy, retention::Options::default(), 1000).unwrap();
         let figures = read_figures(&conn, &path, 1100).unwrap();
-        let text = metrics::render(&samples(&figures, 250));
+        let text = metrics::render(Some(&gauges(&figures, 250)));
         for line in [
             "audience_sync_last_prune_timestamp_seconds 1000\n",
             "audience_sync_last_prune_failed 0\n",

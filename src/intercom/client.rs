@@ -16,10 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{Method, Request};
 use super::ratelimit::{Announced, RateLimiter};
-use crate::metrics;
+use crate::metrics::{HttpStatus, NoLabels, RequestLabels, metrics};
 use crate::settings::IntercomSettings;
-
-const REQUESTS: &str = "audience_sync_intercom_requests_total";
 
 /// How many 429s in a row one request waits out in place before its message is handed back to
 /// the drain (which queues it again without counting an attempt, see `Disposition::Throttled`).
@@ -236,26 +234,34 @@ impl Client {
             Ok(response) => response,
             Err(error) => {
                 self.limiter.observe(ticket, None);
-                metrics::inc(REQUESTS, &[("endpoint", &endpoint), ("status", "none")]);
+                metrics()
+                    .intercom_requests
+                    .get_or_create(&RequestLabels {
+                        endpoint,
+                        status: HttpStatus::NoResponse,
+                    })
+                    .inc();
                 return Err(self.transport(&error));
             }
         };
         let status = response.status().as_u16();
         let announced = announced(response.headers());
         self.limiter.observe(ticket, Some((status, announced)));
-        metrics::inc(
-            REQUESTS,
-            &[("endpoint", &endpoint), ("status", &status.to_string())],
-        );
+        metrics()
+            .intercom_requests
+            .get_or_create(&RequestLabels {
+                endpoint,
+                status: HttpStatus::Code(status),
+            })
+            .inc();
         if status == 429 {
-            metrics::inc("audience_sync_intercom_rate_limited_total", &[]);
+            metrics().intercom_rate_limited.inc();
         }
         let budget = self.limiter.persisted();
-        metrics::set(
-            "audience_sync_rate_limit_remaining",
-            &[],
-            f64::from(budget.remaining),
-        );
+        metrics()
+            .rate_limit_remaining
+            .get_or_create(&NoLabels)
+            .set(i64::from(budget.remaining));
         let text = match response.text().await {
             Ok(text) => text,
             Err(error) => return Err(self.transport(&error)),

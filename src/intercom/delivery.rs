@@ -43,7 +43,7 @@ use super::outage::{Breaker, Transition};
 use super::ratelimit::RateLimiter;
 use super::resolve;
 use crate::http;
-use crate::metrics;
+use crate::metrics::{self, ProbeLabels, ProbeResult, metrics};
 use crate::segment::Message;
 use crate::settings::IntercomSettings;
 use crate::store::{self, delivery as queue, intercom as cache, outbox};
@@ -525,13 +525,13 @@ async fn drain(
                                 outage_changed(db, Some((outage_since_unix, 0, error.as_str())));
                             }
                             Transition::ProbeFailed { next_in } => {
-                                metrics::inc("audience_sync_intercom_probes_total", &[("result", "failed")]);
+                                metrics().intercom_probes.get_or_create(&ProbeLabels { result: ProbeResult::Failed }).inc();
                                 let error = error.unwrap_or_default();
                                 debug!(%error, next_probe_ms = next_in.as_millis() as u64, "Intercom is still unreachable.");
                                 outage_changed(db, Some((outage_since_unix, breaker.probes(), error.as_str())));
                             }
                             Transition::Closed { paused, probes } => {
-                                metrics::inc("audience_sync_intercom_probes_total", &[("result", "answered")]);
+                                metrics().intercom_probes.get_or_create(&ProbeLabels { result: ProbeResult::Answered }).inc();
                                 report.paused_ms += paused.as_millis() as u64;
                                 info!(paused_ms = paused.as_millis() as u64, failed_probes = probes, "Intercom answers again: delivery resumes.");
                                 // The outage's failures were Intercom's: every lane goes now.
@@ -657,10 +657,7 @@ fn dead_letter(
 ) -> anyhow::Result<Recorded> {
     error!(seq = message.seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
     outbox::mark_dead(&mut lock(db), message.seq, reason)?;
-    metrics::inc(
-        "audience_sync_messages_dead_total",
-        &[("type", &message.kind)],
-    );
+    metrics::count_message(&metrics().messages_dead, &message.kind);
     report.dead += 1;
     Ok(Recorded {
         done: true,
@@ -684,10 +681,7 @@ fn record(
     match disposition {
         Disposition::Delivered => {
             outbox::mark_delivered(&mut lock(db), seq)?;
-            metrics::inc(
-                "audience_sync_messages_delivered_total",
-                &[("type", &message.kind)],
-            );
+            metrics::count_message(&metrics().messages_delivered, &message.kind);
             report.delivered += 1;
             Ok(Recorded {
                 done: true,
@@ -704,10 +698,7 @@ fn record(
             warn!(seq, user = %message.lane, attempt = attempts, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
             let at = store::now_unix() + after.as_secs_f64().ceil() as i64;
             outbox::schedule_retry(&lock(db), seq, &reason, at)?;
-            metrics::inc(
-                "audience_sync_messages_retried_total",
-                &[("type", &message.kind)],
-            );
+            metrics::count_message(&metrics().messages_retried, &message.kind);
             report.retries += 1;
             entry.message.attempts = attempts;
             entry.due = Some(Instant::now() + after);
@@ -736,10 +727,7 @@ fn record(
             }
             let at = now + after.as_secs_f64().ceil() as i64;
             outbox::schedule_transient(&lock(db), seq, &reason, at, since)?;
-            metrics::inc(
-                "audience_sync_messages_retried_total",
-                &[("type", &message.kind)],
-            );
+            metrics::count_message(&metrics().messages_retried, &message.kind);
             report.retries += 1;
             entry.message.failing_since = Some(since);
             entry.due = Some(Instant::now() + after);
@@ -752,10 +740,7 @@ fn record(
             // Not an attempt: nothing is written, the message runs again when the limiter
             // lets its requests through.
             warn!(seq, user = %message.lane, %reason, "Rate limited; will send again after the reset (no attempt counted).");
-            metrics::inc(
-                "audience_sync_messages_throttled_total",
-                &[("type", &message.kind)],
-            );
+            metrics::count_message(&metrics().messages_throttled, &message.kind);
             entry.due = None;
             Ok(Recorded {
                 done: false,
