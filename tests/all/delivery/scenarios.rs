@@ -7,7 +7,7 @@ use intercom_sandbox::{FaultPoint, Faults, Outage, OutageKind, SandboxConfig, Sl
 use serde_json::{Value, json};
 
 use super::oracle::{self, Kind, Load, Scope, Step};
-use super::world::{World, file_arg};
+use crate::harness::{World, file_arg};
 
 fn users(names: &[&str]) -> Vec<(String, Value)> {
     names.iter().map(|u| (u.to_string(), json!(true))).collect()
@@ -344,7 +344,7 @@ fn a_message_dead_lettered_for_a_real_reason_in_an_initial_sync_replans_without_
             .block_on(
                 client
                     .post(format!("{}{path}", sandbox.base_url()))
-                    .bearer_auth(super::world::TOKEN)
+                    .bearer_auth(crate::harness::TOKEN)
                     .header("Accept", "application/json")
                     .json(&body)
                     .send(),
@@ -455,7 +455,7 @@ fn a_refused_token_stops_delivery_and_leaves_the_queue() {
         world.count("SELECT count(*) FROM outbox WHERE status = 'dead'"),
         0
     );
-    world.set("INTERCOM__ACCESS_TOKEN", super::world::TOKEN);
+    world.set("INTERCOM__ACCESS_TOKEN", crate::harness::TOKEN);
     world.ok(&["sync"]);
     oracle::check(&world.state(), &oracle::expected(&steps(0)[..1]));
 }

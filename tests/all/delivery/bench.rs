@@ -8,7 +8,7 @@
 //! `AUDIENCE_SYNC_BENCH=1` it runs at full size (1,000 users, 100 requests per 2 s window: a
 //! 30-window drain, the 5-minute equivalent of Intercom's 10 s windows; for (d) 13,500 users
 //! per latency, about 8 windows of 10 s each) and prints the numbers:
-//! `AUDIENCE_SYNC_BENCH=1 cargo test --release --test delivery bench -- --nocapture`.
+//! `AUDIENCE_SYNC_BENCH=1 cargo test --release --test all delivery::bench -- --nocapture`.
 
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use intercom_sandbox::{RateLimitHeaders, SandboxConfig};
 use serde_json::json;
 
-use super::world::{World, file_arg};
+use crate::harness::{World, file_arg};
 
 struct Size {
     users: usize,
