@@ -12,7 +12,7 @@ use intercom_sandbox::SandboxConfig;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::world::{TOKEN, World, file_arg};
+use crate::harness::{TOKEN, World, file_arg};
 
 const USERS: usize = 60;
 const LIMIT: u32 = 50;

@@ -1,6 +1,6 @@
 //! `status`: computations with their newest snapshot, membership, outbox and runs, as text and JSON.
 
-use super::harness::Env;
+use crate::harness::Env;
 
 #[test]
 fn status_reports_newest_snapshots_as_text_and_json() {

@@ -8,8 +8,8 @@
 //!
 //! By default a small workspace runs as a test and checks the targets (≤ 1.05× the floor, ≤
 //! 1.15× under injected faults; `plan` within 5% of the run). `AUDIENCE_SYNC_BENCH=1` runs it at
-//! 100,000 users and prints the table: `AUDIENCE_SYNC_BENCH=1 cargo test --release --test
-//! delivery floor -- --nocapture --test-threads 1` (`AUDIENCE_SYNC_BENCH_USERS=N` for another
+//! 100,000 users and prints the table: `AUDIENCE_SYNC_BENCH=1 cargo test --release --test all
+//! delivery::floor -- --nocapture --test-threads 1` (`AUDIENCE_SYNC_BENCH_USERS=N` for another
 //! size).
 
 use std::collections::BTreeMap;
@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use intercom_sandbox::{FaultPoint, Faults, SandboxConfig};
 use serde_json::{Value, json};
 
-use super::world::{TOKEN, World, file_arg};
+use crate::harness::{TOKEN, World, file_arg};
 
 /// Users in the workspace; accounts are a tenth of them.
 fn users() -> usize {

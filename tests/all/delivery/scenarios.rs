@@ -7,7 +7,7 @@ use intercom_sandbox::{FaultPoint, Faults, Outage, OutageKind, SandboxConfig, Sl
 use serde_json::{Value, json};
 
 use super::oracle::{self, Kind, Load, Scope, Step};
-use super::world::{World, file_arg};
+use crate::harness::{World, file_arg};
 
 fn users(names: &[&str]) -> Vec<(String, Value)> {
     names.iter().map(|u| (u.to_string(), json!(true))).collect()
@@ -344,7 +344,7 @@ fn a_message_dead_lettered_for_a_real_reason_in_an_initial_sync_replans_without_
             .block_on(
                 client
                     .post(format!("{}{path}", sandbox.base_url()))
-                    .bearer_auth(super::world::TOKEN)
+                    .bearer_auth(crate::harness::TOKEN)
                     .header("Accept", "application/json")
                     .json(&body)
                     .send(),
@@ -413,17 +413,27 @@ fn killed_at_random_moments_and_restarted_reaches_the_same_state() {
         seed ^= seed << 17;
         seed % range
     };
+    let delivered = || world.count("SELECT count(*) FROM outbox WHERE status = 'delivered'");
+    let undelivered = || world.count("SELECT count(*) FROM outbox WHERE status <> 'delivered'");
     let mut kills = 0;
+    // Kills that landed mid-delivery: the killed process had delivered some of its messages
+    // and left others undelivered.
+    let mut mid_delivery = 0;
     for (i, step) in steps.iter().enumerate() {
         oracle::load_step(&world, i, step);
         for _ in 0..3 {
+            let before = delivered();
             let mut child = world.spawn(&["sync"]);
             std::thread::sleep(Duration::from_millis(300 + random(2500)));
-            if child.try_wait().unwrap().is_none() {
+            let killed = child.try_wait().unwrap().is_none();
+            if killed {
                 child.kill().unwrap(); // SIGKILL
                 kills += 1;
             }
             child.wait().unwrap();
+            if killed && delivered() > before && undelivered() > 0 {
+                mid_delivery += 1;
+            }
         }
         let started = Instant::now();
         world.ok(&["sync"]);
@@ -433,7 +443,12 @@ fn killed_at_random_moments_and_restarted_reaches_the_same_state() {
             0
         );
     }
+    eprintln!("{kills} syncs killed, {mid_delivery} of them mid-delivery");
     assert!(kills >= 3, "only {kills} syncs were killed mid-run");
+    assert!(
+        mid_delivery >= 3,
+        "only {mid_delivery} of {kills} kills landed with messages delivered and others not"
+    );
     oracle::check(&world.state(), &oracle::expected(&steps));
 }
 
@@ -455,7 +470,7 @@ fn a_refused_token_stops_delivery_and_leaves_the_queue() {
         world.count("SELECT count(*) FROM outbox WHERE status = 'dead'"),
         0
     );
-    world.set("INTERCOM__ACCESS_TOKEN", super::world::TOKEN);
+    world.set("INTERCOM__ACCESS_TOKEN", crate::harness::TOKEN);
     world.ok(&["sync"]);
     oracle::check(&world.state(), &oracle::expected(&steps(0)[..1]));
 }

@@ -2,22 +2,17 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_audience-sync");
 const DATA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/data/mapping/messages.ndjson"
 );
 
 fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("AUDIENCE_SYNC__INTERCOM__LONG_STRINGS")
-        .env_remove("AUDIENCE_SYNC__INTERCOM__COMPANY_ATTRIBUTE_PREFIX")
+    let mut child = crate::harness::command(dir, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -7,4 +7,3 @@ mod contention;
 mod floor;
 mod oracle;
 mod scenarios;
-mod world;

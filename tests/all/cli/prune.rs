@@ -7,7 +7,7 @@ use audience_sync::store::{Lock, RunLock};
 use intercom_sandbox::{Sandbox, SandboxConfig};
 use serde_json::Value;
 
-use super::harness::Env;
+use crate::harness::Env;
 
 const TOKEN: &str = "prune-test-token";
 const DAY: i64 = 86_400;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use intercom_sandbox::Snapshot;
 use serde_json::{Value, json};
 
-use super::world::{World, file_arg};
+use crate::harness::{World, file_arg};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

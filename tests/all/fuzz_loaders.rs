@@ -5,7 +5,7 @@
 //! whole); every accepted row keeps the invariants the store relies on. Failing cases proptest
 //! has found are kept below as named regression tests.
 //!
-//! `PROPTEST_CASES=20000 cargo test --release --test fuzz_loaders` runs a longer campaign.
+//! `PROPTEST_CASES=20000 cargo test --release --test all fuzz_loaders::` runs a longer campaign.
 
 use std::io::Cursor;
 

@@ -178,5 +178,5 @@ fn a_run_sees_the_old_or_the_new_snapshot_never_a_partial_one() {
     } else {
         assert_eq!(first.snapshot_id, new_id, "the second run planned nothing");
     }
-    crate::proof_inputs::corpus::integrity_ok(&env.db_path());
+    super::corpus::integrity_ok(&env.db_path());
 }

@@ -1,6 +1,6 @@
 //! `audience-sync demo`: the README's first command runs end to end and its own check passes.
 
-use super::harness::Env;
+use crate::harness::Env;
 
 #[test]
 fn the_demo_runs_and_intercom_matches_the_snapshots() {
@@ -60,7 +60,7 @@ fn the_sql_audience_example_computes_what_its_readme_says() {
             .env("AUDIENCE_SYNC__DATABASE__PATH", &database)
             .output()
             .unwrap();
-        let run = super::harness::Run::from(run).success();
+        let run = crate::harness::Run::from(run).success();
         assert!(
             run.stdout.contains(&format!("taken at {now}")),
             "{}",

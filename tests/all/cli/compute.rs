@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::harness::{Env, Run};
+use crate::harness::{Env, Run};
 
 const BASE: &str = "[database]\npath = \"state/test.db\"\n[http]\nlisten = \"\"\n";
 

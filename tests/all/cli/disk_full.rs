@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::harness::{Env, Run, dump};
+use crate::harness::{Env, Run, dump};
 
 /// A tmpfs of a few MB on a temporary directory, unmounted when dropped.
 struct Tmpfs {

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use super::harness::Env;
+use crate::harness::Env;
 
 #[tokio::test]
 async fn the_sandbox_command_serves_intercom_with_its_budget() {

@@ -24,10 +24,8 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_audience-sync"));
-        cmd.args(args)
-            .current_dir(self.db.parent().unwrap())
-            .env("AUDIENCE_SYNC__DATABASE__PATH", &self.db)
+        let mut cmd = crate::harness::command(self.db.parent().unwrap(), args);
+        cmd.env("AUDIENCE_SYNC__DATABASE__PATH", &self.db)
             .env("AUDIENCE_SYNC__LOG__FORMAT", "text")
             .env_remove(audience_sync::plan::ABORT_HOOK);
         cmd

@@ -59,7 +59,7 @@ fn seeded() -> Env {
 /// Writes the corpus file (or generates it) into the environment's directory.
 fn place(env: &Env, dir: &std::path::Path, case: &Case) {
     if case.generated {
-        let big = "x".repeat(crate::proof_inputs::corpus::HUGE);
+        let big = "x".repeat(super::corpus::HUGE);
         let text = match case.file.as_str() {
             "huge_line.ndjson" => format!(
                 "{{\"user_id\": \"u1\", \"value\": 1}}\n{{\"user_id\": \"u2\", \"value\": \"{big}\"}}\n"

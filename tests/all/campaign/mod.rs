@@ -7,21 +7,18 @@
 //! `AUDIENCE_SYNC_CAMPAIGN_SEED=<seed>` replays one run of a campaign (the seed a failure
 //! prints). Counts are printed at the end of each campaign (see them with `--nocapture`).
 
-mod campaign {
-    pub mod model;
-    pub mod rng;
-    pub mod scenario;
-    pub mod world;
-}
+pub mod model;
+pub mod rng;
+pub mod scenario;
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use campaign::model;
-use campaign::rng::{Rng, mix};
-use campaign::scenario::{self, Action, Scenario, Size};
-use campaign::world::{World, args};
+use self::rng::{Rng, mix};
+use self::scenario::{Action, Scenario, Size};
+use self::world::{World, args, campaign_world};
 use intercom_sandbox::{FaultPoint, Faults, RateLimitHeaders, SandboxConfig, SlowResponses};
 
 // ───────────────────────────── modes, seeds, counts ─────────────────────────────
@@ -80,7 +77,7 @@ impl Drop for Replay<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "\n*** {} failed: replay with AUDIENCE_SYNC_CAMPAIGN_SEED={:#x} cargo test --test campaign {} -- --nocapture\n",
+                "\n*** {} failed: replay with AUDIENCE_SYNC_CAMPAIGN_SEED={:#x} cargo test --test all campaign::{} -- --nocapture\n",
                 self.0, self.1, self.0
             );
         }
@@ -336,7 +333,7 @@ fn fault_run(seed: u64, stats: &mut Stats) {
         delay: Duration::from_millis(1500),
     };
     config.search_lag = Duration::from_secs(rng.range(0, 5));
-    let world = World::new(config, product_limit, 1);
+    let world = campaign_world(config, product_limit, 1);
     world.ok(&args(&["status"]));
     for (i, step) in scenario.steps.iter().enumerate() {
         for (_, action) in scenario.actions(&world, i, &mut rng) {
@@ -394,7 +391,7 @@ fn killed_and_restarted(
         world.assert_integrity();
         after_kill(world);
     }
-    let (_, took) = world.ok(command);
+    let (_, took) = world.ok_timed(command);
     *estimate = took;
 }
 
@@ -419,7 +416,7 @@ fn crash_run(seed: u64, stats: &mut Stats) {
     };
     config.search_lag = Duration::from_secs(2);
     let limit = config.rate_limit;
-    let mut world = World::new(config, limit, 1);
+    let mut world = campaign_world(config, limit, 1);
     // Runs of any size (SPEC section 9) in miniature: chunks of a few dozen staged rows and an
     // outbox bound of a few dozen messages, so kills land between chunks, mid-chunk and while
     // `sync`'s planning waits for delivery to make room.
@@ -566,7 +563,7 @@ fn crash_campaign() {
 fn load_kill_run(seed: u64, stats: &mut Stats) {
     let _replay = Replay("load_kill_campaign", seed);
     let mut rng = Rng::new(seed ^ 0x10ad);
-    let world = World::new(SandboxConfig::new(""), 100, 1);
+    let world = campaign_world(SandboxConfig::new(""), 100, 1);
     world.ok(&args(&["status"]));
     let rows = rng.range(15_000, 30_000);
     let mut text = String::new();
@@ -649,7 +646,7 @@ fn load_kill_run(seed: u64, stats: &mut Stats) {
             }
             stored = now;
         }
-        let (_, took) = world.ok(&command);
+        let (_, took) = world.ok_timed(&command);
         *estimate = took;
         assert_eq!(world.count(&count_sql), stored + 1);
         let rows_stored = if members {
@@ -680,7 +677,7 @@ fn load_kill_campaign() {
 fn plan_kill_run(seed: u64, stats: &mut Stats) {
     let _replay = Replay("plan_kill_campaign", seed);
     let mut rng = Rng::new(seed ^ 0x91a4);
-    let mut world = World::new(SandboxConfig::new(""), 100, 1);
+    let mut world = campaign_world(SandboxConfig::new(""), 100, 1);
     // Chunks of a few thousand staged rows: a run is several chunks, and kills land between
     // them as well as inside one.
     world.env.push((
@@ -790,7 +787,7 @@ fn plan_kill_run(seed: u64, stats: &mut Stats) {
             };
             *stats.extra.entry(key).or_default() += 1;
         }
-        let (_, took) = world.ok(&command);
+        let (_, took) = world.ok_timed(&command);
         estimate = took;
         assert_eq!(
             world.count("SELECT count(*) FROM outbox"),

@@ -1,8 +1,8 @@
 //! `load` and `load-members`: every accepted shape, and every rejection leaving the database as it was.
 
-use super::harness::Env;
+use crate::harness::Env;
 
-fn load(env: &Env, key: &str, kind: &str, scope: &str, file: &str) -> super::harness::Run {
+fn load(env: &Env, key: &str, kind: &str, scope: &str, file: &str) -> crate::harness::Run {
     env.run(&[
         "load",
         "--computation",

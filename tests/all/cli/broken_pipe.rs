@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use super::harness::{Env, Run};
+use crate::harness::{Env, Run};
 
 const SETTINGS: &str = "[database]\npath = \"state/test.db\"\n[http]\nlisten = \"\"\n\
      [[computations]]\nkey = \"computed\"\nkind = \"audience\"\nscope = \"user\"\n\

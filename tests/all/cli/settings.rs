@@ -1,6 +1,6 @@
 //! Settings through the real binary: file, environment, and refusals that name the key.
 
-use super::harness::Env;
+use crate::harness::Env;
 
 #[test]
 fn environment_overrides_the_database_path() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use intercom_sandbox::{Outage, OutageKind, Sandbox, SandboxConfig, SandboxHandle};
 
-use super::harness::Env;
+use crate::harness::Env;
 
 const TOKEN: &str = "daemon-test-token";
 
