@@ -698,7 +698,7 @@ mod tests {
                 scope: Scope::User,
                 source: snapshots::Source::Load,
             };
-            let loaded = load::load_snapshot_with(&mut conn, &Input::File(file), &spec, 1_000, 1_000, true);
+            let loaded = snapshots::load_snapshot_with(&mut conn, &Input::File(file), &spec, 1_000, 1_000, true);
             match (computed, loaded) {
                 (Ok(c), Ok(l)) => {
                     prop_assert_eq!(c.rows, l.rows);

@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 use crate::compute::{self, Options};
 use crate::domain::{Kind, Scope};
 use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
-use crate::load::{self, Input};
+use crate::load::Input;
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::{Settings, SqlComputation};
 use crate::store::compute::Origin;
-use crate::store::{self, examples, snapshots::ComputationSpec};
+use crate::store::snapshots::{self, ComputationSpec};
+use crate::store::{self, examples};
 
 /// The example snapshots, compiled in so the demo runs from any directory.
 struct Example {
@@ -308,7 +309,7 @@ fn load_all(
             source: crate::store::snapshots::Source::Load,
         };
         let stored =
-            load::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;
+            snapshots::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;
         println!(
             "   {:<27} {} {:<8} {:>4} rows",
             example.key,
@@ -319,7 +320,7 @@ fn load_all(
     }
     let path = dir.join(format!("{step}-memberships.ndjson"));
     std::fs::write(&path, members)?;
-    let (_, rows) = load::load_membership(conn, &Input::File(path), taken_at)?;
+    let (_, rows) = snapshots::load_membership(conn, &Input::File(path), taken_at)?;
     println!("   {:<27} {rows:>18} rows", "account memberships");
     Ok(())
 }

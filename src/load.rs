@@ -682,63 +682,6 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
-/// Read `input` and store it as the newest snapshot of the computation `spec` describes: one
-/// transaction, nothing stored on any error. An input without rows is refused (see
-/// [`load_snapshot_with`]).
-pub fn load_snapshot(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    spec: &crate::store::snapshots::ComputationSpec<'_>,
-    taken_at: i64,
-    now: i64,
-) -> Result<crate::store::snapshots::Stored, LoadError> {
-    load_snapshot_with(conn, input, spec, taken_at, now, false)
-}
-
-/// [`load_snapshot`], storing an input without rows as an empty snapshot when `allow_empty`
-/// (every member exits, every value goes): without it, an empty input is refused, since an
-/// export that failed half-way often leaves an empty file.
-pub fn load_snapshot_with(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    spec: &crate::store::snapshots::ComputationSpec<'_>,
-    taken_at: i64,
-    now: i64,
-    allow_empty: bool,
-) -> Result<crate::store::snapshots::Stored, LoadError> {
-    let columns = snapshot_columns(spec.scope);
-    let mut records = Records::open(input, columns)?;
-    let file = records.file().to_string();
-    let (kind, scope) = (spec.kind, spec.scope);
-    let rows = std::iter::from_fn(|| records.next_record(columns))
-        .map(|record| record.and_then(|r| snapshot_row(&file, &r, kind, scope)));
-    crate::store::snapshots::store_snapshot(conn, &file, spec, taken_at, now, allow_empty, rows)
-}
-
-/// Read `input` and store it as the newest account membership snapshot: (snapshot id, rows).
-pub fn load_membership(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    taken_at: i64,
-) -> Result<(i64, u64), LoadError> {
-    load_membership_with(conn, input, taken_at, false)
-}
-
-/// [`load_membership`], storing an input without rows when `allow_empty` (every user leaves
-/// every account).
-pub fn load_membership_with(
-    conn: &mut rusqlite::Connection,
-    input: &Input,
-    taken_at: i64,
-    allow_empty: bool,
-) -> Result<(i64, u64), LoadError> {
-    let mut records = Records::open(input, MEMBERSHIP_COLUMNS)?;
-    let file = records.file().to_string();
-    let rows = std::iter::from_fn(|| records.next_record(MEMBERSHIP_COLUMNS))
-        .map(|record| record.and_then(|r| membership_row(&file, &r)));
-    crate::store::snapshots::store_membership(conn, &file, taken_at, allow_empty, rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

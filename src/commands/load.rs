@@ -48,7 +48,7 @@ pub fn load(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
         source: snapshots::Source::Load,
     };
     let stored =
-        load::load_snapshot_with(&mut conn, &input, &spec, taken_at, store::now_unix(), true)
+        snapshots::load_snapshot_with(&mut conn, &input, &spec, taken_at, store::now_unix(), true)
             .map_err(refusal)?;
     if stored.rows == 0 {
         // SPEC section 4 stores any file without a bad row, and an audience nobody matches any
@@ -83,7 +83,7 @@ pub fn load_members(settings: &Settings, args: LoadMembersArgs) -> anyhow::Resul
     input.format().map_err(refusal)?;
     let mut conn = store::open(&settings.database.path)?;
     let (snapshot_id, count) =
-        load::load_membership_with(&mut conn, &input, taken_at, true).map_err(refusal)?;
+        snapshots::load_membership_with(&mut conn, &input, taken_at, true).map_err(refusal)?;
     if count == 0 {
         eprintln!(
             "warning: {} holds no rows: stored an empty membership snapshot; the next run \

@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{Kind, Scope};
-use crate::load::{LoadError, MembershipRow, SnapshotRow};
+use crate::load::{self, LoadError, MembershipRow, SnapshotRow};
 
 /// A computation as stored in `computations`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,6 +422,66 @@ pub fn store_staged_membership(
     )?;
     tx.commit()?;
     Ok((snapshot_id, count))
+}
+
+// Loading a file: `load` reads and checks its rows, these store them. They live here, beside
+// what they call, so that `load` (the edge that parses input) needs nothing from the store.
+
+/// Read `input` and store it as the newest snapshot of the computation `spec` describes: one
+/// transaction, nothing stored on any error. An input without rows is refused (see
+/// [`load_snapshot_with`]).
+pub fn load_snapshot(
+    conn: &mut Connection,
+    input: &load::Input,
+    spec: &ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+) -> Result<Stored, LoadError> {
+    load_snapshot_with(conn, input, spec, taken_at, now, false)
+}
+
+/// [`load_snapshot`], storing an input without rows as an empty snapshot when `allow_empty`
+/// (every member exits, every value goes): without it, an empty input is refused, since an
+/// export that failed half-way often leaves an empty file.
+pub fn load_snapshot_with(
+    conn: &mut Connection,
+    input: &load::Input,
+    spec: &ComputationSpec<'_>,
+    taken_at: i64,
+    now: i64,
+    allow_empty: bool,
+) -> Result<Stored, LoadError> {
+    let columns = load::snapshot_columns(spec.scope);
+    let mut records = load::Records::open(input, columns)?;
+    let file = records.file().to_string();
+    let (kind, scope) = (spec.kind, spec.scope);
+    let rows = std::iter::from_fn(|| records.next_record(columns))
+        .map(|record| record.and_then(|r| load::snapshot_row(&file, &r, kind, scope)));
+    store_snapshot(conn, &file, spec, taken_at, now, allow_empty, rows)
+}
+
+/// Read `input` and store it as the newest account membership snapshot: (snapshot id, rows).
+pub fn load_membership(
+    conn: &mut Connection,
+    input: &load::Input,
+    taken_at: i64,
+) -> Result<(i64, u64), LoadError> {
+    load_membership_with(conn, input, taken_at, false)
+}
+
+/// [`load_membership`], storing an input without rows when `allow_empty` (every user leaves
+/// every account).
+pub fn load_membership_with(
+    conn: &mut Connection,
+    input: &load::Input,
+    taken_at: i64,
+    allow_empty: bool,
+) -> Result<(i64, u64), LoadError> {
+    let mut records = load::Records::open(input, load::MEMBERSHIP_COLUMNS)?;
+    let file = records.file().to_string();
+    let rows = std::iter::from_fn(|| records.next_record(load::MEMBERSHIP_COLUMNS))
+        .map(|record| record.and_then(|r| load::membership_row(&file, &r)));
+    store_membership(conn, &file, taken_at, allow_empty, rows)
 }
 
 /// An input without rows, refused when the caller does not allow empty snapshots (the CLI does:
