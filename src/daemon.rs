@@ -447,7 +447,7 @@ fn record_run(report: &Report, took: Duration) {
     metrics()
         .runs
         .get_or_create(&RunLabels {
-            mode: report.mode.into(),
+            mode: mode_label(report.mode),
             outcome,
         })
         .inc();
@@ -469,6 +469,15 @@ fn record_run(report: &Report, took: Duration) {
         took_ms = took.as_millis() as u64,
         "Run enqueued."
     );
+}
+
+/// A run's mode as its metrics label (the metrics module names nothing of `plan`: layers
+/// depend downwards only).
+fn mode_label(mode: RunMode) -> Mode {
+    match mode {
+        RunMode::Incremental => Mode::Incremental,
+        RunMode::Full => Mode::Full,
+    }
 }
 
 fn reload(config: Option<&Path>, current: &Settings) -> anyhow::Result<Settings> {

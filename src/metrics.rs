@@ -75,15 +75,6 @@ label_values! {
     Mode { Incremental => "incremental", Full => "full" }
 }
 
-impl From<crate::plan::RunMode> for Mode {
-    fn from(mode: crate::plan::RunMode) -> Mode {
-        match mode {
-            crate::plan::RunMode::Incremental => Mode::Incremental,
-            crate::plan::RunMode::Full => Mode::Full,
-        }
-    }
-}
-
 label_values! {
     /// How a run ended.
     RunOutcome { Planned => "planned", Stopped => "stopped", Failed => "failed" }

@@ -453,6 +453,111 @@ fn no_test_is_ignored() {
     );
 }
 
+/// The main crate's top-level modules (`src/store/…` is `store`, `src/load.rs` is `load`) and,
+/// for each, the others its non-test code names as `crate::other`.
+fn module_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let src = workspace_root().join("src");
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let files = rust_files(&src);
+    let mut tests: Vec<PathBuf> = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        tests.extend(test_modules(file, &scan(&source).code));
+    }
+    for file in files.iter().filter(|f| !tests.contains(f)) {
+        let inside = file.strip_prefix(&src).unwrap();
+        let top = inside
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or("")
+            .trim_end_matches(".rs")
+            .to_string();
+        if matches!(top.as_str(), "lib" | "main" | "tidy") {
+            continue;
+        }
+        let code = scan(&std::fs::read_to_string(file).unwrap()).code;
+        let end = test_code_from(&code).unwrap_or(usize::MAX);
+        let names = graph.entry(top.clone()).or_default();
+        for line in code.lines().take(end.saturating_sub(1)) {
+            for (at, _) in line.match_indices("crate::") {
+                if line[..at].ends_with(is_ident) {
+                    continue; // `audience_sync_core::…`, `other_crate::…`
+                }
+                let name: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| is_ident(*c))
+                    .collect();
+                if !name.is_empty() && name != top {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A circle in `graph`, as the modules around it (first repeated last), if there is one.
+fn a_circle(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> Option<Vec<String>> {
+    fn walk(
+        node: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut circle = path[at..].to_vec();
+            circle.push(node.to_string());
+            return Some(circle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(circle) = walk(next, graph, path, done) {
+                return Some(circle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_string());
+        None
+    }
+    let mut done = Default::default();
+    graph
+        .keys()
+        .find_map(|node| walk(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_top_level_modules_import_each_other_without_circles() {
+    let graph = module_imports();
+    assert!(
+        graph.contains_key("store") && graph.contains_key("commands"),
+        "{graph:?}"
+    );
+    if let Some(circle) = a_circle(&graph) {
+        panic!(
+            "the modules import each other in a circle: {} (ARCHITECTURE.md: layers depend \
+             downwards only)",
+            circle.join(" -> ")
+        );
+    }
+    // The check itself finds a circle where there is one.
+    let mut looped = graph.clone();
+    looped
+        .entry("load".to_string())
+        .or_default()
+        .insert("commands".to_string());
+    assert!(
+        a_circle(&looped).is_some(),
+        "a planted circle was not found"
+    );
+}
+
 #[test]
 fn the_scanner_tells_code_strings_comments_and_characters_apart() {
     let source = "let q = '\"'; // \"SELECT 1\"\n/* \"x\" /* nested */ */ let s = \"a\\\"b\";\n\
