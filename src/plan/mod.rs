@@ -26,7 +26,7 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::domain::Kind;
+use crate::domain::{Kind, Scope};
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
@@ -243,13 +243,13 @@ impl Comp {
         }
     }
 
-    fn spec(&self, index: usize, lane_kind: i64) -> DiffSpec {
+    fn spec(&self, index: usize, lane: Scope) -> DiffSpec {
         DiffSpec {
             index,
             kind: self.kind(),
             resync: self.resync,
             track: self.track,
-            lane_kind,
+            lane,
         }
     }
 
@@ -344,7 +344,7 @@ fn writes_value(value: Option<&str>) -> bool {
 impl Estimator {
     fn entity(&mut self, conn: &Connection, rows: &[ChangeRow]) -> anyhow::Result<()> {
         let entity_id = rows[0].entity_id.as_str();
-        if rows[0].lane_kind == 0 {
+        if rows[0].lane == Scope::Account {
             // An account's own group call: one upsert of its company.
             self.requests.companies += 1;
             self.companies.insert(entity_id.to_string());
@@ -470,7 +470,7 @@ impl<'a> Emitter<'a, '_> {
         if matches!(self.output, Output::Plan) {
             return self.count_only(rows);
         }
-        if rows[0].lane_kind == 0 {
+        if rows[0].lane == Scope::Account {
             self.account(rows)
         } else {
             self.user(rows)
@@ -489,7 +489,7 @@ impl<'a> Emitter<'a, '_> {
                     .with_context(|| format!("snapshot value {t:?} is not JSON"))?;
             }
         }
-        if rows[0].lane_kind == 0 {
+        if rows[0].lane == Scope::Account {
             self.counts.group_account += 1;
             return Ok(());
         }

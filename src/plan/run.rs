@@ -532,7 +532,7 @@ fn jobs(
             continue;
         }
         let snapshot = comp.snapshot.expect("a diffed computation has a snapshot");
-        let (source, subject, lane_kind) = match (pass, comp.account, setup.membership) {
+        let (source, subject, lane) = match (pass, comp.account, setup.membership) {
             (Pass::Accounts, false, _) => continue,
             (Pass::Accounts, true, _) | (Pass::Users, false, _) => (
                 Source::Snapshot {
@@ -540,7 +540,11 @@ fn jobs(
                     audience: comp.audience,
                 },
                 pass.as_str(),
-                if pass == Pass::Accounts { 0 } else { 1 },
+                if pass == Pass::Accounts {
+                    Scope::Account
+                } else {
+                    Scope::User
+                },
             ),
             (Pass::Users, true, Some(m)) => (
                 Source::Derived {
@@ -549,13 +553,13 @@ fn jobs(
                     audience: comp.audience,
                 },
                 "user",
-                1,
+                Scope::User,
             ),
-            (Pass::Users, true, None) => (Source::Empty, "user", 1),
+            (Pass::Users, true, None) => (Source::Empty, "user", Scope::User),
         };
         let base = state::base_source(conn, &comp.id, subject)?;
         jobs.push(Job::Values {
-            spec: comp.spec(index, lane_kind),
+            spec: comp.spec(index, lane),
             source,
             base,
             computation_id: comp.id.clone(),
@@ -580,8 +584,8 @@ pub(super) struct DiffSpec {
     pub kind: Kind,
     pub resync: bool,
     pub track: bool,
-    /// 0: an account's own values; 1: user values.
-    pub lane_kind: i64,
+    /// Whose lane its changes go in: an account's own values, or users'.
+    pub lane: Scope,
 }
 
 impl DiffSpec {
@@ -589,7 +593,7 @@ impl DiffSpec {
     fn change(&self, pair: state::Pair<'_>) -> Option<ChangeRow> {
         let (change, value) = diff::classify(self.kind, pair.old, pair.new, self.resync)?;
         Some(ChangeRow {
-            lane_kind: self.lane_kind,
+            lane: self.lane,
             entity_id: pair.entity_id.to_string(),
             computation: Some(self.index as i64),
             group_id: None,
@@ -688,7 +692,7 @@ impl Job {
                     _ => return None,
                 };
                 Some(ChangeRow {
-                    lane_kind: 1,
+                    lane: Scope::User,
                     entity_id: pair.user_id.to_string(),
                     computation: None,
                     group_id: Some(pair.group_id.to_string()),
@@ -1011,7 +1015,7 @@ impl ChunkCounts {
                 Some(index) => {
                     let index = index as usize;
                     let counts = &mut self.comps[index];
-                    if comps[index].account && row.lane_kind == 1 {
+                    if comps[index].account && row.lane == Scope::User {
                         counts.users += 1;
                     } else if let Some(change) = Change::from_code(row.change) {
                         super::count(counts, change);

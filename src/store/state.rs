@@ -13,6 +13,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Rows, Statement, params};
 use serde_json::Value;
 
+use crate::domain::Scope;
+
 /// A complete snapshot chosen for a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotRef {
@@ -1201,8 +1203,8 @@ pub fn last_event_time(
 /// One planned change of one entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeRow {
-    /// 0: an account's own group call; 1: a user.
-    pub lane_kind: i64,
+    /// Whose lane the change goes in: an account's own (its group call) or a user's.
+    pub lane: Scope,
     pub entity_id: String,
     /// Index into the run's computation list; `None` for a membership change.
     pub computation: Option<i64>,
