@@ -355,8 +355,8 @@ impl Estimator {
             }
             return Ok(());
         }
-        let attach = Change::Attach.code();
-        let detach = Change::Detach.code();
+        let attach = Change::Attach;
+        let detach = Change::Detach;
         let values: Vec<&ChangeRow> = rows
             .iter()
             .filter(|r| r.change != attach && r.change != detach)
@@ -459,7 +459,8 @@ impl<'a> Emitter<'a, '_> {
         if derived {
             parts.push(self.membership.map(|m| m.id).unwrap_or(-1).to_string());
         }
-        parts.push(row.change.to_string());
+        // The change's code, as message ids have always been derived from it.
+        parts.push(row.change.code().to_string());
         parts.push(row.value.clone().unwrap_or_else(|| "null".into()));
         parts
     }
@@ -481,9 +482,6 @@ impl<'a> Emitter<'a, '_> {
     /// initial sync of a million users would otherwise build a million bodies to count them).
     fn count_only(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
         for row in rows {
-            if Change::from_code(row.change).is_none() {
-                anyhow::bail!("unknown change code {}", row.change);
-            }
             if let Some(t) = row.value.as_deref() {
                 serde_json::from_str::<serde::de::IgnoredAny>(t)
                     .with_context(|| format!("snapshot value {t:?} is not JSON"))?;
@@ -493,7 +491,7 @@ impl<'a> Emitter<'a, '_> {
             self.counts.group_account += 1;
             return Ok(());
         }
-        let attach = Change::Attach.code();
+        let attach = Change::Attach;
         if rows.iter().any(|r| r.change != attach) {
             self.counts.identify += 1;
         }
@@ -565,8 +563,7 @@ impl<'a> Emitter<'a, '_> {
                 continue;
             }
             let comp = self.comp(row);
-            let change = Change::from_code(row.change)
-                .ok_or_else(|| anyhow::anyhow!("unknown change code {}", row.change))?;
+            let change = row.change;
             let event = match change {
                 Change::Entered => self.personas.audience_entered_event.as_str(),
                 Change::Exited => self.personas.audience_exited_event.as_str(),
@@ -595,9 +592,9 @@ impl<'a> Emitter<'a, '_> {
         let mut parts = vec!["identify".to_string(), entity_id.to_string()];
         let mut timestamp = i64::MIN;
         for (row, event_time) in rows.iter().zip(&event_times) {
-            match Change::from_code(row.change) {
-                Some(Change::Attach) => {}
-                Some(Change::Detach) => {
+            match row.change {
+                Change::Attach => {}
+                Change::Detach => {
                     let group_id = row.group_id.as_deref().unwrap_or_default();
                     detached.push(group_id);
                     effects.push(Effect::Membership {
@@ -614,7 +611,7 @@ impl<'a> Emitter<'a, '_> {
                     ]);
                     timestamp = timestamp.max(membership_taken);
                 }
-                Some(_) => {
+                _ => {
                     let comp = self.comp(row);
                     let value = json_value(row.value.as_deref())?;
                     traits.push((comp.reference(), value.clone()));
@@ -628,7 +625,6 @@ impl<'a> Emitter<'a, '_> {
                     parts.extend(self.change_parts(row, comp.account));
                     timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
                 }
-                None => anyhow::bail!("unknown change code {}", row.change),
             }
         }
         if !traits.is_empty() || !detached.is_empty() {
@@ -637,7 +633,7 @@ impl<'a> Emitter<'a, '_> {
             self.emit(entity_id, &id, "identify", &body, &effects, false)?;
         }
 
-        for row in rows.iter().filter(|r| r.change == Change::Attach.code()) {
+        for row in rows.iter().filter(|r| r.change == Change::Attach) {
             let group_id = row.group_id.as_deref().unwrap_or_default();
             let m = self.membership.map(|m| m.id).unwrap_or(-1).to_string();
             let id = message::message_id(&["attach", entity_id, group_id, &m]);
@@ -679,13 +675,13 @@ impl<'a> Emitter<'a, '_> {
         if self.stage {
             self.staged += rows.len();
             for row in rows {
-                match Change::from_code(row.change) {
-                    Some(Change::Attach) | Some(Change::Detach) => state::stage_membership(
+                match row.change {
+                    Change::Attach | Change::Detach => state::stage_membership(
                         self.conn,
                         entity_id,
                         row.group_id.as_deref().unwrap_or_default(),
                         row.email.as_deref(),
-                        row.change == Change::Attach.code(),
+                        row.change == Change::Attach,
                     )?,
                     _ => state::stage_value(
                         self.conn,

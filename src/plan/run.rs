@@ -598,7 +598,7 @@ impl DiffSpec {
             computation: Some(self.index as i64),
             group_id: None,
             email: pair.email.map(str::to_string),
-            change: change.code(),
+            change,
             value: value.map(str::to_string),
             track: self.track && change.tracks(),
             overrides: value != pair.new,
@@ -697,7 +697,7 @@ impl Job {
                     computation: None,
                     group_id: Some(pair.group_id.to_string()),
                     email: pair.email.map(str::to_string),
-                    change: change.code(),
+                    change,
                     value: None,
                     track: false,
                     overrides: false,
@@ -1017,11 +1017,11 @@ impl ChunkCounts {
                     let counts = &mut self.comps[index];
                     if comps[index].account && row.lane == Scope::User {
                         counts.users += 1;
-                    } else if let Some(change) = Change::from_code(row.change) {
-                        super::count(counts, change);
+                    } else {
+                        super::count(counts, row.change);
                     }
                 }
-                None if row.change == Change::Attach.code() => self.attached += 1,
+                None if row.change == Change::Attach => self.attached += 1,
                 None => self.detached += 1,
             }
         }

@@ -13,6 +13,8 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, Rows, Statement, params};
 use serde_json::Value;
 
+use audience_sync_core::plan::diff::Change;
+
 use crate::domain::Scope;
 
 /// A complete snapshot chosen for a run.
@@ -1210,7 +1212,7 @@ pub struct ChangeRow {
     pub computation: Option<i64>,
     pub group_id: Option<String>,
     pub email: Option<String>,
-    pub change: i64,
+    pub change: Change,
     pub value: Option<String>,
     pub track: bool,
     /// The planned value differs from the entity's row in the snapshot diffed (an audience
