@@ -10,7 +10,6 @@
 //! the write transaction that stores them begins: the product's own writers (and delivery) are
 //! never held up by a long query, only by the store, as they would be by a `load`.
 
-use std::cell::RefCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,9 +29,7 @@ pub const SAMPLE_ROWS: usize = 5;
 
 /// What to compute, and how.
 #[derive(Debug, Clone, Copy)]
-pub struct Options<'a> {
-    /// Only this computation (its key); `None`: every computation and the membership.
-    pub only: Option<&'a str>,
+pub struct Options {
     /// The value bound to `:now`, and the stored snapshots' `taken_at` (unix seconds).
     pub now: i64,
     pub origin: Origin,
@@ -239,7 +236,7 @@ pub fn compute<'a>(
     database: &Path,
     settings: &'a ComputeSettings,
     targets: &[Target<'a>],
-    options: &Options<'_>,
+    options: &Options,
 ) -> anyhow::Result<Vec<Outcome<'a>>> {
     let mut conn = store::open(database)?;
     let reader = queries::open_query_connection(database).map_err(|e| {
@@ -286,7 +283,7 @@ fn compute_one(
     reader: &Connection,
     timeout: Duration,
     target: Target<'_>,
-    options: &Options<'_>,
+    options: &Options,
 ) -> Result<Computed, ComputeError> {
     let mut query =
         Query::prepare(reader, target.sql(), target.columns()).map_err(ComputeError::Query)?;
@@ -312,20 +309,11 @@ fn compute_one(
                 .map_err(ComputeError::from_query)?;
             let kind = computation.kind;
             let label = computation.key.as_str();
-            let failed: RefCell<Option<QueryError>> = RefCell::new(None);
             let checked = rows.map(|record| {
-                let record = record.map_err(|e| {
-                    *failed.borrow_mut() = Some(e);
-                    LoadError::Usage(String::new())
-                })?;
+                let record = record.map_err(ComputeError::from_query)?;
                 load::snapshot_row(label, &as_audience(record, kind), kind, computation.scope)
+                    .map_err(|e| ComputeError::from_load(e, label))
             });
-            let blame = |e: LoadError| {
-                failed.take().map_or_else(
-                    || ComputeError::from_load(e, label),
-                    ComputeError::from_query,
-                )
-            };
             // The query runs to its end before the write transaction begins: the database
             // stays writable (for the product, for delivery) however long the query takes, and
             // the write lock is held only as long as `load` holds it. A dry run stops there.
@@ -337,10 +325,7 @@ fn compute_one(
             staged
                 .fill(
                     conn,
-                    checked.map(|row| {
-                        row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))
-                            .map_err(blame)
-                    }),
+                    checked.map(|row| row.map(|r| (r.line, [Some(r.entity_id), r.email, r.value]))),
                 )
                 .map_err(ComputeError::from_stage)?;
             drop(query);
@@ -413,27 +398,16 @@ fn compute_one(
                 .run(options.now, timeout)
                 .map_err(ComputeError::from_query)?;
             let label = "membership";
-            let failed: RefCell<Option<QueryError>> = RefCell::new(None);
             let checked = rows.map(|record| {
-                let record = record.map_err(|e| {
-                    *failed.borrow_mut() = Some(e);
-                    LoadError::Usage(String::new())
-                })?;
-                load::membership_row(label, &record)
+                let record = record.map_err(ComputeError::from_query)?;
+                load::membership_row(label, &record).map_err(|e| ComputeError::from_load(e, label))
             });
-            let blame = |e: LoadError| {
-                failed.take().map_or_else(
-                    || ComputeError::from_load(e, label),
-                    ComputeError::from_query,
-                )
-            };
             let mut staged = Staging::new(conn, Unique::Membership).map_err(database)?;
             staged
                 .fill(
                     conn,
                     checked.map(|row| {
                         row.map(|r| (r.line, [Some(r.group_id), Some(r.user_id), r.email]))
-                            .map_err(blame)
                     }),
                 )
                 .map_err(ComputeError::from_stage)?;
@@ -687,7 +661,7 @@ mod tests {
                 timeout: Duration::from_secs(60),
             };
             let targets = targets(&settings, None).unwrap();
-            let options = Options { only: None, now: 1_000, origin: Origin::Command, dry_run: false };
+            let options = Options { now: 1_000, origin: Origin::Command, dry_run: false };
             let computed = compute(&path, &settings, &targets, &options).unwrap().remove(0).result;
             let file = dir.path().join("rows.ndjson");
             std::fs::write(&file, &ndjson).unwrap();
@@ -736,7 +710,6 @@ mod tests {
         let all = targets(&settings, None).unwrap();
         assert_eq!(all.len(), 2);
         let options = Options {
-            only: None,
             now: 10,
             origin: Origin::Command,
             dry_run: true,

@@ -313,7 +313,6 @@ fn compute_before_run(settings: &Settings) {
         }
     };
     let options = compute::Options {
-        only: None,
         now: store::now_unix(),
         origin: store::compute::Origin::Daemon,
         dry_run: false,

@@ -354,7 +354,6 @@ fn write_orders(conn: &rusqlite::Connection, orders: &[Order]) -> anyhow::Result
 fn compute_sql_audience(settings: &Settings, now: i64) -> anyhow::Result<i64> {
     let targets = compute::targets(&settings.compute, Some(SQL_KEY)).map_err(anyhow::Error::msg)?;
     let options = Options {
-        only: Some(SQL_KEY),
         now,
         origin: Origin::Command,
         dry_run: false,

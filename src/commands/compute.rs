@@ -23,7 +23,6 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
         .map_err(CliError::usage)?;
     let now = super::load::instant("--now", args.now.as_deref())?;
     let options = Options {
-        only: args.computation.as_deref(),
         now,
         origin: Origin::Command,
         dry_run: args.dry_run,
@@ -86,7 +85,7 @@ pub fn compute(settings: &Settings, args: ComputeArgs) -> anyhow::Result<()> {
 fn print_outcome(
     out: &mut impl Write,
     outcome: &Outcome<'_>,
-    options: &Options<'_>,
+    options: &Options,
 ) -> std::io::Result<()> {
     let Ok(computed) = &outcome.result else {
         return Ok(());
