@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,6 +13,8 @@ use anyhow::Context;
 use intercom_sandbox::{Sandbox, SandboxConfig, Snapshot};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+use audience_sync_oracle as oracle;
 
 use crate::compute::{self, Options};
 use crate::domain::{Kind, Scope};
@@ -122,13 +125,13 @@ const ORDERS_INITIAL: &[Order] = &[
 /// orders for the first time; u002 and u006 order nothing more.
 const ORDERS_CHANGED: &[Order] = &[order("u007", 75.25, 20), order("u005", 23.10, 28)];
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(out: &mut dyn Write) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let dir = TempDir::new()?;
-    let result = runtime.block_on(demo(&dir.0));
+    let result = runtime.block_on(demo(&dir.0, out));
     drop(dir);
     result
 }
@@ -153,7 +156,7 @@ impl Drop for TempDir {
     }
 }
 
-async fn demo(dir: &Path) -> anyhow::Result<()> {
+async fn demo(dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let started = Instant::now();
     let token = "demo-token";
     let sandbox = Sandbox::start(SandboxConfig::new(token))
@@ -175,25 +178,29 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         sql: SQL_QUERY.to_string(),
     });
 
-    println!("audience-sync demo");
-    println!("==================");
-    println!(
+    writeln!(out, "audience-sync demo")?;
+    writeln!(out, "==================")?;
+    writeln!(
+        out,
         "Intercom sandbox: {} (strict like Intercom: attributes must exist, 409s, rate limits {} per {} s)",
         sandbox.base_url(),
         settings.intercom.rate_limit,
         settings.intercom.rate_limit_window.as_secs()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "Database: {} (temporary)\n",
         settings.database.path.display()
-    );
+    )?;
 
     let mut conn = store::open(&settings.database.path)?;
-    println!(
+    writeln!(
+        out,
         "1. Load the initial snapshots (taken at {})",
         store::snapshots::rfc3339(INITIAL_AT)
-    );
+    )?;
     load_all(
+        out,
         &mut conn,
         dir,
         "initial",
@@ -201,33 +208,40 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         |e| e.initial,
         MEMBERS_INITIAL,
     )?;
-    println!(
+    writeln!(
+        out,
         "   {SQL_KEY:<27} user audience defined in SQL ([[computations]] in settings.toml), \
          computed by audience-sync itself:"
-    );
-    println!("     {SQL_QUERY}");
+    )?;
+    writeln!(out, "     {SQL_QUERY}")?;
     write_orders(&conn, ORDERS_INITIAL)?;
-    println!(
+    writeln!(
+        out,
         "     The demo, as the upstream pipeline, writes {} orders into the database's own \
          `orders` table",
         ORDERS_INITIAL.len()
-    );
+    )?;
     let first = compute_sql_audience(&settings, SQL_INITIAL_AT)?;
-    print_sql_audience(&conn, SQL_INITIAL_AT, first, None)?;
+    print_sql_audience(out, &conn, SQL_INITIAL_AT, first, None)?;
 
     let engine = Engine::open(&settings.database.path, &settings.intercom)?;
-    println!("\n2. Initial sync: every member and value as one identify per user; no track events");
+    writeln!(
+        out,
+        "\n2. Initial sync: every member and value as one identify per user; no track events"
+    )?;
     let (report, delivery) = sync(&mut conn, &settings, &engine).await?;
-    print_report(&report, &delivery);
-    print_examples(&conn, report.run_id, 2)?;
+    print_report(out, &report, &delivery)?;
+    print_examples(out, &conn, report.run_id, 2)?;
     let after_initial = sandbox.snapshot();
-    print_intercom(&after_initial, None);
-    print_sql_in_intercom(&after_initial, "no event: an initial sync sends none");
+    print_intercom(out, &after_initial, None)?;
+    print_sql_in_intercom(out, &after_initial, "no event: an initial sync sends none")?;
 
-    println!(
+    writeln!(
+        out,
         "\n3. Load changed snapshots (taken an hour later: some users enter, exit, change, move account)"
-    );
+    )?;
     load_all(
+        out,
         &mut conn,
         dir,
         "changed",
@@ -235,62 +249,74 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         |e| e.changed,
         MEMBERS_CHANGED,
     )?;
-    println!(
+    writeln!(
+        out,
         "   {SQL_KEY:<27} computed again 31 days after step 1; meanwhile {} new orders:",
         ORDERS_CHANGED.len()
-    );
+    )?;
     for order in ORDERS_CHANGED {
-        println!(
+        writeln!(
+            out,
             "     {} ordered on {} ({:.2})",
             order.user_id,
             date(order.completed_at()),
             order.total
-        );
+        )?;
     }
     write_orders(&conn, ORDERS_CHANGED)?;
     let second = compute_sql_audience(&settings, SQL_CHANGED_AT)?;
-    print_sql_audience(&conn, SQL_CHANGED_AT, second, Some(first))?;
+    print_sql_audience(out, &conn, SQL_CHANGED_AT, second, Some(first))?;
 
-    println!(
+    writeln!(
+        out,
         "\n4. Incremental sync: only the differences, with Audience Entered / Exited and Trait Computed events"
-    );
+    )?;
     let (report, delivery) = sync(&mut conn, &settings, &engine).await?;
-    print_report(&report, &delivery);
-    print_examples(&conn, report.run_id, 4)?;
+    print_report(out, &report, &delivery)?;
+    print_examples(out, &conn, report.run_id, 4)?;
     let after_changes = sandbox.snapshot();
-    print_intercom(&after_changes, Some(&after_initial));
-    print_sql_in_intercom(&after_changes, "no event: still a member");
+    print_intercom(out, &after_changes, Some(&after_initial))?;
+    print_sql_in_intercom(out, &after_changes, "no event: still a member")?;
 
-    println!("\n5. Check: does Intercom hold exactly what the snapshots say?");
+    writeln!(
+        out,
+        "\n5. Check: does Intercom hold exactly what the snapshots say?"
+    )?;
     let mismatches = check(&after_changes);
     if mismatches.is_empty() {
-        println!("   Yes: every user's attributes, companies and events match the snapshots.");
+        writeln!(
+            out,
+            "   Yes: every user's attributes, companies and events match the snapshots."
+        )?;
         let (before, after) = sql_members();
-        println!(
+        writeln!(
+            out,
             "   And the SQL audience matches the orders alone: {SQL_KEY} true for {}, false for \
              {}, with their Audience Exited / Entered events at {}.",
             list(after.iter()),
             list(before.difference(&after)),
             store::snapshots::rfc3339(SQL_CHANGED_AT)
-        );
+        )?;
     } else {
         for m in mismatches.iter().take(10) {
-            println!("   MISMATCH {m}");
+            writeln!(out, "   MISMATCH {m}")?;
         }
         anyhow::bail!(
             "{} mismatches between Intercom and the snapshots",
             mismatches.len()
         );
     }
-    println!(
+    writeln!(
+        out,
         "\nDone in {:.1} s. Run `audience-sync --help` to use it with your own data.",
         started.elapsed().as_secs_f64()
-    );
+    )?;
     sandbox.shutdown().await;
     Ok(())
 }
 
 fn load_all(
+    out: &mut dyn Write,
     conn: &mut rusqlite::Connection,
     dir: &Path,
     step: &str,
@@ -310,18 +336,19 @@ fn load_all(
         };
         let stored =
             snapshots::load_snapshot(conn, &Input::File(path), &spec, taken_at, store::now_unix())?;
-        println!(
+        writeln!(
+            out,
             "   {:<27} {} {:<8} {:>4} rows",
             example.key,
             example.scope.as_str(),
             example.kind.as_str(),
             stored.rows
-        );
+        )?;
     }
     let path = dir.join(format!("{step}-memberships.ndjson"));
     std::fs::write(&path, members)?;
     let (_, rows) = snapshots::load_membership(conn, &Input::File(path), taken_at)?;
-    println!("   {:<27} {rows:>18} rows", "account memberships");
+    writeln!(out, "   {:<27} {rows:>18} rows", "account memberships")?;
     Ok(())
 }
 
@@ -378,6 +405,7 @@ fn compute_sql_audience(settings: &Settings, now: i64) -> anyhow::Result<i64> {
 /// table) against the audience's snapshot (what audience-sync stored), and against the previous
 /// one when there is one.
 fn print_sql_audience(
+    out: &mut dyn Write,
     conn: &rusqlite::Connection,
     now: i64,
     snapshot_id: i64,
@@ -390,11 +418,12 @@ fn print_sql_audience(
     };
     let now_members = members(snapshot_id)?;
     let was_members = previous.map(members).transpose()?;
-    println!(
+    writeln!(
+        out,
         "     Computed with :now = {}: {} rows, stored as its newest snapshot (taken at :now)",
         store::snapshots::rfc3339(now),
         now_members.len()
-    );
+    )?;
     for order in examples::last_orders(conn, now)? {
         let (user, last) = (order.user_id, order.completed_at);
         let is = now_members.contains(&user);
@@ -411,19 +440,24 @@ fn print_sql_audience(
             (Some(true), true) => "stays",
             (Some(false), false) => "stays out",
         };
-        println!(
+        writeln!(
+            out,
             "       {user}  last order {} ({:>2} days before :now)  {status:<13} {why}",
             date(last),
             (now - last) / DAY
-        );
+        )?;
     }
     Ok(())
 }
 
 /// The SQL audience as Intercom holds it: the attribute and the Audience Entered / Exited
 /// events, per contact; `no_event` says why a contact has none.
-fn print_sql_in_intercom(state: &Snapshot, no_event: &str) {
-    println!("   {SQL_KEY} in Intercom now:");
+fn print_sql_in_intercom(
+    out: &mut dyn Write,
+    state: &Snapshot,
+    no_event: &str,
+) -> anyhow::Result<()> {
+    writeln!(out, "   {SQL_KEY} in Intercom now:")?;
     let mut contacts: Vec<_> = state
         .contacts
         .iter()
@@ -443,7 +477,8 @@ fn print_sql_in_intercom(state: &Snapshot, no_event: &str) {
                 )
             })
             .collect();
-        println!(
+        writeln!(
+            out,
             "     {}  {SQL_KEY} = {:<5}  {}",
             contact.external_id.as_deref().unwrap_or("?"),
             contact.custom_attributes[SQL_KEY].to_string(),
@@ -452,8 +487,9 @@ fn print_sql_in_intercom(state: &Snapshot, no_event: &str) {
             } else {
                 events.join(", ")
             }
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn date(unix: i64) -> String {
@@ -503,25 +539,32 @@ async fn sync(
     Ok((report, delivery))
 }
 
-fn print_report(report: &Report, delivery: &DeliveryReport) {
+fn print_report(
+    out: &mut dyn Write,
+    report: &Report,
+    delivery: &DeliveryReport,
+) -> anyhow::Result<()> {
     for c in &report.computations {
-        println!(
+        writeln!(
+            out,
             "   {:<27} {:<11} entered {:>3}  exited {:>3}  changed {:>3}",
             c.key,
             c.mode.as_str(),
             c.counts.entered,
             c.counts.exited,
             c.counts.changed
-        );
+        )?;
     }
     if let Some(m) = &report.membership {
-        println!(
+        writeln!(
+            out,
             "   {:<27} {:<11} attached {:>2}  detached {:>2}",
             "account memberships", "", m.attached, m.detached
-        );
+        )?;
     }
     let m = &report.messages;
-    println!(
+    writeln!(
+        out,
         "   Messages: {} identify, {} track, {} group  →  {} Intercom requests, {} delivered, {} dead letters, {:.1} s",
         m.identify,
         m.track,
@@ -530,17 +573,19 @@ fn print_report(report: &Report, delivery: &DeliveryReport) {
         delivery.delivered,
         delivery.dead,
         delivery.elapsed_ms as f64 / 1000.0
-    );
+    )?;
+    Ok(())
 }
 
 /// A few of the run's messages, one of each type, as Personas shapes them.
 fn print_examples(
+    out: &mut dyn Write,
     conn: &rusqlite::Connection,
     run_id: Option<i64>,
     step: usize,
 ) -> anyhow::Result<()> {
     let Some(run_id) = run_id else { return Ok(()) };
-    println!("   Example messages of step {step}:");
+    writeln!(out, "   Example messages of step {step}:")?;
     for seq in crate::store::outbox::first_of_each_type(conn, run_id)? {
         let Some(mut value) = crate::store::outbox::body(conn, seq)? else {
             continue;
@@ -552,12 +597,16 @@ fn print_examples(
                 context.remove("personas");
             }
         }
-        println!("     {value}");
+        writeln!(out, "     {value}")?;
     }
     Ok(())
 }
 
-fn print_intercom(state: &Snapshot, before: Option<&Snapshot>) {
+fn print_intercom(
+    out: &mut dyn Write,
+    state: &Snapshot,
+    before: Option<&Snapshot>,
+) -> anyhow::Result<()> {
     let events: usize = state.contacts.iter().map(|c| c.events.len()).sum();
     let mut text = String::new();
     let _ = write!(
@@ -572,23 +621,25 @@ fn print_intercom(state: &Snapshot, before: Option<&Snapshot>) {
         let delta = state.counters.total_requests - before.counters.total_requests;
         let _ = write!(text, " ({delta} requests in this step)");
     }
-    println!("{text}");
+    writeln!(out, "{text}")?;
     let c = &state.counters;
-    println!(
+    writeln!(
+        out,
         "   Sandbox counters: {} requests, {} rate-limited, {} conflicts (409), {} duplicate events dropped, most requests in one window {}",
         c.total_requests,
         c.rate_limited,
         c.conflicts,
         c.duplicate_events_dropped,
         c.max_requests_in_window
-    );
+    )?;
     if let Some(contact) = state
         .contacts
         .iter()
         .find(|c| c.events.len() > 1)
         .or_else(|| state.contacts.first())
     {
-        println!(
+        writeln!(
+            out,
             "   For example {}: attributes {}, companies {:?}, events {:?}",
             contact.external_id.as_deref().unwrap_or("?"),
             Value::Object(contact.custom_attributes.clone()),
@@ -598,158 +649,100 @@ fn print_intercom(state: &Snapshot, before: Option<&Snapshot>) {
                 .iter()
                 .map(|e| e.event_name.as_str())
                 .collect::<Vec<_>>()
-        );
+        )?;
     }
+    Ok(())
 }
 
-/// What Intercom must hold after both steps, computed from the example files and the orders
-/// alone (not by the product's own diff or query), compared with the sandbox's state. Returns
-/// the mismatches.
+/// What Intercom must hold after both steps, computed by the project's one oracle
+/// (`audience_sync_oracle`, SPEC sections 5 and 6) from the example files and the orders alone
+/// (not by the product's own diff or query), compared with the sandbox's state; and that the SQL
+/// audience's events carry the time of the compute that changed it. Returns the mismatches.
 fn check(state: &Snapshot) -> Vec<String> {
-    let members = |text: &str| -> BTreeSet<String> {
+    let lines = |text: &'static str| {
         text.lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    };
+    let id = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).map(String::from);
+    // A snapshot file's rows: entity → value (`true` for audience members).
+    let rows = |example: &Example, text: &'static str| -> Vec<(String, Value)> {
+        let entity = match example.scope {
+            Scope::User => "user_id",
+            Scope::Account => "group_id",
+        };
+        lines(text)
             .filter_map(|v| {
-                v.get("user_id")
-                    .or(v.get("group_id"))
-                    .and_then(Value::as_str)
-                    .map(String::from)
+                let value = match example.kind {
+                    Kind::Audience => Value::Bool(true),
+                    Kind::Trait => v.get("value")?.clone(),
+                };
+                Some((id(&v, entity)?, value))
             })
             .collect()
     };
-    let values = |text: &str| -> BTreeMap<String, Value> {
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|v| {
-                Some((
-                    v.get("user_id")?.as_str()?.to_string(),
-                    v.get("value")?.clone(),
-                ))
-            })
+    let members = |text: &'static str| -> Vec<(String, String)> {
+        lines(text)
+            .filter_map(|v| Some((id(&v, "group_id")?, id(&v, "user_id")?)))
             .collect()
     };
-    let accounts_of = |text: &str| -> BTreeMap<String, BTreeSet<String>> {
-        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for v in text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        {
-            if let (Some(g), Some(u)) = (v["group_id"].as_str(), v["user_id"].as_str()) {
-                map.entry(u.to_string()).or_default().insert(g.to_string());
-            }
-        }
-        map
-    };
-    let mut mismatches = Vec::new();
-    let users_before = accounts_of(MEMBERS_INITIAL);
-    let users_after = accounts_of(MEMBERS_CHANGED);
-    let ent_before = members(EXAMPLES[3].initial);
-    let ent_after = members(EXAMPLES[3].changed);
-
-    let mut expected: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
-    for example in &EXAMPLES[..2] {
-        let (before, after) = (members(example.initial), members(example.changed));
-        for user in before.union(&after) {
-            let value = Value::Bool(after.contains(user));
-            expected
-                .entry(user.clone())
-                .or_default()
-                .insert(example.key.to_string(), value);
-        }
-    }
-    let (before, after) = (values(EXAMPLES[2].initial), values(EXAMPLES[2].changed));
-    for user in before.keys().chain(after.keys()) {
-        let value = after.get(user).cloned().unwrap_or(Value::Null);
-        expected
-            .entry(user.clone())
-            .or_default()
-            .insert(EXAMPLES[2].key.to_string(), value);
-    }
+    let mut comps: Vec<oracle::Computation> = EXAMPLES
+        .iter()
+        .map(|e| oracle::Computation {
+            key: e.key.to_string(),
+            kind: e.kind,
+            scope: e.scope,
+        })
+        .collect();
+    comps.push(oracle::Computation {
+        key: SQL_KEY.to_string(),
+        kind: Kind::Audience,
+        scope: Scope::User,
+    });
     let (sql_before, sql_after) = sql_members();
-    for user in sql_before.union(&sql_after) {
-        expected
-            .entry(user.clone())
-            .or_default()
-            .insert(SQL_KEY.to_string(), Value::Bool(sql_after.contains(user)));
-    }
-    let derived = |accounts: Option<&BTreeSet<String>>, set: &BTreeSet<String>| {
-        accounts.is_some_and(|a| a.iter().any(|g| set.contains(g)))
-    };
-    for user in users_before.keys().chain(users_after.keys()) {
-        let was = derived(users_before.get(user), &ent_before);
-        let is = derived(users_after.get(user), &ent_after);
-        if was || is {
-            expected
-                .entry(user.clone())
-                .or_default()
-                .insert(EXAMPLES[3].key.to_string(), Value::Bool(is));
-        }
-    }
-
-    // Events of the incremental step (the initial sync sends none): (event name, computation key).
-    let mut events: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    let mut event = |user: &str, name: &str, key: &str| {
-        events
-            .entry(user.to_string())
-            .or_default()
-            .push((name.to_string(), key.to_string()));
-    };
-    for example in &EXAMPLES[..2] {
-        let (before, after) = (members(example.initial), members(example.changed));
-        after
-            .difference(&before)
-            .for_each(|u| event(u, "Audience Entered", example.key));
-        before
-            .difference(&after)
-            .for_each(|u| event(u, "Audience Exited", example.key));
-    }
-    sql_after
-        .difference(&sql_before)
-        .for_each(|u| event(u, "Audience Entered", SQL_KEY));
-    sql_before
-        .difference(&sql_after)
-        .for_each(|u| event(u, "Audience Exited", SQL_KEY));
-    let (before, after) = (values(EXAMPLES[2].initial), values(EXAMPLES[2].changed));
-    for (user, value) in &after {
-        if before.get(user) != Some(value) {
-            event(user, "Trait Computed", EXAMPLES[2].key);
-        }
-    }
-    for user in users_before
-        .keys()
-        .chain(users_after.keys())
-        .collect::<BTreeSet<_>>()
-    {
-        let was = derived(users_before.get(user), &ent_before);
-        let is = derived(users_after.get(user), &ent_after);
-        if !was && is {
-            event(user, "Audience Entered", EXAMPLES[3].key);
-        } else if was && !is {
-            event(user, "Audience Exited", EXAMPLES[3].key);
-        }
-    }
-    for contact in &state.contacts {
-        let user = contact.external_id.clone().unwrap_or_default();
-        let mut got: Vec<(String, String)> = contact
-            .events
+    let step = |pick: fn(&Example) -> &'static str, sql: &BTreeSet<String>, members_text| {
+        let mut loads: Vec<oracle::Load> = EXAMPLES
             .iter()
-            .map(|e| {
-                let key = e
-                    .metadata
-                    .get("audience_key")
-                    .or(e.metadata.get("trait_key"));
-                (
-                    e.event_name.clone(),
-                    key.and_then(Value::as_str).unwrap_or("").to_string(),
-                )
+            .enumerate()
+            .map(|(comp, e)| oracle::Load {
+                comp,
+                rows: rows(e, pick(e)),
             })
             .collect();
-        got.sort();
-        // The SQL audience's events carry the time of the compute that changed it: its `:now`.
+        loads.push(oracle::Load {
+            comp: EXAMPLES.len(),
+            rows: sql.iter().map(|u| (u.clone(), Value::Bool(true))).collect(),
+        });
+        oracle::Step {
+            loads,
+            members: Some(members(members_text)),
+            full: false,
+        }
+    };
+    let steps = [
+        step(|e| e.initial, &sql_before, MEMBERS_INITIAL),
+        step(|e| e.changed, &sql_after, MEMBERS_CHANGED),
+    ];
+    // Every example file and the orders give a user's email as `<user_id>@example.com`.
+    let emails: BTreeMap<String, String> = EXAMPLES
+        .iter()
+        .flat_map(|e| [e.initial, e.changed])
+        .chain([MEMBERS_INITIAL, MEMBERS_CHANGED])
+        .flat_map(lines)
+        .filter_map(|v| Some((id(&v, "user_id")?, id(&v, "email")?.to_lowercase())))
+        .chain(
+            ORDERS_INITIAL
+                .iter()
+                .chain(ORDERS_CHANGED)
+                .map(|o| (o.user_id.to_string(), format!("{}@example.com", o.user_id))),
+        )
+        .collect();
+    let expected = oracle::expected(&comps, &steps, |user| emails.get(user).cloned());
+    let mut mismatches = oracle::differences(state, &expected);
+    // The SQL audience's events carry the time of the compute that changed it: its `:now`.
+    for contact in &state.contacts {
+        let user = contact.external_id.clone().unwrap_or_default();
         for e in &contact.events {
-            if e.metadata.get("audience_key").and_then(Value::as_str) == Some(SQL_KEY)
-                && e.created_at != SQL_CHANGED_AT
-            {
+            if oracle::event_key(&e.metadata) == SQL_KEY && e.created_at != SQL_CHANGED_AT {
                 mismatches.push(format!(
                     "{user}: {} of {SQL_KEY} at {}, the compute's :now was {}",
                     e.event_name,
@@ -757,77 +750,6 @@ fn check(state: &Snapshot) -> Vec<String> {
                     store::snapshots::rfc3339(SQL_CHANGED_AT)
                 ));
             }
-        }
-        let mut want = events.remove(&user).unwrap_or_default();
-        want.sort();
-        if got != want {
-            mismatches.push(format!(
-                "{user}: events {got:?}, the snapshots say {want:?}"
-            ));
-        }
-    }
-    for (user, want) in events {
-        mismatches.push(format!(
-            "{user}: no contact, yet the snapshots say events {want:?}"
-        ));
-    }
-
-    for (user, attributes) in &expected {
-        let Some(contact) = state.contact_by_external_id(user) else {
-            if attributes
-                .values()
-                .any(|v| !v.is_null() && *v != Value::Bool(false))
-            {
-                mismatches.push(format!("{user}: no contact in Intercom"));
-            }
-            continue;
-        };
-        for (key, want) in attributes {
-            let got = contact
-                .custom_attributes
-                .get(key)
-                .cloned()
-                .unwrap_or(Value::Null);
-            let same = match (&got, want) {
-                (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-                _ => got == *want,
-            };
-            if !same {
-                mismatches.push(format!(
-                    "{user}.{key}: Intercom has {got}, the snapshots say {want}"
-                ));
-            }
-        }
-    }
-    for (user, accounts) in &users_after {
-        let Some(contact) = state.contact_by_external_id(user) else {
-            continue;
-        };
-        let got: BTreeSet<String> = contact.companies.iter().cloned().collect();
-        if &got != accounts {
-            mismatches.push(format!(
-                "{user}: companies {got:?}, the membership says {accounts:?}"
-            ));
-        }
-    }
-    for company in &ent_before
-        .union(&ent_after)
-        .cloned()
-        .collect::<BTreeSet<_>>()
-    {
-        let want = Value::Bool(ent_after.contains(company));
-        let got = state
-            .company_by_company_id(company)
-            .and_then(|c| {
-                c.custom_attributes
-                    .get("account_enterprise_accounts")
-                    .cloned()
-            })
-            .unwrap_or(Value::Null);
-        if got != want {
-            mismatches.push(format!(
-                "company {company}: account_enterprise_accounts is {got}, the snapshot says {want}"
-            ));
         }
     }
     mismatches

@@ -71,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => prune::prune(&settings(&cli.config)?, args),
         Command::Demo => {
             crate::logging::init(&Settings::defaults()?.log);
-            crate::demo::run()
+            crate::demo::run(&mut output::stdout())
         }
     }
 }

@@ -10,17 +10,7 @@ use serde_json::{Value, json};
 use super::rng::Rng;
 use super::world::World;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
-    Audience,
-    Trait,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Scope {
-    User,
-    Account,
-}
+pub use audience_sync_oracle::{Kind, Scope};
 
 /// What values a trait takes (audiences are always `true`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -209,3 +209,12 @@ fn a_command_that_changes_state_finishes_and_exits_as_its_outcome_says() {
     closed_at_once(&env, &["compute"]).refused(&["1 of 2 computations failed"]);
     assert_eq!(env.query("SELECT count(*) FROM snapshots")[0][0], "3");
 }
+
+#[test]
+fn the_demo_read_to_its_first_line_ends_without_a_panic() {
+    let env = Env::new();
+    let (first, run) = after_one_line(&env, &["demo"]);
+    assert_eq!(first, "audience-sync demo\n");
+    // The demo starts its sandbox before it prints, which logs an INFO line on standard error.
+    successful(run, "demo | head -1");
+}

@@ -1,24 +1,14 @@
-//! What Intercom must hold after a series of snapshots, computed independently of the product
-//! from SPEC sections 5 and 6, and the comparison with the sandbox's state.
+//! The delivery scenarios' steps: how they reach the database (the real `load` / `load-members`
+//! commands), and the same steps as the project's one oracle (`audience_sync_oracle`) sees them,
+//! to compare the sandbox with what the snapshots say.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use audience_sync_oracle::{Computation, Expected};
 use intercom_sandbox::Snapshot;
 use serde_json::{Value, json};
 
 use crate::harness::{World, file_arg};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Audience,
-    Trait,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    User,
-    Account,
-}
+pub use audience_sync_oracle::{Kind, Scope};
 
 /// One snapshot: entity → value (`true` for audience members).
 #[derive(Clone)]
@@ -100,288 +90,41 @@ pub fn load_step(world: &World, index: usize, step: &Step) {
     }
 }
 
-/// The expected end state.
-#[derive(Debug, Default)]
-pub struct Expected {
-    /// user → attribute → value (nulls left out).
-    pub users: BTreeMap<String, BTreeMap<String, Value>>,
-    /// user → (event name, computation key) in no particular order.
-    pub events: BTreeMap<String, Vec<(String, String)>>,
-    /// user → attached company ids.
-    pub companies: BTreeMap<String, BTreeSet<String>>,
-    /// company → attribute → value (nulls left out).
-    pub accounts: BTreeMap<String, BTreeMap<String, Value>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Comp {
-    kind: Kind,
-    scope: Scope,
-}
-
-/// The user-level values of every computation after a step.
-fn user_values(
-    comps: &BTreeMap<&'static str, Comp>,
-    latest: &BTreeMap<&'static str, BTreeMap<String, Value>>,
-    members: &[(String, String)],
-) -> BTreeMap<&'static str, BTreeMap<String, Value>> {
-    let mut out = BTreeMap::new();
-    for (key, comp) in comps {
-        let rows = &latest[key];
-        let values: BTreeMap<String, Value> = match comp.scope {
-            Scope::User => rows.clone(),
-            Scope::Account => {
-                let mut by_user: BTreeMap<String, Vec<&String>> = BTreeMap::new();
-                for (g, u) in members {
-                    by_user.entry(u.clone()).or_default().push(g);
-                }
-                by_user
-                    .into_iter()
-                    .filter_map(|(u, mut groups)| {
-                        groups.sort();
-                        let value = match comp.kind {
-                            Kind::Audience => groups
-                                .iter()
-                                .any(|g| rows.contains_key(*g))
-                                .then_some(Value::Bool(true)),
-                            Kind::Trait => groups.iter().find_map(|g| rows.get(*g).cloned()),
-                        };
-                        value.map(|v| (u, v))
-                    })
-                    .collect()
-            }
-        };
-        out.insert(*key, values);
-    }
-    out
-}
-
+/// The expected end state after `steps`, each followed by a complete sync.
 pub fn expected(steps: &[Step]) -> Expected {
-    let mut comps: BTreeMap<&'static str, Comp> = BTreeMap::new();
-    let mut latest: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
-    let mut members: Vec<(String, String)> = Vec::new();
-    let mut previous: BTreeMap<&'static str, BTreeMap<String, Value>> = BTreeMap::new();
-    let mut ever_user: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
-    let mut ever_account: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
-    let mut expected = Expected::default();
+    let mut comps: Vec<Computation> = Vec::new();
+    let mut oracle_steps = Vec::new();
     for step in steps {
-        let mut new_comps = BTreeSet::new();
+        let mut loads = Vec::new();
         for load in &step.loads {
-            if !comps.contains_key(load.key) {
-                new_comps.insert(load.key);
-            }
-            comps.insert(
-                load.key,
-                Comp {
-                    kind: load.kind,
-                    scope: load.scope,
-                },
-            );
-            latest.insert(load.key, load.rows.iter().cloned().collect());
-        }
-        if let Some(m) = &step.members {
-            members = m.clone();
-        }
-        let now = user_values(&comps, &latest, &members);
-        for (key, values) in &now {
-            let comp = comps[key];
-            if !new_comps.contains(key) {
-                let empty = BTreeMap::new();
-                let before = previous.get(key).unwrap_or(&empty);
-                let users: BTreeSet<&String> = before.keys().chain(values.keys()).collect();
-                for user in users {
-                    let (old, new) = (before.get(user), values.get(user));
-                    let event = match comp.kind {
-                        Kind::Audience => match (old.is_some(), new.is_some()) {
-                            (false, true) => Some("Audience Entered"),
-                            (true, false) => Some("Audience Exited"),
-                            _ => None,
-                        },
-                        Kind::Trait => match (old, new) {
-                            (_, Some(n)) if old != Some(n) => Some("Trait Computed"),
-                            _ => None,
-                        },
-                    };
-                    if let Some(event) = event {
-                        expected
-                            .events
-                            .entry(user.clone())
-                            .or_default()
-                            .push((event.to_string(), key.to_string()));
-                    }
+            let comp = match comps.iter().position(|c| c.key == load.key) {
+                Some(i) => i,
+                None => {
+                    comps.push(Computation {
+                        key: load.key.to_string(),
+                        kind: load.kind,
+                        scope: load.scope,
+                    });
+                    comps.len() - 1
                 }
-            }
-            ever_user
-                .entry(key)
-                .or_default()
-                .extend(values.keys().cloned());
-            if comp.scope == Scope::Account {
-                ever_account
-                    .entry(key)
-                    .or_default()
-                    .extend(latest[key].keys().cloned());
-            }
-        }
-        previous = now;
-    }
-    for (key, users) in &ever_user {
-        let comp = comps[key];
-        for user in users {
-            let value = match previous[key].get(user) {
-                Some(v) => Some(v.clone()),
-                None if comp.kind == Kind::Audience => Some(Value::Bool(false)),
-                None => None,
             };
-            let attrs = expected.users.entry(user.clone()).or_default();
-            if let Some(value) = value {
-                attrs.insert(key.to_string(), value);
-            }
+            loads.push(audience_sync_oracle::Load {
+                comp,
+                rows: load.rows.clone(),
+            });
         }
+        oracle_steps.push(audience_sync_oracle::Step {
+            loads,
+            members: step.members.clone(),
+            full: false,
+        });
     }
-    for (key, accounts) in &ever_account {
-        let comp = comps[key];
-        for account in accounts {
-            let value = match latest[key].get(account) {
-                Some(v) => Some(v.clone()),
-                None if comp.kind == Kind::Audience => Some(Value::Bool(false)),
-                None => None,
-            };
-            let attrs = expected.accounts.entry(account.clone()).or_default();
-            if let Some(value) = value {
-                attrs.insert(format!("account_{key}"), value);
-            }
-        }
-    }
-    for (g, u) in &members {
-        expected
-            .companies
-            .entry(u.clone())
-            .or_default()
-            .insert(g.clone());
-    }
-    expected
-}
-
-fn same(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() < 1e-9,
-        _ => a == b,
-    }
-}
-
-fn non_null(map: &serde_json::Map<String, Value>) -> BTreeMap<String, Value> {
-    map.iter()
-        .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    audience_sync_oracle::expected(&comps, &oracle_steps, |user| Some(email(user)))
 }
 
 /// Compare the sandbox with the expectation; every difference is listed in the panic.
 pub fn check(state: &Snapshot, expected: &Expected) {
-    let mut problems = Vec::new();
-    // Contacts: exactly the users with a value ever delivered, each with the right attributes.
-    let contacts: BTreeSet<String> = state
-        .contacts
-        .iter()
-        .filter_map(|c| c.external_id.clone())
-        .collect();
-    let wanted: BTreeSet<String> = expected.users.keys().cloned().collect();
-    if contacts != wanted {
-        problems.push(format!(
-            "contacts {:?} but expected {:?}",
-            contacts.difference(&wanted).collect::<Vec<_>>(),
-            wanted.difference(&contacts).collect::<Vec<_>>()
-        ));
-    }
-    if state.contacts.len() != contacts.len() {
-        problems.push(format!(
-            "{} contacts for {} users: duplicates",
-            state.contacts.len(),
-            contacts.len()
-        ));
-    }
-    let company_ids: BTreeMap<&str, &str> = state
-        .companies
-        .iter()
-        .map(|c| (c.id.as_str(), c.company_id.as_str()))
-        .collect();
-    for (user, attrs) in &expected.users {
-        let Some(contact) = state.contact_by_external_id(user) else {
-            continue;
-        };
-        let got = non_null(&contact.custom_attributes);
-        let equal = got.len() == attrs.len()
-            && attrs
-                .iter()
-                .all(|(k, v)| got.get(k).is_some_and(|g| same(g, v)));
-        if !equal {
-            problems.push(format!("{user}: attributes {got:?}, expected {attrs:?}"));
-        }
-        if contact.email.as_deref() != Some(email(user).as_str()) {
-            problems.push(format!("{user}: email {:?}", contact.email));
-        }
-        let attached: BTreeSet<String> = contact
-            .companies
-            .iter()
-            .map(|c| {
-                company_ids
-                    .get(c.as_str())
-                    .copied()
-                    .unwrap_or(c)
-                    .to_string()
-            })
-            .collect();
-        let want = expected.companies.get(user).cloned().unwrap_or_default();
-        if attached != want {
-            problems.push(format!("{user}: companies {attached:?}, expected {want:?}"));
-        }
-        // Events: the expected multiset, never two with one name and time.
-        let mut got: Vec<(String, String)> = contact
-            .events
-            .iter()
-            .map(|e| {
-                let key = e
-                    .metadata
-                    .get("audience_key")
-                    .or_else(|| e.metadata.get("trait_key"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
-                (e.event_name.clone(), key)
-            })
-            .collect();
-        got.sort();
-        let mut want = expected.events.get(user).cloned().unwrap_or_default();
-        want.sort();
-        if got != want {
-            problems.push(format!("{user}: events {got:?}, expected {want:?}"));
-        }
-        let mut times = BTreeSet::new();
-        for e in &contact.events {
-            if !times.insert((e.event_name.to_lowercase(), e.created_at)) {
-                problems.push(format!(
-                    "{user}: two {} events at {}",
-                    e.event_name, e.created_at
-                ));
-            }
-        }
-    }
-    for (account, attrs) in &expected.accounts {
-        let Some(company) = state.company_by_company_id(account) else {
-            problems.push(format!("company {account} missing"));
-            continue;
-        };
-        let got = non_null(&company.custom_attributes);
-        let equal = got.len() == attrs.len()
-            && attrs
-                .iter()
-                .all(|(k, v)| got.get(k).is_some_and(|g| same(g, v)));
-        if !equal {
-            problems.push(format!(
-                "company {account}: attributes {got:?}, expected {attrs:?}"
-            ));
-        }
-    }
+    let problems = audience_sync_oracle::differences(state, expected);
     assert!(
         problems.is_empty(),
         "the sandbox differs from the snapshots:\n  {}",
