@@ -39,6 +39,9 @@
 //! (default 3), BENCH_REUSE=1 (copy the database an earlier run generated), BENCH_SQLITE3 (default
 //! `sqlite3`). Exits non-zero when a compute does not store U rows.
 
+mod common;
+use common::{db_size, mb, median, remove_db};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -480,30 +483,4 @@ fn keep_newest_snapshot(db: &Path) -> anyhow::Result<()> {
          PRAGMA wal_checkpoint(TRUNCATE);"
     ))?;
     Ok(())
-}
-
-fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm", ".lock"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-}
-
-fn db_size(db: &Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -31,6 +31,9 @@
 //! (default BENCH_RUNS), BENCH_REUSE=1 (reuse generated templates). Exits non-zero when a
 //! target is missed.
 
+mod common;
+use common::{db_size, env_num, mb, median, remove_db};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -80,19 +83,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn remove_db(db: &Path) {
-    for suffix in ["", "-wal", "-shm", ".lock", ".plan.lock", ".deliver.lock"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-}
-
 /// A fresh copy of `template` at `db`, written back to disk and then read whole into the page
 /// cache (every measurement starts alike).
 fn fresh_copy(template: &Path, db: &Path) -> anyhow::Result<()> {
@@ -101,26 +91,6 @@ fn fresh_copy(template: &Path, db: &Path) -> anyhow::Result<()> {
     std::fs::File::open(db)?.sync_all()?;
     std::io::copy(&mut std::fs::File::open(db)?, &mut std::io::sink())?;
     Ok(())
-}
-
-fn db_size(db: &Path) -> u64 {
-    ["", "-wal"]
-        .iter()
-        .filter_map(|s| std::fs::metadata(format!("{}{s}", db.display())).ok())
-        .map(|m| m.len())
-        .sum()
-}
-
-fn mb(bytes: u64) -> f64 {
-    bytes as f64 / 1e6
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 // ─── Generating ─────────────────────────────────────────────────────────────────────────────

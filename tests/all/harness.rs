@@ -345,17 +345,9 @@ impl World {
         audience_sync::store::state::undelivered_count(&self.db()).unwrap() as i64
     }
 
-    /// `PRAGMA integrity_check` answers `ok`.
+    /// `PRAGMA integrity_check` answers `ok` and no foreign key dangles.
     pub fn assert_integrity(&self) {
-        let db = self.db();
-        let result: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(result, "ok", "PRAGMA integrity_check");
-        let fk: Option<String> = db
-            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
-            .ok();
-        assert_eq!(fk, None, "PRAGMA foreign_key_check");
+        assert_integrity(&self.path("sync.db"));
     }
 }
 
@@ -365,6 +357,34 @@ impl Drop for World {
             self.runtime.block_on(sandbox.shutdown());
         }
     }
+}
+
+/// What `PRAGMA integrity_check` says of the database at `db` (`ok` when it is sound).
+pub fn integrity_check(db: &Path) -> String {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// The database at `db` passes `PRAGMA integrity_check` and `PRAGMA foreign_key_check`.
+#[track_caller]
+pub fn assert_integrity(db: &Path) {
+    assert_eq!(
+        integrity_check(db),
+        "ok",
+        "PRAGMA integrity_check of {}",
+        db.display()
+    );
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let dangling: Option<String> = conn
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .ok();
+    assert_eq!(
+        dangling,
+        None,
+        "PRAGMA foreign_key_check of {}",
+        db.display()
+    );
 }
 
 /// Owned arguments from string slices.

@@ -1,49 +1,32 @@
 //! `plan`, `sync --dry-run`, `sync --no-deliver` and the crash safety of the outbox
 //! transaction, through the real binary on a real SQLite file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use rusqlite::{Connection, params};
+use std::path::{Path, PathBuf};
+
 use serde_json::{Value, json};
 
-struct Env {
-    _dir: tempfile::TempDir,
-    db: PathBuf,
+use crate::harness::{Env, assert_integrity};
+
+/// The harness's [`Env`] (a directory whose settings put the database at `state/test.db`), with
+/// text logs: some tests read what a run logs.
+fn env() -> Env {
+    let env = Env::new();
+    env.write(
+        "settings.toml",
+        "[database]\npath = \"state/test.db\"\n[http]\nlisten = \"\"\n[log]\nformat = \"text\"\n",
+    );
+    env
 }
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("sync.db");
-        Env { _dir: dir, db }
-    }
+/// The database, opened (and created) as the product opens it.
+fn open(env: &Env) -> Connection {
+    audience_sync::store::open(&env.db_path()).unwrap()
+}
 
-    fn conn(&self) -> Connection {
-        audience_sync::store::open(&self.db).unwrap()
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = crate::harness::command(self.db.parent().unwrap(), args);
-        cmd.env("AUDIENCE_SYNC__DATABASE__PATH", &self.db)
-            .env("AUDIENCE_SYNC__LOG__FORMAT", "text")
-            .env_remove(audience_sync::plan::ABORT_HOOK);
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
+/// Run `args`, which must succeed; its standard output.
+fn ok(env: &Env, args: &[&str]) -> String {
+    env.run(args).success().stdout
 }
 
 fn seed(conn: &Connection, users: usize) {
@@ -108,19 +91,11 @@ fn planned(conn: &Connection) -> i64 {
         .sum()
 }
 
-fn integrity(db: &Path) {
-    let conn = Connection::open(db).unwrap();
-    let ok: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
-}
-
 #[test]
 fn plan_reports_and_changes_nothing() {
-    let env = Env::new();
-    seed(&env.conn(), 10);
-    let json: Value = serde_json::from_str(&env.ok(&["plan", "--json"])).unwrap();
+    let env = env();
+    seed(&open(&env), 10);
+    let json: Value = serde_json::from_str(&ok(&env, &["plan", "--json"])).unwrap();
     assert_eq!(json["messages"]["identify"], 10, "{json:#}");
     assert_eq!(json["messages"]["track"], 0, "initial sync: no tracks");
     // Ten new users: one bulk lookup, ten creates carrying every value, the attribute list
@@ -146,10 +121,10 @@ fn plan_reports_and_changes_nothing() {
         .unwrap();
     assert_eq!(vip["entered"], 5);
     assert_eq!(vip["mode"], "full");
-    let text = env.ok(&["plan"]);
+    let text = ok(&env, &["plan"]);
     assert!(text.contains("10 identify"), "{text}");
     assert!(text.contains("requests per 10 s"), "{text}");
-    let conn = env.conn();
+    let conn = open(&env);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 0);
     assert_eq!(count(&conn, "SELECT count(*) FROM planned_bases"), 0);
     assert_eq!(count(&conn, "SELECT count(*) FROM planned_overrides"), 0);
@@ -158,9 +133,9 @@ fn plan_reports_and_changes_nothing() {
 
 #[test]
 fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
-    let env = Env::new();
-    seed(&env.conn(), 6);
-    let dry = env.ok(&["sync", "--dry-run"]);
+    let env = env();
+    seed(&open(&env), 6);
+    let dry = ok(&env, &["sync", "--dry-run"]);
     let dry: Vec<Value> = dry
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -169,11 +144,11 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
     assert_eq!(dry[0]["type"], "identify");
     assert_eq!(dry[0]["traits"]["vip"], true);
     assert_eq!(dry[0]["traits"]["email"], "u0@example.com");
-    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 0);
+    assert_eq!(count(&open(&env), "SELECT count(*) FROM outbox"), 0);
 
-    let summary = env.ok(&["sync", "--no-deliver"]);
+    let summary = ok(&env, &["sync", "--no-deliver"]);
     assert!(summary.contains("6 identify"), "{summary}");
-    let conn = env.conn();
+    let conn = open(&env);
     let bodies: Vec<Value> = conn
         .prepare("SELECT seq FROM outbox ORDER BY seq")
         .unwrap()
@@ -186,14 +161,14 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
     assert_eq!(count(&conn, "SELECT count(*) FROM run_computations"), 2);
 
     // The same run again enqueues nothing.
-    env.ok(&["sync", "--no-deliver"]);
+    ok(&env, &["sync", "--no-deliver"]);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 6);
 
     // An incremental change: one user leaves the audience.
     snapshot(&conn, "aud_1", 1_700_000_600, 6, |i| {
         (i % 2 == 0 && i != 0).then(|| "true".into())
     });
-    env.ok(&["sync", "--no-deliver"]);
+    ok(&env, &["sync", "--no-deliver"]);
     let last: Vec<(String, Value)> = conn
         .prepare("SELECT type, seq FROM outbox WHERE seq > 6 ORDER BY seq")
         .unwrap()
@@ -214,10 +189,10 @@ fn dry_run_prints_the_messages_and_no_deliver_enqueues_them_once() {
 
 #[test]
 fn sync_one_computation_and_unknown_keys() {
-    let env = Env::new();
-    seed(&env.conn(), 4);
-    env.ok(&["sync", "--no-deliver", "--computation", "ltv"]);
-    let conn = env.conn();
+    let env = env();
+    seed(&open(&env), 4);
+    ok(&env, &["sync", "--no-deliver", "--computation", "ltv"]);
+    let conn = open(&env);
     assert_eq!(
         count(
             &conn,
@@ -228,39 +203,37 @@ fn sync_one_computation_and_unknown_keys() {
     );
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 4);
     let out = env.run(&["sync", "--no-deliver", "--computation", "nope"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("nope"), "{}", out.stderr);
 }
 
 #[test]
 fn runs_never_overlap() {
-    let env = Env::new();
-    seed(&env.conn(), 2);
-    let _held =
-        audience_sync::store::RunLock::try_acquire(&env.db, audience_sync::store::Lock::Plan)
-            .unwrap();
+    let env = env();
+    seed(&open(&env), 2);
+    let _held = audience_sync::store::RunLock::try_acquire(
+        &env.db_path(),
+        audience_sync::store::Lock::Plan,
+    )
+    .unwrap();
     let out = env.run(&["sync", "--no-deliver"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("runs never overlap"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 0);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("runs never overlap"), "{}", out.stderr);
+    assert_eq!(count(&open(&env), "SELECT count(*) FROM outbox"), 0);
 }
 
 #[test]
 fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
-    let env = Env::new();
-    seed(&env.conn(), 200);
+    let env = env();
+    seed(&open(&env), 200);
     let out = env
-        .cmd(&["sync", "--no-deliver"])
+        .command(&["sync", "--no-deliver"])
         .env(audience_sync::plan::ABORT_HOOK, "before_commit")
         .output()
         .unwrap();
     assert!(!out.status.success(), "the hook aborts");
-    integrity(&env.db);
-    let conn = env.conn();
+    assert_integrity(&env.db_path());
+    let conn = open(&env);
     for table in [
         "outbox",
         "runs",
@@ -279,20 +252,20 @@ fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
     drop(conn);
 
     let out = env
-        .cmd(&["sync", "--no-deliver"])
+        .command(&["sync", "--no-deliver"])
         .env(audience_sync::plan::ABORT_HOOK, "after_commit")
         .output()
         .unwrap();
     assert!(!out.status.success(), "the hook aborts");
-    integrity(&env.db);
-    let conn = env.conn();
+    assert_integrity(&env.db_path());
+    let conn = open(&env);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 200);
     assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 1);
     assert_eq!(count(&conn, "SELECT messages_identify FROM runs"), 200);
     assert_eq!(count(&conn, "SELECT count(*) FROM planned_bases"), 2);
     assert_eq!(planned(&conn), 300);
     // And the run is complete: a new run has nothing to add.
-    env.ok(&["sync", "--no-deliver"]);
+    ok(&env, &["sync", "--no-deliver"]);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 200);
 }
 
@@ -304,10 +277,10 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
     // message once.
     let mut landed = None;
     for delay_ms in [30u64, 60, 100, 150, 200, 300, 450, 700, 1000, 1500] {
-        let env = Env::new();
-        seed(&env.conn(), 20_000);
+        let env = env();
+        seed(&open(&env), 20_000);
         let mut child = env
-            .cmd(&["sync", "--no-deliver"])
+            .command(&["sync", "--no-deliver"])
             .env(audience_sync::plan::CHUNK_ROWS_HOOK, "2000")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -316,8 +289,8 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
-        integrity(&env.db);
-        let conn = env.conn();
+        assert_integrity(&env.db_path());
+        let conn = open(&env);
         // Whatever is queued came from committed chunks: never a message twice.
         let queued = count(&conn, "SELECT count(*) FROM outbox");
         assert_eq!(
@@ -337,12 +310,12 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
     }
     let (env, delay_ms, queued) = landed.expect("no kill landed between two chunks");
     eprintln!("killed after {delay_ms} ms with {queued} messages queued");
-    let out = env.ok(&["sync", "--no-deliver"]);
+    let out = ok(&env, &["sync", "--no-deliver"]);
     assert!(
         out.contains("resumed from its last committed chunk"),
         "{out}"
     );
-    let conn = env.conn();
+    let conn = open(&env);
     assert_eq!(count(&conn, "SELECT count(*) FROM run_progress"), 0);
     assert_eq!(count(&conn, "SELECT count(*) FROM outbox"), 20_000);
     assert_eq!(
@@ -355,24 +328,24 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
     );
     assert_eq!(planned(&conn), 30_000);
     // And the run is complete: a new run has nothing to add.
-    env.ok(&["sync", "--no-deliver"]);
-    assert_eq!(count(&env.conn(), "SELECT count(*) FROM outbox"), 20_000);
+    ok(&env, &["sync", "--no-deliver"]);
+    assert_eq!(count(&open(&env), "SELECT count(*) FROM outbox"), 20_000);
 }
 
 #[test]
 fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
-    let env = Env::new();
-    seed(&env.conn(), 3_000);
+    let env = env();
+    seed(&open(&env), 3_000);
     // Chunks of about 500 staged rows (a user: one identify and one or two values).
     let out = env
-        .cmd(&["sync", "--no-deliver"])
+        .command(&["sync", "--no-deliver"])
         .env(audience_sync::plan::CHUNK_ROWS_HOOK, "500")
         .env(audience_sync::plan::ABORT_HOOK, "after_chunk:2")
         .output()
         .unwrap();
     assert!(!out.status.success(), "the hook aborts");
-    integrity(&env.db);
-    let conn = env.conn();
+    assert_integrity(&env.db_path());
+    let conn = open(&env);
     assert_eq!(count(&conn, "SELECT chunks FROM run_progress"), 2);
     let queued = count(&conn, "SELECT count(*) FROM outbox");
     assert!(queued > 0 && queued < 3_000, "{queued} after two chunks");
@@ -387,13 +360,13 @@ fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
         .to_string();
     assert!(err.contains("run being planned"), "{err}");
     drop(conn);
-    let status = env.ok(&["status"]);
+    let status = ok(&env, &["status"]);
     assert!(
         status.contains("planning or interrupted: 2 chunks committed"),
         "{status}"
     );
     // `plan` shows the rest of the unfinished run and changes nothing.
-    let plan = env.ok(&["plan", "--json"]);
+    let plan = ok(&env, &["plan", "--json"]);
     let plan: Value = serde_json::from_str(&plan).unwrap();
     assert_eq!(plan["resumed"], json!(true));
     assert_eq!(
@@ -401,12 +374,12 @@ fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
         3_000,
         "{plan}"
     );
-    let out = env.ok(&["sync", "--no-deliver"]);
+    let out = ok(&env, &["sync", "--no-deliver"]);
     assert!(
         out.contains("resumed from its last committed chunk"),
         "{out}"
     );
-    let conn = env.conn();
+    let conn = open(&env);
     assert_eq!(count(&conn, "SELECT count(*) FROM run_progress"), 0);
     // The resumed run holds every message; the run `sync` then made found nothing left.
     assert_eq!(count(&conn, "SELECT count(*) FROM runs"), 2);
@@ -429,12 +402,12 @@ fn a_crash_between_chunks_is_resumed_from_the_last_committed_chunk() {
 /// Start `sync --no-deliver` held (by the test hook) after its diff, inside its read
 /// transaction; returns the child and the path that releases it.
 fn held_sync(env: &Env) -> (std::process::Child, PathBuf) {
-    let release = env.db.with_file_name("release");
+    let release = env.db_path().with_file_name("release");
     let _ = std::fs::remove_file(&release);
-    let reading = env.db.with_file_name("release.reading");
+    let reading = env.db_path().with_file_name("release.reading");
     let _ = std::fs::remove_file(&reading);
     let child = env
-        .cmd(&["sync", "--no-deliver"])
+        .command(&["sync", "--no-deliver"])
         .env(audience_sync::plan::HOLD_HOOK, &release)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -466,14 +439,14 @@ fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
     // The run diffs inside a read transaction and writes in one short transaction at the end,
     // so an upstream writer is not kept waiting while it reads, and the run sees the snapshot
     // that was complete when it started, never a half-loaded one.
-    let env = Env::new();
+    let env = env();
     let users = 5_000;
-    seed(&env.conn(), users);
-    env.ok(&["sync", "--no-deliver"]);
-    let first = count(&env.conn(), "SELECT count(*) FROM outbox");
+    seed(&open(&env), users);
+    ok(&env, &["sync", "--no-deliver"]);
+    let first = count(&open(&env), "SELECT count(*) FROM outbox");
     // An upstream writer starts a new tra_1 snapshot (every value + 1) before the run: rows
     // committed, not complete yet.
-    let upstream = Connection::open(&env.db).unwrap();
+    let upstream = Connection::open(env.db_path()).unwrap();
     upstream
         .busy_timeout(std::time::Duration::from_secs(1))
         .unwrap();
@@ -497,7 +470,7 @@ fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
     };
     insert(0, users / 2);
     // A change the run must see: aud_1 gains everyone (a complete snapshot before the run).
-    snapshot(&env.conn(), "aud_1", 1_700_003_600, users, |_| {
+    snapshot(&open(&env), "aud_1", 1_700_003_600, users, |_| {
         Some("true".into())
     });
 
@@ -513,7 +486,7 @@ fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
         .unwrap();
     finish(child, &release);
 
-    let conn = env.conn();
+    let conn = open(&env);
     // The run saw aud_1's new snapshot and tra_1's old one: 2,500 enters, no tra_1 change.
     let tra_snapshot: i64 = conn
         .query_row(
@@ -547,9 +520,9 @@ fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
     drop(conn);
 
     // The next run sees the upstream snapshot whole: every tra_1 value changed.
-    let before = count(&env.conn(), "SELECT count(*) FROM outbox");
-    env.ok(&["sync", "--no-deliver"]);
-    let conn = env.conn();
+    let before = count(&open(&env), "SELECT count(*) FROM outbox");
+    ok(&env, &["sync", "--no-deliver"]);
+    let conn = open(&env);
     assert_eq!(
         count(&conn, "SELECT count(*) FROM outbox") - before,
         (users * 2) as i64
@@ -560,7 +533,7 @@ fn an_upstream_load_during_a_run_neither_waits_nor_is_seen_half_done() {
         let n: u64 = entity[1..].parse().unwrap();
         assert_eq!(value, (n + 1).to_string(), "{entity}");
     }
-    integrity(&env.db);
+    assert_integrity(&env.db_path());
 }
 
 #[test]
@@ -568,14 +541,13 @@ fn a_dead_letter_while_a_run_reads_makes_the_next_run_diff_again() {
     // u0001's value is planned (pending); a run reads tra_1 (u0002 changed, u0001 not); while it
     // reads, u0001's message dies, which moves planned back to delivered (none). The run must
     // not record tra_1 as planned from the new snapshot, or u0001 would never be sent again.
-    let env = Env::new();
-    seed(&env.conn(), 4);
-    env.ok(&["sync", "--no-deliver"]);
-    snapshot(&env.conn(), "tra_1", 1_700_003_600, 4, |i| {
+    let env = env();
+    seed(&open(&env), 4);
+    ok(&env, &["sync", "--no-deliver"]);
+    snapshot(&open(&env), "tra_1", 1_700_003_600, 4, |i| {
         Some(if i == 2 { "20".into() } else { i.to_string() })
     });
-    let seq: i64 = env
-        .conn()
+    let seq: i64 = open(&env)
         .query_row(
             "SELECT seq FROM outbox WHERE lane = 'u0001' AND type = 'identify'",
             [],
@@ -584,7 +556,7 @@ fn a_dead_letter_while_a_run_reads_makes_the_next_run_diff_again() {
         .unwrap();
 
     let (child, release) = held_sync(&env);
-    let mut conn = env.conn();
+    let mut conn = open(&env);
     let marked = audience_sync::store::outbox::mark_dead(&mut conn, seq, "test").unwrap();
     assert_eq!(marked, audience_sync::store::outbox::Marked::Done);
     finish(child, &release);
@@ -606,7 +578,7 @@ fn a_dead_letter_while_a_run_reads_makes_the_next_run_diff_again() {
     );
 
     let before: i64 = count(&conn, "SELECT max(seq) FROM outbox");
-    env.ok(&["sync", "--no-deliver"]);
+    ok(&env, &["sync", "--no-deliver"]);
     let seq: i64 = conn
         .query_row(
             "SELECT seq FROM outbox WHERE seq > ?1 AND lane = 'u0001' AND type = 'identify'",

@@ -113,9 +113,7 @@ impl Small {
     }
 
     fn integrity(&self) -> String {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap()
+        crate::harness::integrity_check(&self.db)
     }
 
     /// Every complete snapshot has all its rows.

@@ -5,7 +5,7 @@
 //! 150 and 300 ms latency: the share of the budget used and the 429s.
 //!
 //! By default a short version runs as a test and checks the targets, except the shares of the
-//! budget used in (b) and (d): wall-clock thresholds, which only the benchmark holds. With
+//! budget used in (b), (c) and (d): wall-clock thresholds, which only the benchmark holds. With
 //! `AUDIENCE_SYNC_BENCH=1` it runs at full size (1,000 users, 100 requests per 2 s window: a
 //! 30-window drain, the 5-minute equivalent of Intercom's 10 s windows; for (d) 13,500 users
 //! per latency, about 8 windows of 10 s each) and prints the numbers:
@@ -261,7 +261,11 @@ fn bench_unannounced_budget_is_learned_from_the_first_429() {
         d.windows
     );
     assert_eq!(windows_with_429, 1, "{:?}", d.windows);
-    assert_eq!(lost, 0, "{:?}", d.windows);
+    // Whether a window used 90% of the budget is a wall-clock measure (a loaded machine sends
+    // less): only the benchmark judges it.
+    if bench() {
+        assert_eq!(lost, 0, "{:?}", d.windows);
+    }
 }
 
 /// (d) The size of the latency benchmark.
