@@ -40,8 +40,10 @@ pub enum Command {
     Status(StatusArgs),
     /// Inspect and act on messages that failed for good.
     DeadLetters(DeadLettersArgs),
-    /// Run the SQL-defined computations ([[computations]], [membership]) and store each result
-    /// as a new snapshot.
+    // The help text names settings tables in brackets, which rustdoc would take for links.
+    #[command(
+        about = "Run the SQL-defined computations ([[computations]], [membership]) and store each result as a new snapshot"
+    )]
     Compute(ComputeArgs),
     /// Apply the retention settings now and report what was removed.
     Prune(PruneArgs),
@@ -112,9 +114,12 @@ pub struct LoadArgs {
 
 #[derive(Debug, Args)]
 pub struct ComputeArgs {
-    /// Only this computation (its key in [[computations]]); default: every computation and the
-    /// [membership] query.
-    #[arg(long, value_name = "KEY")]
+    // As `Compute`'s about: brackets a rustdoc link would take.
+    #[arg(
+        long,
+        value_name = "KEY",
+        help = "Only this computation (its key in [[computations]]); default: every computation and the [membership] query"
+    )]
     pub computation: Option<String>,
     /// Run and check every query; print row counts and the first rows, store nothing.
     #[arg(long)]

@@ -64,7 +64,7 @@ const IN_FLIGHT_EXTRA: usize = 2;
 
 /// How many requests to keep in flight so that a budget of `rate_per_sec` is spent when a
 /// request takes `latency` (Little's law: in flight = rate × latency), with a quarter more and
-/// [`IN_FLIGHT_EXTRA`] on top, within `[1, max]`. Before any latency was measured: one (a window
+/// `IN_FLIGHT_EXTRA` (2) on top, within `[1, max]`. Before any latency was measured: one (a window
 /// carries one request until an answer is seen anyway). More in flight than this would only
 /// wait in the limiter; fewer leave the budget unspent.
 pub fn in_flight_target(rate_per_sec: f64, latency: Option<Duration>, max: usize) -> usize {
