@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::domain::{Kind, Scope};
+use crate::segment::Message;
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
@@ -239,7 +240,7 @@ impl Comp {
         ComputationRef {
             id: &self.id,
             key: &self.key,
-            audience: self.audience,
+            kind: self.kind(),
         }
     }
 
@@ -540,7 +541,7 @@ impl<'a> Emitter<'a, '_> {
         let body =
             message::group_account(&self.personas.space_id, group_id, &traits, timestamp, &id);
         let lane = format!("account:{group_id}");
-        self.emit(&lane, &id, "group", &body, &effects, false)
+        self.emit(&lane, &id, &body, &effects, false)
     }
 
     /// A user's changes: one identify (every changed value, every account left), then one group
@@ -630,7 +631,7 @@ impl<'a> Emitter<'a, '_> {
         if !traits.is_empty() || !detached.is_empty() {
             let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let body = message::identify(space, user, &traits, &detached, timestamp, &id);
-            self.emit(entity_id, &id, "identify", &body, &effects, false)?;
+            self.emit(entity_id, &id, &body, &effects, false)?;
         }
 
         for row in rows.iter().filter(|r| r.change == Change::Attach) {
@@ -645,7 +646,7 @@ impl<'a> Emitter<'a, '_> {
                     attached: true,
                 },
             }];
-            self.emit(entity_id, &id, "group", &body, &effects, true)?;
+            self.emit(entity_id, &id, &body, &effects, true)?;
         }
 
         for (row, event_time) in rows.iter().zip(&event_times) {
@@ -662,7 +663,7 @@ impl<'a> Emitter<'a, '_> {
             let id = message::message_id(&id_parts.iter().map(String::as_str).collect::<Vec<_>>());
             let value = json_value(row.value.as_deref())?;
             let body = message::track(space, user, comp.reference(), event, value, at, &id);
-            self.emit(entity_id, &id, "track", &body, &[], false)?;
+            self.emit(entity_id, &id, &body, &[], false)?;
         }
         if self.stage {
             // One row per event name: the last time used for this user.
@@ -698,15 +699,18 @@ impl<'a> Emitter<'a, '_> {
         Ok(())
     }
 
+    /// Emit one planned message: serialised here, once (`Message::to_value`), to be printed or
+    /// staged for the outbox.
     fn emit(
         &mut self,
         lane: &str,
         message_id: &str,
-        kind: &str,
-        body: &Value,
+        message: &Message,
         effects: &[Effect],
         with_user: bool,
     ) -> anyhow::Result<()> {
+        let kind = message.kind();
+        let body = &message.to_value();
         let counted = match self.output {
             Output::Plan => true,
             Output::DryRun(out) => {

@@ -641,6 +641,7 @@ fn apply(tx: &Transaction<'_>, effect: &Effect, dead: bool) -> rusqlite::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Kind;
     use crate::plan::message::{self, ComputationRef, User};
     use serde_json::json;
 
@@ -648,27 +649,27 @@ mod tests {
         ComputationRef {
             id: "tra_2TqVbMcFZ1x9lqbrUYsEbQnUDWj",
             key: "lifetime_value",
-            audience: false,
+            kind: Kind::Trait,
         },
         ComputationRef {
             id: "tra_2TqVbNfGk3Lw0pQzRmXsYtUvAbC",
             key: "plan_tier",
-            audience: false,
+            kind: Kind::Trait,
         },
         ComputationRef {
             id: "tra_2TqVbPhJm5Ny2rSaTnZuAwBxCdE",
             key: "orders_last_30_days",
-            audience: false,
+            kind: Kind::Trait,
         },
         ComputationRef {
             id: "tra_2TqVbQkLo7Pa4tUcVpBwCyDzEfG",
             key: "country",
-            audience: false,
+            kind: Kind::Trait,
         },
         ComputationRef {
             id: "tra_2TqVbRmNq9Rc6vWeXrDyEaFbGhI",
             key: "is_vip",
-            audience: false,
+            kind: Kind::Trait,
         },
     ];
 
@@ -694,7 +695,7 @@ mod tests {
             .zip(values.iter().cloned())
             .collect();
         let id = message::message_id(&["identify", &entity_id, &i.to_string()]);
-        let body = message::identify("spa_prod", user, &traits, &[], 1_700_000_000, &id);
+        let body = message::identify("spa_prod", user, &traits, &[], 1_700_000_000, &id).to_value();
         let effects: Vec<Effect> = traits
             .iter()
             .map(|(c, v)| Effect::Value {

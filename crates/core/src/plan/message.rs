@@ -1,20 +1,26 @@
 //! Building the Segment-spec messages Personas sends: identify, track and group, with their
-//! deterministic `messageId`s and event times. Pure: values in, JSON out; no clock.
+//! deterministic `messageId`s and event times. Pure: values in, typed [`Message`]s out (which
+//! `Message::to_value` serialises once, into the outbox); no clock.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
+
+use crate::domain::Kind;
+use crate::segment::{Common, Group, Identify, Message, Object, Track};
 
 /// What `context.personas` names: one computation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ComputationRef<'a> {
     pub id: &'a str,
     pub key: &'a str,
-    pub audience: bool,
+    pub kind: Kind,
 }
 
 impl ComputationRef<'_> {
+    /// `computation_class`: `audience` or `trait`.
     fn class(&self) -> &'static str {
-        if self.audience { "audience" } else { "trait" }
+        self.kind.as_str()
     }
 }
 
@@ -69,8 +75,11 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-fn integrations() -> Value {
-    json!({"All": false, "Intercom": true})
+fn integrations() -> Object {
+    let mut m = Map::new();
+    m.insert("All".into(), false.into());
+    m.insert("Intercom".into(), true.into());
+    m
 }
 
 /// `context.personas`: the first computation's fields, and for a message that carries several
@@ -104,12 +113,36 @@ pub fn personas(space_id: &str, computations: &[ComputationRef<'_>]) -> Value {
     Value::Object(p)
 }
 
-fn base(kind: &str, message_id: &str, timestamp: i64) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("type".into(), kind.into());
-    m.insert("messageId".into(), message_id.into());
-    m.insert("timestamp".into(), rfc3339(timestamp).into());
-    m
+/// What every planned message shares: its id, its time, the user it addresses (if any), the
+/// destination selection and `context`.
+fn common(message_id: &str, timestamp: i64, user_id: Option<&str>, context: Object) -> Common {
+    Common {
+        user_id: user_id.map(str::to_string),
+        anonymous_id: None,
+        message_id: Some(message_id.to_string()),
+        // Snapshot times are checked when they are loaded; the epoch stands for none.
+        timestamp: Some(DateTime::<Utc>::from_timestamp(timestamp, 0).unwrap_or_default()),
+        original_timestamp: None,
+        context,
+        integrations: integrations(),
+    }
+}
+
+/// `context` with only `personas`.
+fn personas_context(space_id: &str, computations: &[ComputationRef<'_>]) -> Object {
+    let mut context = Map::new();
+    context.insert("personas".into(), personas(space_id, computations));
+    context
+}
+
+/// `context` of a message addressed to a user: `traits.email` when known, and `personas`.
+fn user_context(space_id: &str, user: User<'_>, computations: &[ComputationRef<'_>]) -> Object {
+    let mut context = Map::new();
+    if let Some(email) = user.email {
+        context.insert("traits".into(), json!({"email": email}));
+    }
+    context.insert("personas".into(), personas(space_id, computations));
+    context
 }
 
 /// One identify carrying every changed value of a user (`traits` in computation order) and
@@ -121,11 +154,7 @@ pub fn identify(
     detached_from: &[&str],
     timestamp: i64,
     message_id: &str,
-) -> Value {
-    let mut m = base("identify", message_id, timestamp);
-    if let Some(id) = user.user_id() {
-        m.insert("userId".into(), id.into());
-    }
+) -> Message {
     let mut t = Map::new();
     if let Some(email) = user.email {
         t.insert("email".into(), email.into());
@@ -143,14 +172,12 @@ pub fn identify(
                 .into(),
         );
     }
-    m.insert("traits".into(), Value::Object(t));
-    m.insert("integrations".into(), integrations());
     let computations: Vec<_> = traits.iter().map(|(c, _)| *c).collect();
-    m.insert(
-        "context".into(),
-        json!({"personas": personas(space_id, &computations)}),
-    );
-    Value::Object(m)
+    let context = personas_context(space_id, &computations);
+    Message::Identify(Identify {
+        common: common(message_id, timestamp, user.user_id(), context),
+        traits: t,
+    })
 }
 
 /// One track: `Audience Entered` / `Audience Exited` with `{audience_key: KEY, KEY: bool}`,
@@ -163,29 +190,20 @@ pub fn track(
     value: Value,
     timestamp: i64,
     message_id: &str,
-) -> Value {
-    let mut m = base("track", message_id, timestamp);
-    if let Some(id) = user.user_id() {
-        m.insert("userId".into(), id.into());
-    }
-    m.insert("event".into(), event.into());
+) -> Message {
     let mut props = Map::new();
-    let label = if computation.audience {
-        "audience_key"
-    } else {
-        "trait_key"
+    let label = match computation.kind {
+        Kind::Audience => "audience_key",
+        Kind::Trait => "trait_key",
     };
     props.insert(label.into(), computation.key.into());
     props.insert(computation.key.into(), value);
-    m.insert("properties".into(), Value::Object(props));
-    m.insert("integrations".into(), integrations());
-    let mut context = Map::new();
-    if let Some(email) = user.email {
-        context.insert("traits".into(), json!({"email": email}));
-    }
-    context.insert("personas".into(), personas(space_id, &[computation]));
-    m.insert("context".into(), Value::Object(context));
-    Value::Object(m)
+    let context = user_context(space_id, user, &[computation]);
+    Message::Track(Track {
+        common: common(message_id, timestamp, user.user_id(), context),
+        event: event.to_string(),
+        properties: props,
+    })
 }
 
 /// An account's own values: `group {groupId, traits}` with no userId (it upserts the company).
@@ -195,21 +213,18 @@ pub fn group_account(
     traits: &[(ComputationRef<'_>, Value)],
     timestamp: i64,
     message_id: &str,
-) -> Value {
-    let mut m = base("group", message_id, timestamp);
-    m.insert("groupId".into(), group_id.into());
+) -> Message {
     let mut t = Map::new();
     for (c, v) in traits {
         t.insert(c.key.to_string(), v.clone());
     }
-    m.insert("traits".into(), Value::Object(t));
-    m.insert("integrations".into(), integrations());
     let computations: Vec<_> = traits.iter().map(|(c, _)| *c).collect();
-    m.insert(
-        "context".into(),
-        json!({"personas": personas(space_id, &computations)}),
-    );
-    Value::Object(m)
+    let context = personas_context(space_id, &computations);
+    Message::Group(Group {
+        common: common(message_id, timestamp, None, context),
+        group_id: group_id.to_string(),
+        traits: t,
+    })
 }
 
 /// A user joined an account: `group {userId, groupId, traits: {}}` (attach).
@@ -219,21 +234,13 @@ pub fn group_attach(
     group_id: &str,
     timestamp: i64,
     message_id: &str,
-) -> Value {
-    let mut m = base("group", message_id, timestamp);
-    if let Some(id) = user.user_id() {
-        m.insert("userId".into(), id.into());
-    }
-    m.insert("groupId".into(), group_id.into());
-    m.insert("traits".into(), json!({}));
-    m.insert("integrations".into(), integrations());
-    let mut context = Map::new();
-    if let Some(email) = user.email {
-        context.insert("traits".into(), json!({"email": email}));
-    }
-    context.insert("personas".into(), personas(space_id, &[]));
-    m.insert("context".into(), Value::Object(context));
-    Value::Object(m)
+) -> Message {
+    let context = user_context(space_id, user, &[]);
+    Message::Group(Group {
+        common: common(message_id, timestamp, user.user_id(), context),
+        group_id: group_id.to_string(),
+        traits: Map::new(),
+    })
 }
 
 #[cfg(test)]
@@ -243,12 +250,12 @@ mod tests {
     const AUD: ComputationRef<'static> = ComputationRef {
         id: "aud_1",
         key: "order_completed_last_30days",
-        audience: true,
+        kind: Kind::Audience,
     };
     const TRA: ComputationRef<'static> = ComputationRef {
         id: "tra_1",
         key: "ltv",
-        audience: false,
+        kind: Kind::Trait,
     };
 
     #[test]
@@ -264,10 +271,12 @@ mod tests {
             &["acme"],
             0,
             "personas_x",
-        );
+        )
+        .to_value();
+        // The bytes the outbox stores: the keys in this order.
         assert_eq!(
-            m,
-            json!({
+            serde_json::to_string(&m).unwrap(),
+            serde_json::to_string(&json!({
                 "type": "identify",
                 "messageId": "personas_x",
                 "timestamp": "1970-01-01T00:00:00Z",
@@ -290,7 +299,8 @@ mod tests {
                         {"computation_class": "trait", "computation_id": "tra_1", "computation_key": "ltv"}
                     ]
                 }}
-            })
+            }))
+            .unwrap()
         );
     }
 
@@ -308,11 +318,16 @@ mod tests {
             json!("x"),
             86400,
             "personas_t",
-        );
+        )
+        .to_value();
         assert!(m.get("userId").is_none(), "email-only users have no userId");
         assert_eq!(m["properties"], json!({"trait_key": "ltv", "ltv": "x"}));
         assert_eq!(m["context"]["traits"]["email"], "b@example.com");
         assert_eq!(m["timestamp"], "1970-01-02T00:00:00Z");
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"track","messageId":"personas_t","timestamp":"1970-01-02T00:00:00Z","event":"Trait Computed","properties":{"trait_key":"ltv","ltv":"x"},"integrations":{"All":false,"Intercom":true},"context":{"traits":{"email":"b@example.com"},"personas":{"computation_class":"trait","computation_id":"tra_1","computation_key":"ltv","namespace":"spa_s","space_id":"s"}}}"#
+        );
         let m = track(
             "s",
             user,
@@ -321,7 +336,8 @@ mod tests {
             json!(false),
             0,
             "personas_t",
-        );
+        )
+        .to_value();
         assert_eq!(
             m["properties"],
             json!({"audience_key": "order_completed_last_30days", "order_completed_last_30days": false})
@@ -330,7 +346,8 @@ mod tests {
 
     #[test]
     fn group_shapes() {
-        let m = group_account("s", "acme", &[(TRA, json!("Enterprise"))], 0, "personas_g");
+        let m =
+            group_account("s", "acme", &[(TRA, json!("Enterprise"))], 0, "personas_g").to_value();
         assert!(m.get("userId").is_none());
         assert_eq!(m["groupId"], "acme");
         assert_eq!(m["traits"], json!({"ltv": "Enterprise"}));
@@ -339,10 +356,14 @@ mod tests {
             entity_id: "u1",
             email: None,
         };
-        let m = group_attach("s", user, "acme", 0, "personas_a");
+        let m = group_attach("s", user, "acme", 0, "personas_a").to_value();
         assert_eq!(m["userId"], "u1");
         assert_eq!(m["groupId"], "acme");
         assert_eq!(m["traits"], json!({}));
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"group","messageId":"personas_a","timestamp":"1970-01-01T00:00:00Z","userId":"u1","groupId":"acme","traits":{},"integrations":{"All":false,"Intercom":true},"context":{"personas":{"namespace":"spa_s","space_id":"s"}}}"#
+        );
     }
 
     #[test]
