@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{
@@ -152,19 +152,11 @@ fn gauges(figures: &DatabaseFigures, max_pending_messages: u64) -> DatabaseGauge
     gauges
 }
 
-fn open_read_only(path: &PathBuf) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
-}
 
 async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
     let path = endpoints.database.clone();
     tokio::task::spawn_blocking(move || {
-        let conn = open_read_only(&path).map_err(|e| e.to_string())?;
+        let conn = crate::store::connection::open_for_scrape(&path).map_err(|e| e.to_string())?;
         read_figures(&conn, &path, crate::store::now_unix()).map_err(|e| e.to_string())
     })
     .await

@@ -64,6 +64,18 @@ pub fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     Ok((verdict != "ok").then_some(verdict))
 }
 
+/// How long a `/metrics` scrape's reads wait for another connection's lock: a scrape answers
+/// within a scraper's timeout, even beside a long write.
+pub const SCRAPE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A read-only connection for one `/metrics` scrape (or `/healthz`): [`super::open_reader`]
+/// with [`SCRAPE_BUSY_TIMEOUT`].
+pub fn open_for_scrape(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let conn = super::open_reader(path)?;
+    conn.busy_timeout(SCRAPE_BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
