@@ -373,7 +373,7 @@ fn command(bin: &Path, db: &Path, args: &[&str], base_url: Option<&str>) -> Comm
         .env("AUDIENCE_SYNC__LOG__FORMAT", "json")
         .env(
             "AUDIENCE_SYNC__LOG__LEVEL",
-            "info,audience_sync::plan::run=debug",
+            "info,audience_sync::plan=debug",
         )
         .env("AUDIENCE_SYNC__INTERCOM__ACCESS_TOKEN", TOKEN)
         .stdin(Stdio::null())

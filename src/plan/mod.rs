@@ -5,48 +5,51 @@
 //! (`store::state::Merge`), each computation on a worker thread with its own read connection,
 //! and the per-computation change streams, all in entity order, are merged k-way, so each
 //! entity's changes arrive together without any sort: one identify carrying every changed
-//! value, then its group calls, then one track per change (`Emitter`, here). Enqueue stages the
-//! outbox rows and the planned state they imply in temp tables while it reads and writes them
-//! chunk by chunk, each chunk one short write transaction (`run.rs`). `plan` and
-//! `sync --dry-run` write nothing. Memory holds one entity's changes at a time (and a worker's
-//! batch), never a snapshot.
+//! value, then its group calls, then one track per change. Enqueue stages the outbox rows and
+//! the planned state they imply in temp tables while it reads and writes them chunk by chunk,
+//! each chunk one short write transaction. `plan` and `sync --dry-run` write nothing. Memory
+//! holds one entity's changes at a time (and a worker's batch), never a snapshot.
+//!
+//! One file per stage, in the order a change goes through them:
+//!
+//! - `run.rs`: the run: a new one chosen (or an unfinished one resumed), the merges of its two
+//!   passes (accounts, then users) set up, each pass driven through the chunker.
+//! - `workers.rs`: each merge (`Job`) on a worker thread with its own read connection, its read
+//!   transaction refreshed as it goes, its changes sent in batches to the run's thread.
+//! - `merge.rs`: the pass's change streams merged k-way by entity, each entity's changes handed
+//!   together to the emitter until the chunk is full.
+//! - `emit.rs`: the Personas emitter: an entity's changes coalesced into identify / group /
+//!   track messages, staged with the planned state they imply (or printed, or counted).
+//! - `estimate.rs`: the Intercom requests those messages will take ([`RequestEstimate`]).
+//! - `chunk.rs`: the chunks: pacing against delivery, each chunk's write transaction (outbox,
+//!   planned state, the run's progress), the test hooks.
+//!
+//! This file holds what the rest of the crate sees of a run (its options, output and report)
+//! and the computation as every stage sees it (`Comp`).
 
 pub use audience_sync_core::plan::{diff, message};
 
+mod chunk;
+mod emit;
+mod estimate;
+mod merge;
 pub mod run;
+mod workers;
 
-pub use run::{CHUNK_ROWS, Chunking, Pace, RunError};
-use run::{ChunkCounts, DiffSpec};
+pub use chunk::{ABORT_HOOK, CHUNK_ROWS, CHUNK_ROWS_HOOK, Chunking, HOLD_HOOK, Pace};
+pub use estimate::{LOOKUP_BATCH, RequestEstimate};
+pub use run::RunError;
 
-use std::collections::HashSet;
 use std::io::Write;
 
-use anyhow::Context;
 use rusqlite::Connection;
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::domain::{Kind, Scope};
-use crate::segment::Message;
 use crate::settings::PersonasSettings;
-use crate::store::outbox::{self, Effect, MembershipEffect};
-use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
-use diff::Change;
-use message::{ComputationRef, User};
-
-/// Test hook: `AUDIENCE_SYNC_TEST_ABORT=before_commit|after_commit` aborts the process at that
-/// point of an enqueueing run's last chunk, and `after_chunk:K` once its K-th chunk (not the
-/// last) has committed, so the crash tests can prove each chunk atomic and a run resumable.
-pub const ABORT_HOOK: &str = "AUDIENCE_SYNC_TEST_ABORT";
-
-/// Test hook: `AUDIENCE_SYNC_TEST_CHUNK_ROWS=N` ends a run's chunks after N staged rows instead
-/// of [`CHUNK_ROWS`], so tests put chunk boundaries (and crashes between chunks) in small runs.
-pub const CHUNK_ROWS_HOOK: &str = "AUDIENCE_SYNC_TEST_CHUNK_ROWS";
-
-/// Test hook: `AUDIENCE_SYNC_TEST_HOLD=PATH` makes an enqueueing run, once its first chunk is
-/// read and while its read transaction is still open, create `PATH.reading` and wait (up to 60 s) until
-/// `PATH` exists, so tests can write to the database while a run reads.
-pub const HOLD_HOOK: &str = "AUDIENCE_SYNC_TEST_HOLD";
+use crate::store::state::{Counts, SnapshotRef};
+use message::ComputationRef;
+use workers::DiffSpec;
 
 /// Incremental (diff against planned state) or full (`--full`: re-send current values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,57 +128,6 @@ impl MessageCounts {
     }
 }
 
-/// The Intercom requests a run's messages will take (SPEC section 6, "Request floor"), as
-/// delivery makes them: contacts without a cached id are looked up in bulk ([`LOOKUP_BATCH`] a
-/// search) and created with every value in one request; a known contact is one write; a company
-/// is upserted once a run (an account's own values, or the first attach of a company whose id is
-/// not cached); one request per attach, detach, event and data attribute created. A user the
-/// cache does not know is counted as new: if Intercom has it after all, its create is an update,
-/// the same one request (only an exit for such a user costs one more than predicted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct RequestEstimate {
-    /// Bulk searches for the users below.
-    pub lookups: u64,
-    /// Users with a message that needs their contact and no cached contact id.
-    pub unknown_users: u64,
-    /// `POST /contacts` for new users (carrying every value).
-    pub creates: u64,
-    /// `PUT /contacts/{id}` for known users.
-    pub updates: u64,
-    /// `POST /events`.
-    pub events: u64,
-    /// `POST /companies`.
-    pub companies: u64,
-    /// `POST /contacts/{id}/companies`.
-    pub attaches: u64,
-    /// `DELETE /contacts/{id}/companies/{id}`, and `GET /companies` for a company whose id is
-    /// not cached.
-    pub detaches: u64,
-    pub company_lookups: u64,
-    /// `GET /data_attributes` (twice, once per model, when this database never listed them)
-    /// and `POST /data_attributes` for attributes Intercom does not have yet.
-    pub attribute_lists: u64,
-    pub attributes: u64,
-}
-
-/// Users one bulk lookup asks about (`intercom::resolve::BATCH`).
-pub const LOOKUP_BATCH: u64 = crate::intercom::resolve::BATCH as u64;
-
-impl RequestEstimate {
-    pub fn total(&self) -> u64 {
-        self.lookups
-            + self.creates
-            + self.updates
-            + self.events
-            + self.companies
-            + self.attaches
-            + self.detaches
-            + self.company_lookups
-            + self.attribute_lists
-            + self.attributes
-    }
-}
-
 /// One computation's part of a run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ComputationReport {
@@ -223,11 +175,14 @@ pub struct Report {
     pub longest_write_ms: u64,
 }
 
+/// A computation as every stage of a run sees it.
 struct Comp {
     id: String,
     key: String,
-    audience: bool,
-    account: bool,
+    kind: Kind,
+    /// An account computation's values are its accounts' own (and, through the membership,
+    /// their users'); a user computation's, its users'.
+    scope: Scope,
     snapshot: Option<SnapshotRef>,
     /// Diffed with `--full` semantics (re-send unchanged values).
     resync: bool,
@@ -240,25 +195,17 @@ impl Comp {
         ComputationRef {
             id: &self.id,
             key: &self.key,
-            kind: self.kind(),
+            kind: self.kind,
         }
     }
 
     fn spec(&self, index: usize, lane: Scope) -> DiffSpec {
         DiffSpec {
             index,
-            kind: self.kind(),
+            kind: self.kind,
             resync: self.resync,
             track: self.track,
             lane,
-        }
-    }
-
-    fn kind(&self) -> Kind {
-        if self.audience {
-            Kind::Audience
-        } else {
-            Kind::Trait
         }
     }
 }
@@ -290,460 +237,6 @@ pub fn run_paced(
         Some(pace),
         Chunking::default(),
     )
-}
-
-fn count(counts: &mut Counts, change: Change) {
-    match change {
-        Change::Entered | Change::Appeared => counts.entered += 1,
-        Change::Exited | Change::Gone => counts.exited += 1,
-        Change::Changed => counts.changed += 1,
-        Change::Resent => counts.resent += 1,
-        Change::Attach | Change::Detach => {}
-    }
-}
-
-fn json_value(text: Option<&str>) -> anyhow::Result<Value> {
-    match text {
-        None => Ok(Value::Null),
-        Some(t) => {
-            serde_json::from_str(t).with_context(|| format!("snapshot value {t:?} is not JSON"))
-        }
-    }
-}
-
-struct Emitter<'a, 'o> {
-    conn: &'a Connection,
-    personas: &'a PersonasSettings,
-    comps: &'a [Comp],
-    membership: Option<SnapshotRef>,
-    /// Enqueue: stage messages and planned state (`store::state::create_staging`).
-    stage: bool,
-    counts: MessageCounts,
-    estimate: Estimator,
-    output: &'a mut Output<'o>,
-    /// What the current chunk counted, and the rows it staged.
-    chunk: ChunkCounts,
-    staged: usize,
-}
-
-/// Counts the requests a run's messages will take, entity by entity (see [`RequestEstimate`]).
-#[derive(Default)]
-struct Estimator {
-    requests: RequestEstimate,
-    /// Companies this run upserts (their first upsert caches the id for the rest).
-    companies: HashSet<String>,
-    /// Per computation index: it writes a user value / an account value (its data attributes).
-    user_values: HashSet<usize>,
-    account_values: HashSet<usize>,
-}
-
-/// A value that is written as such (not an exit's `false` or a clear).
-fn writes_value(value: Option<&str>) -> bool {
-    !matches!(value, None | Some("false") | Some("null"))
-}
-
-impl Estimator {
-    fn entity(&mut self, conn: &Connection, rows: &[ChangeRow]) -> anyhow::Result<()> {
-        let entity_id = rows[0].entity_id.as_str();
-        if rows[0].lane == Scope::Account {
-            // An account's own group call: one upsert of its company.
-            self.requests.companies += 1;
-            self.companies.insert(entity_id.to_string());
-            for row in rows {
-                if let Some(index) = row.computation {
-                    self.account_values.insert(index as usize);
-                }
-            }
-            return Ok(());
-        }
-        let attach = Change::Attach;
-        let detach = Change::Detach;
-        let values: Vec<&ChangeRow> = rows
-            .iter()
-            .filter(|r| r.change != attach && r.change != detach)
-            .collect();
-        let detaches = rows.iter().filter(|r| r.change == detach);
-        let attaches: Vec<&ChangeRow> = rows.iter().filter(|r| r.change == attach).collect();
-        let identify = !values.is_empty() || rows.iter().any(|r| r.change == detach);
-        let creates = values.iter().any(|r| writes_value(r.value.as_deref()));
-        for row in &values {
-            if let Some(index) = row.computation
-                && row.value.is_some()
-            {
-                self.user_values.insert(index as usize);
-            }
-        }
-        let known = crate::store::intercom::contact_id(conn, entity_id)?.is_some();
-        if !known && (identify || !attaches.is_empty()) {
-            self.requests.unknown_users += 1;
-        }
-        // The identify: one write, unless it only exits a user Intercom has no contact for.
-        let mut contact = known;
-        if identify {
-            if known {
-                self.requests.updates += 1;
-            } else if creates {
-                self.requests.creates += 1;
-                contact = true;
-            }
-        }
-        for row in detaches {
-            let group_id = row.group_id.as_deref().unwrap_or_default();
-            self.requests.detaches += 1;
-            if !self.companies.contains(group_id)
-                && crate::store::intercom::company_id(conn, group_id)?.is_none()
-            {
-                self.requests.company_lookups += 1;
-            }
-        }
-        for row in attaches {
-            let group_id = row.group_id.as_deref().unwrap_or_default();
-            if !contact {
-                // Joining an account creates the contact.
-                self.requests.creates += 1;
-                contact = true;
-            }
-            if !self.companies.contains(group_id) {
-                if crate::store::intercom::company_id(conn, group_id)?.is_none() {
-                    self.requests.companies += 1;
-                }
-                self.companies.insert(group_id.to_string());
-            }
-            self.requests.attaches += 1;
-        }
-        self.requests.events += rows.iter().filter(|r| r.track).count() as u64;
-        Ok(())
-    }
-
-    /// The run's totals: lookups for the unknown users, the data attributes its values need.
-    fn finish(
-        mut self,
-        conn: &Connection,
-        comps: &[Comp],
-        company_prefix: &str,
-    ) -> anyhow::Result<RequestEstimate> {
-        self.requests.lookups = self.requests.unknown_users.div_ceil(LOOKUP_BATCH);
-        let listed = crate::store::intercom::data_attributes(conn)?;
-        if listed.is_none() && !(self.user_values.is_empty() && self.account_values.is_empty()) {
-            self.requests.attribute_lists = 2;
-        }
-        let has = |model: &str, name: &str| {
-            listed
-                .as_ref()
-                .is_some_and(|rows| rows.iter().any(|(m, n, _)| m == model && n == name))
-        };
-        let mut needed: Vec<(&str, String)> = Vec::new();
-        for index in &self.user_values {
-            needed.push(("contact", comps[*index].key.clone()));
-        }
-        for index in &self.account_values {
-            needed.push(("company", format!("{company_prefix}{}", comps[*index].key)));
-        }
-        self.requests.attributes = needed.iter().filter(|(m, n)| !has(m, n)).count() as u64;
-        Ok(self.requests)
-    }
-}
-
-impl<'a> Emitter<'a, '_> {
-    fn comp(&self, row: &ChangeRow) -> &'a Comp {
-        &self.comps[row.computation.expect("a computation change") as usize]
-    }
-
-    /// The id parts that name a computation change: computation, snapshot (and membership
-    /// snapshot for a derived user value), change and value.
-    fn change_parts(&self, row: &ChangeRow, derived: bool) -> Vec<String> {
-        let comp = self.comp(row);
-        let mut parts = vec![
-            comp.id.clone(),
-            comp.snapshot.map(|s| s.id).unwrap_or_default().to_string(),
-        ];
-        if derived {
-            parts.push(self.membership.map(|m| m.id).unwrap_or(-1).to_string());
-        }
-        // The change's code, as message ids have always been derived from it.
-        parts.push(row.change.code().to_string());
-        parts.push(row.value.clone().unwrap_or_else(|| "null".into()));
-        parts
-    }
-
-    fn entity(&mut self, rows: &mut [ChangeRow]) -> anyhow::Result<()> {
-        self.chunk.count(self.comps, rows);
-        self.estimate.entity(self.conn, rows)?;
-        if matches!(self.output, Output::Plan) {
-            return self.count_only(rows);
-        }
-        if rows[0].lane == Scope::Account {
-            self.account(rows)
-        } else {
-            self.user(rows)
-        }
-    }
-
-    /// `plan`: count the messages `account` / `user` would build, without building them (an
-    /// initial sync of a million users would otherwise build a million bodies to count them).
-    fn count_only(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
-        for row in rows {
-            if let Some(t) = row.value.as_deref() {
-                serde_json::from_str::<serde::de::IgnoredAny>(t)
-                    .with_context(|| format!("snapshot value {t:?} is not JSON"))?;
-            }
-        }
-        if rows[0].lane == Scope::Account {
-            self.counts.group_account += 1;
-            return Ok(());
-        }
-        let attach = Change::Attach;
-        if rows.iter().any(|r| r.change != attach) {
-            self.counts.identify += 1;
-        }
-        self.counts.group_user += rows.iter().filter(|r| r.change == attach).count() as u64;
-        self.counts.track += rows.iter().filter(|r| r.track).count() as u64;
-        Ok(())
-    }
-
-    /// An account's own changed values: one group call, no userId.
-    fn account(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
-        let group_id = rows[0].entity_id.as_str();
-        let mut traits = Vec::with_capacity(rows.len());
-        let mut effects = Vec::with_capacity(rows.len());
-        let mut parts = vec!["group".to_string(), group_id.to_string()];
-        let mut timestamp = i64::MIN;
-        for row in rows {
-            let comp = self.comp(row);
-            let value = json_value(row.value.as_deref())?;
-            traits.push((comp.reference(), value.clone()));
-            effects.push(Effect::Value {
-                computation_id: comp.id.clone(),
-                subject: "account".into(),
-                entity_id: group_id.to_string(),
-                value,
-                // An account's own group call fires no event.
-                track_at: None,
-            });
-            parts.extend(self.change_parts(row, false));
-            timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
-            if self.stage {
-                state::stage_value(
-                    self.conn,
-                    &comp.id,
-                    "account",
-                    group_id,
-                    None,
-                    row.value.as_deref(),
-                    row.overrides,
-                )?;
-            }
-        }
-        if self.stage {
-            self.staged += rows.len();
-        }
-        let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
-        let body =
-            message::group_account(&self.personas.space_id, group_id, &traits, timestamp, &id);
-        let lane = format!("account:{group_id}");
-        self.emit(&lane, &id, &body, &effects, false)
-    }
-
-    /// A user's changes: one identify (every changed value, every account left), then one group
-    /// per account joined, then one track per change that tracks.
-    fn user(&mut self, rows: &[ChangeRow]) -> anyhow::Result<()> {
-        let entity_id = rows[0].entity_id.as_str();
-        let email = rows.iter().find_map(|r| r.email.as_deref());
-        let user = User { entity_id, email };
-        let space = self.personas.space_id.as_str();
-        let membership_taken = self.membership.map_or(0, |m| m.taken_at);
-
-        // Event times first: each value effect keeps the time of the track its change fires, so
-        // a dead letter can re-plan it with that time (`replans`). Per event name (at most
-        // three): the last time used for this user in this run.
-        let mut last_times: Vec<(&str, i64)> = Vec::new();
-        let mut event_times: Vec<Option<(&str, i64)>> = Vec::with_capacity(rows.len());
-        for row in rows.iter() {
-            if !row.track {
-                event_times.push(None);
-                continue;
-            }
-            let comp = self.comp(row);
-            let change = row.change;
-            let event = match change {
-                Change::Entered => self.personas.audience_entered_event.as_str(),
-                Change::Exited => self.personas.audience_exited_event.as_str(),
-                _ => self.personas.trait_computed_event.as_str(),
-            };
-            let seen = last_times.iter().position(|(name, _)| *name == event);
-            let last = match seen {
-                Some(i) => Some(last_times[i].1),
-                None => state::last_event_time(self.conn, entity_id, event)?,
-            };
-            // A re-planned change keeps its time (already below `last`: nothing moves).
-            let at = row.event_at.unwrap_or_else(|| {
-                message::event_time(comp.snapshot.map_or(0, |s| s.taken_at), last)
-            });
-            let newest = last.map_or(at, |l| l.max(at));
-            match seen {
-                Some(i) => last_times[i].1 = newest,
-                None => last_times.push((event, newest)),
-            }
-            event_times.push(Some((event, at)));
-        }
-
-        let mut traits = Vec::new();
-        let mut detached = Vec::new();
-        let mut effects = Vec::new();
-        let mut parts = vec!["identify".to_string(), entity_id.to_string()];
-        let mut timestamp = i64::MIN;
-        for (row, event_time) in rows.iter().zip(&event_times) {
-            match row.change {
-                Change::Attach => {}
-                Change::Detach => {
-                    let group_id = row.group_id.as_deref().unwrap_or_default();
-                    detached.push(group_id);
-                    effects.push(Effect::Membership {
-                        membership: MembershipEffect {
-                            group_id: group_id.to_string(),
-                            user_id: entity_id.to_string(),
-                            attached: false,
-                        },
-                    });
-                    parts.extend([
-                        "detach".to_string(),
-                        group_id.to_string(),
-                        self.membership.map(|m| m.id).unwrap_or(-1).to_string(),
-                    ]);
-                    timestamp = timestamp.max(membership_taken);
-                }
-                _ => {
-                    let comp = self.comp(row);
-                    let value = json_value(row.value.as_deref())?;
-                    traits.push((comp.reference(), value.clone()));
-                    effects.push(Effect::Value {
-                        computation_id: comp.id.clone(),
-                        subject: "user".into(),
-                        entity_id: entity_id.to_string(),
-                        value,
-                        track_at: event_time.map(|(_, at)| at),
-                    });
-                    parts.extend(self.change_parts(row, comp.account));
-                    timestamp = timestamp.max(comp.snapshot.map_or(0, |s| s.taken_at));
-                }
-            }
-        }
-        if !traits.is_empty() || !detached.is_empty() {
-            let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
-            let body = message::identify(space, user, &traits, &detached, timestamp, &id);
-            self.emit(entity_id, &id, &body, &effects, false)?;
-        }
-
-        for row in rows.iter().filter(|r| r.change == Change::Attach) {
-            let group_id = row.group_id.as_deref().unwrap_or_default();
-            let m = self.membership.map(|m| m.id).unwrap_or(-1).to_string();
-            let id = message::message_id(&["attach", entity_id, group_id, &m]);
-            let body = message::group_attach(space, user, group_id, membership_taken, &id);
-            let effects = [Effect::Membership {
-                membership: MembershipEffect {
-                    group_id: group_id.to_string(),
-                    user_id: entity_id.to_string(),
-                    attached: true,
-                },
-            }];
-            self.emit(entity_id, &id, &body, &effects, true)?;
-        }
-
-        for (row, event_time) in rows.iter().zip(&event_times) {
-            let Some((event, at)) = *event_time else {
-                continue;
-            };
-            let comp = self.comp(row);
-            let mut id_parts = vec![
-                "track".to_string(),
-                entity_id.to_string(),
-                event.to_string(),
-            ];
-            id_parts.extend(self.change_parts(row, comp.account));
-            let id = message::message_id(&id_parts.iter().map(String::as_str).collect::<Vec<_>>());
-            let value = json_value(row.value.as_deref())?;
-            let body = message::track(space, user, comp.reference(), event, value, at, &id);
-            self.emit(entity_id, &id, &body, &[], false)?;
-        }
-        if self.stage {
-            // One row per event name: the last time used for this user.
-            for (event, at) in &last_times {
-                state::stage_event_time(self.conn, entity_id, event, *at)?;
-                self.staged += 1;
-            }
-        }
-
-        if self.stage {
-            self.staged += rows.len();
-            for row in rows {
-                match row.change {
-                    Change::Attach | Change::Detach => state::stage_membership(
-                        self.conn,
-                        entity_id,
-                        row.group_id.as_deref().unwrap_or_default(),
-                        row.email.as_deref(),
-                        row.change == Change::Attach,
-                    )?,
-                    _ => state::stage_value(
-                        self.conn,
-                        &self.comp(row).id,
-                        "user",
-                        entity_id,
-                        row.email.as_deref(),
-                        row.value.as_deref(),
-                        row.overrides,
-                    )?,
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Emit one planned message: serialised here, once (`Message::to_value`), to be printed or
-    /// staged for the outbox.
-    fn emit(
-        &mut self,
-        lane: &str,
-        message_id: &str,
-        message: &Message,
-        effects: &[Effect],
-        with_user: bool,
-    ) -> anyhow::Result<()> {
-        let kind = message.kind();
-        let body = &message.to_value();
-        let counted = match self.output {
-            Output::Plan => true,
-            Output::DryRun(out) => {
-                // As an `io::Error` (not wrapped in serde_json's): the command line must see a
-                // closed standard output (a broken pipe) for what it is.
-                serde_json::to_writer(&mut **out, body).map_err(std::io::Error::from)?;
-                out.write_all(b"\n")?;
-                true
-            }
-            Output::Enqueue => {
-                outbox::stage_values(
-                    self.conn,
-                    lane,
-                    message_id,
-                    kind,
-                    body,
-                    &serde_json::to_value(effects)?,
-                    with_user,
-                )?;
-                self.staged += 1;
-                true
-            }
-        };
-        if counted {
-            match kind {
-                "identify" => self.counts.identify += 1,
-                "track" => self.counts.track += 1,
-                _ if with_user => self.counts.group_user += 1,
-                _ => self.counts.group_account += 1,
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

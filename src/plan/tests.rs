@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::store::outbox::{mark_dead, mark_delivered, pending};
+use crate::store::state;
 
 fn personas() -> PersonasSettings {
     PersonasSettings {
@@ -1208,7 +1209,7 @@ fn the_planned_base_cannot_be_pruned_until_a_newer_snapshot_is_planned() {
 
 #[test]
 fn more_computations_than_worker_threads_are_merged_on_the_run_connection() {
-    let n = super::run::MAX_WORKERS + 1;
+    let n = super::workers::MAX_WORKERS + 1;
     let mut results = Vec::new();
     for mut db in [Db::new(), Db::on_disk()] {
         for i in 0..n {
