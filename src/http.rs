@@ -152,7 +152,6 @@ fn gauges(figures: &DatabaseFigures, max_pending_messages: u64) -> DatabaseGauge
     gauges
 }
 
-
 async fn figures(endpoints: &Endpoints) -> Result<DatabaseFigures, String> {
     let path = endpoints.database.clone();
     tokio::task::spawn_blocking(move || {
