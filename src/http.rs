@@ -18,7 +18,7 @@ use crate::metrics::{
     OutboxStatus, Pruned, PrunedLabels, metrics,
 };
 use crate::store::retention::{self, PruneRecord};
-use crate::store::{self, DatabaseSize, delivery, snapshots, state};
+use crate::store::{self, DatabaseSize, outbox, snapshots, state};
 
 /// What the endpoints read: the database (opened read-only per request) and the health rule.
 #[derive(Debug, Clone)]
@@ -54,11 +54,11 @@ pub fn read_figures(
         last_prune: retention::last_prune(conn)?,
         ..DatabaseFigures::default()
     };
-    figures.outbox = delivery::messages_by_status(conn)?
+    figures.outbox = outbox::messages_by_status(conn)?
         .into_iter()
         .map(|c| (c.status, c.messages))
         .collect();
-    let oldest = delivery::oldest_pending_enqueued_at(conn)?;
+    let oldest = outbox::oldest_pending_enqueued_at(conn)?;
     figures.oldest_pending_age_secs = oldest.map(|t| (now - t).max(0)).unwrap_or(0);
     if let Some(last) = state::recent_runs(conn, 1)?.into_iter().next() {
         figures.last_run_started_at = Some(last.started_at);

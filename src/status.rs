@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::settings::ComputeSettings;
 use crate::store::retention::{self, PruneRecord};
 use crate::store::snapshots::{self, rfc3339};
-use crate::store::{self, DatabaseSize, delivery, state};
+use crate::store::{self, DatabaseSize, outbox, state};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -160,7 +160,7 @@ pub fn collect(
         computations,
         membership,
         outbox,
-        intercom_unreachable: crate::store::intercom::outage(conn)?.map(|o| UnreachableStatus {
+        intercom_unreachable: crate::store::outage::current(conn)?.map(|o| UnreachableStatus {
             since: rfc3339(o.since),
             failed_probes: o.probes,
             last_error: o.last_error,
@@ -217,13 +217,13 @@ fn computes(conn: &Connection, settings: &ComputeSettings) -> rusqlite::Result<V
 }
 
 fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
-    let counts = delivery::outbox_counts(conn)?;
+    let counts = outbox::outbox_counts(conn)?;
     Ok(OutboxStatus {
         pending: counts.pending,
         retrying: counts.retrying,
         delivered: counts.delivered,
         dead: counts.dead,
-        oldest_pending: delivery::oldest_pending_enqueued_at(conn)?.map(rfc3339),
+        oldest_pending: outbox::oldest_pending_enqueued_at(conn)?.map(rfc3339),
         ..OutboxStatus::default()
     })
 }

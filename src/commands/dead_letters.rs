@@ -7,7 +7,7 @@ use super::error::CliError;
 use super::output::{stdout, stdout_lossy};
 use crate::cli::{DeadLetterAction, DeadLettersArgs};
 use crate::settings::Settings;
-use crate::store::delivery::{self as queue, Acted, DeadLetter, Selection};
+use crate::store::outbox::{self, Acted, DeadLetter, Selection};
 use crate::store::{self, Lock, RunLock};
 
 pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Result<()> {
@@ -17,7 +17,7 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
     match action {
         DeadLetterAction::List { json } => {
             let conn = store::open(&settings.database.path)?;
-            let letters = queue::dead_letters(&conn)?;
+            let letters = outbox::dead_letters(&conn)?;
             if json {
                 writeln!(stdout(), "{}", serde_json::to_string_pretty(&letters)?)?;
             } else {
@@ -30,7 +30,7 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
             // picks the messages up on its next drain.
             let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
-            let acted = queue::retry_dead(&mut conn, selection(&ids, all, "retry")?)?;
+            let acted = outbox::retry_dead(&mut conn, selection(&ids, all, "retry")?)?;
             let text = report(
                 &acted,
                 "queued again (delivered by the next `sync` or the daemon)",
@@ -41,7 +41,7 @@ pub fn dead_letters(settings: &Settings, args: DeadLettersArgs) -> anyhow::Resul
         DeadLetterAction::Discard { ids, all } => {
             let _lock = RunLock::try_acquire(&settings.database.path, Lock::Plan)?;
             let mut conn = store::open(&settings.database.path)?;
-            let acted = queue::discard_dead(&mut conn, selection(&ids, all, "discard")?)?;
+            let acted = outbox::discard_dead(&mut conn, selection(&ids, all, "discard")?)?;
             stdout_lossy().write_all(report(&acted, "discarded").as_bytes())?;
             Ok(())
         }

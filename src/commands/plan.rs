@@ -25,7 +25,7 @@ pub fn plan(settings: &Settings, args: PlanArgs) -> anyhow::Result<()> {
         company_attribute_prefix: &settings.intercom.company_attribute_prefix,
     };
     let report = plan::run(&mut conn, &settings.personas, &options, Output::Plan)?;
-    let budget = EtaBudget::current(settings, store::intercom::rate_limit(&conn)?);
+    let budget = EtaBudget::current(settings, store::budget::rate_limit(&conn)?);
     if args.json {
         writeln!(
             stdout(),

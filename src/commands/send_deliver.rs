@@ -84,7 +84,7 @@ pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
         }
     }
     tx.commit()?;
-    let pending = crate::store::delivery::pending_count(&conn)?;
+    let pending = crate::store::outbox::pending_count(&conn)?;
     drop(conn);
     writeln!(stdout_lossy(), "Queued {queued} of {messages} messages.")?;
     // Nothing to deliver (every line refused, and nothing queued before): Intercom is not

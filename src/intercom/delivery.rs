@@ -46,7 +46,7 @@ use crate::http;
 use crate::metrics::{self, ProbeLabels, ProbeResult, metrics};
 use crate::segment::Message;
 use crate::settings::IntercomSettings;
-use crate::store::{self, delivery as queue, intercom as cache, outbox};
+use crate::store::{self, budget, cache, outbox};
 
 /// How many pending messages the coordinator holds in memory at most (memory does not grow with
 /// the outbox).
@@ -250,9 +250,9 @@ impl Engine {
     pub fn open(db_path: &Path, settings: &IntercomSettings) -> anyhow::Result<Engine> {
         require_token(settings)?;
         let conn = store::open(db_path)?;
-        let persisted = cache::rate_limit(&conn)?;
+        let persisted = budget::rate_limit(&conn)?;
         // A process that died while Intercom was unreachable left its pause behind.
-        cache::clear_outage(&conn)?;
+        store::outage::clear(&conn)?;
         let db = Arc::new(Mutex::new(conn));
         let limiter = Arc::new(RateLimiter::new(
             settings.rate_limit,
@@ -278,14 +278,14 @@ impl Engine {
         progress: &dyn Progress,
     ) -> anyhow::Result<DeliveryReport> {
         let before = self.limiter.stats();
-        queue::update_runs(&lock(&self.db), store::now_unix())?;
+        outbox::update_runs(&lock(&self.db), store::now_unix())?;
         let report = drain(&self.db, &self.executor, &self.settings, shutdown, progress).await;
         let budget = self.limiter.persisted();
-        if let Err(error) = cache::save_rate_limit(&lock(&self.db), &budget) {
+        if let Err(error) = budget::save_rate_limit(&lock(&self.db), &budget) {
             warn!(%error, "Could not save the rate-limit budget.");
         }
         let mut report = report?;
-        queue::update_runs(&lock(&self.db), store::now_unix())?;
+        outbox::update_runs(&lock(&self.db), store::now_unix())?;
         let after = self.limiter.stats();
         report.requests = after.sent - before.sent;
         report.rate_limited = after.rate_limited - before.rate_limited;
@@ -327,9 +327,9 @@ async fn drain(
     let mut breaker = Breaker::new(settings.outage_probe);
     let mut outage_since_unix = 0i64;
     let mut report = DeliveryReport::default();
-    let mut total = queue::pending_count(&lock(db))?;
+    let mut total = outbox::pending_count(&lock(db))?;
     // Messages enqueued while the drain runs (the daemon) add to the total.
-    let max_seq_at_start = queue::max_pending_seq(&lock(db))?.unwrap_or(0);
+    let max_seq_at_start = outbox::max_pending_seq(&lock(db))?.unwrap_or(0);
     info!(
         pending = total,
         concurrency = max_concurrency,
@@ -573,7 +573,7 @@ async fn drain(
         if last_persist.elapsed() >= Duration::from_secs(1) {
             last_persist = Instant::now();
             let budget = executor.client().limiter().persisted();
-            if let Err(error) = cache::save_rate_limit(&lock(db), &budget) {
+            if let Err(error) = budget::save_rate_limit(&lock(db), &budget) {
                 warn!(%error, "Could not save the rate-limit budget.");
             }
         }
@@ -583,7 +583,7 @@ async fn drain(
         // Stopped while paused: this process no longer knows; the next drain finds out again.
         outage_changed(db, None);
     }
-    report.pending = queue::pending_count(&lock(db))?;
+    report.pending = outbox::pending_count(&lock(db))?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     info!(
         delivered = report.delivered,
@@ -612,9 +612,9 @@ fn outage_changed(db: &Mutex<Connection>, outage: Option<(i64, u64, &str)>) {
                 text.push_str(&format!("; last error: {error}"));
             }
             http::set_intercom_unreachable(Some(text));
-            cache::set_outage(
+            store::outage::record(
                 &lock(db),
-                &cache::Outage {
+                &store::outage::Outage {
                     since,
                     probes: probes as i64,
                     last_error: (!error.is_empty()).then(|| error.to_string()),
@@ -624,7 +624,7 @@ fn outage_changed(db: &Mutex<Connection>, outage: Option<(i64, u64, &str)>) {
         }
         None => {
             http::set_intercom_unreachable(None);
-            cache::clear_outage(&lock(db))
+            store::outage::clear(&lock(db))
         }
     };
     if let Err(error) = written {

@@ -34,7 +34,7 @@ use super::plan::{
 use super::values::{DataType, Model, convert_for_attribute};
 use crate::segment::{Message, non_empty_str};
 use crate::settings::IntercomSettings;
-use crate::store::intercom as cache;
+use crate::store::cache;
 
 /// How one run of a message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -993,7 +993,7 @@ mod request_floor {
     use crate::intercom::disposition::Disposition;
     use crate::intercom::ratelimit::RateLimiter;
     use crate::settings::{Secret, Settings};
-    use crate::store::intercom as cache;
+    use crate::store::cache;
 
     const TOKEN: &str = "floor-token";
 

@@ -243,7 +243,7 @@ impl Chunker<'_, '_> {
             if (pace.stop)() {
                 return Ok(false);
             }
-            let pending = crate::store::delivery::pending_count(self.conn)?;
+            let pending = crate::store::outbox::pending_count(self.conn)?;
             if pending < pace.max_pending {
                 return Ok(true);
             }
@@ -345,23 +345,19 @@ fn write_chunk(
         run.progress.run_id = run_id;
     }
     let run_id = run.progress.run_id;
-    let (identify, track, group_user, group_account) = outbox::enqueue_staged(
-        conn,
-        run_id,
-        now,
-        (
-            staged.identify,
-            staged.track,
-            staged.group_user,
-            staged.group_account,
-        ),
-    )
-    .context("cannot enqueue the run's messages")?;
+    let staged = outbox::EnqueuedCounts {
+        identify: staged.identify,
+        track: staged.track,
+        group_user: staged.group_user,
+        group_account: staged.group_account,
+    };
+    let enqueued = outbox::enqueue_staged(conn, run_id, now, staged)
+        .context("cannot enqueue the run's messages")?;
     let enqueued = MessageCounts {
-        identify,
-        track,
-        group_user,
-        group_account,
+        identify: enqueued.identify,
+        track: enqueued.track,
+        group_user: enqueued.group_user,
+        group_account: enqueued.group_account,
     };
     state::commit_staged_state(conn).context("cannot write the run's planned state")?;
     for (comp, counts) in setup.comps.iter().zip(&chunk.comps) {

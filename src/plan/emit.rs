@@ -119,7 +119,7 @@ impl<'a> Emitter<'a, '_> {
             traits.push((comp.reference(), value.clone()));
             effects.push(Effect::Value {
                 computation_id: comp.id.clone(),
-                subject: "account".into(),
+                subject: Scope::Account,
                 entity_id: group_id.to_string(),
                 value,
                 // An account's own group call fires no event.
@@ -223,7 +223,7 @@ impl<'a> Emitter<'a, '_> {
                     traits.push((comp.reference(), value.clone()));
                     effects.push(Effect::Value {
                         computation_id: comp.id.clone(),
-                        subject: "user".into(),
+                        subject: Scope::User,
                         entity_id: entity_id.to_string(),
                         value,
                         track_at: event_time.map(|(_, at)| at),

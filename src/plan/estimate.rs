@@ -110,7 +110,7 @@ impl Estimator {
                 self.user_values.insert(index as usize);
             }
         }
-        let known = crate::store::intercom::contact_id(conn, entity_id)?.is_some();
+        let known = crate::store::cache::contact_id(conn, entity_id)?.is_some();
         if !known && (identify || !attaches.is_empty()) {
             self.requests.unknown_users += 1;
         }
@@ -128,7 +128,7 @@ impl Estimator {
             let group_id = row.group_id.as_deref().unwrap_or_default();
             self.requests.detaches += 1;
             if !self.companies.contains(group_id)
-                && crate::store::intercom::company_id(conn, group_id)?.is_none()
+                && crate::store::cache::company_id(conn, group_id)?.is_none()
             {
                 self.requests.company_lookups += 1;
             }
@@ -141,7 +141,7 @@ impl Estimator {
                 contact = true;
             }
             if !self.companies.contains(group_id) {
-                if crate::store::intercom::company_id(conn, group_id)?.is_none() {
+                if crate::store::cache::company_id(conn, group_id)?.is_none() {
                     self.requests.companies += 1;
                 }
                 self.companies.insert(group_id.to_string());
@@ -160,7 +160,7 @@ impl Estimator {
         company_prefix: &str,
     ) -> anyhow::Result<RequestEstimate> {
         self.requests.lookups = self.requests.unknown_users.div_ceil(LOOKUP_BATCH);
-        let listed = crate::store::intercom::data_attributes(conn)?;
+        let listed = crate::store::cache::data_attributes(conn)?;
         if listed.is_none() && !(self.user_values.is_empty() && self.account_values.is_empty()) {
             self.requests.attribute_lists = 2;
         }

@@ -859,8 +859,7 @@ fn dead_letters_retry_sends_the_message_itself_and_nothing_is_replanned() {
     db.run();
     let identify = pending(&db.conn, 10).unwrap().remove(0);
     mark_dead(&mut db.conn, identify.seq, "400 bad attribute").unwrap();
-    crate::store::delivery::retry_dead(&mut db.conn, crate::store::delivery::Selection::All)
-        .unwrap();
+    crate::store::outbox::retry_dead(&mut db.conn, crate::store::outbox::Selection::All).unwrap();
     let replans: i64 = db
         .conn
         .query_row("SELECT count(*) FROM replans", [], |r| r.get(0))

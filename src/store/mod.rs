@@ -1,11 +1,12 @@
 //! The SQLite storage layer: opening the database with the right pragmas, applying
 //! `schema.sql` and its migrations, and the run lock. SQL lives here and in its submodules.
 
+pub mod budget;
+pub mod cache;
 pub mod compute;
 pub mod connection;
-pub mod delivery;
 pub mod examples;
-pub mod intercom;
+pub mod outage;
 pub mod outbox;
 pub mod retention;
 pub mod snapshots;

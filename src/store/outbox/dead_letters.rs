@@ -1,112 +1,12 @@
-//! The outbox as delivery, `status`, `/metrics` and the `dead-letters` command see it: counts,
-//! dead letters listed, put back in the queue, or discarded. (Enqueueing and the two final
-//! transitions are in `outbox.rs`.)
+//! Dead letters: listed (`dead-letters list`), put back in the queue with their planned state
+//! (`retry_dead`), or discarded (`discard_dead`).
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::outbox::{self, Effect};
-use super::state::{self, json_text};
-
-/// Messages still to deliver.
-pub fn pending_count(conn: &Connection) -> rusqlite::Result<u64> {
-    conn.query_row(
-        "SELECT count(*) FROM outbox WHERE status = 'pending'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-}
-
-/// Runs whose messages are being delivered become `delivering`; runs with no message left pending
-/// become `finished` (with `finished_at`). Called when a drain starts and ends.
-pub fn update_runs(conn: &Connection, now: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE runs SET status = 'delivering' WHERE status = 'planned' AND planned_at IS NOT NULL \
-         AND EXISTS (SELECT 1 FROM outbox WHERE run_id = runs.id AND status = 'pending')",
-        [],
-    )?;
-    conn.execute(
-        "UPDATE runs SET status = 'finished', finished_at = ?1 \
-         WHERE status IN ('planned', 'delivering') AND planned_at IS NOT NULL \
-         AND NOT EXISTS (SELECT 1 FROM outbox WHERE run_id = runs.id AND status = 'pending')",
-        [now],
-    )?;
-    Ok(())
-}
-
-/// The highest pending sequence number, if any.
-pub fn max_pending_seq(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
-        "SELECT max(seq) FROM outbox WHERE status = 'pending'",
-        [],
-        |r| r.get(0),
-    )
-}
-
-/// The outbox's messages by state, as `status` reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutboxCounts {
-    /// Pending, waiting for their first delivery attempt.
-    pub pending: i64,
-    /// Pending after at least one failed attempt (or transient failure).
-    pub retrying: i64,
-    pub delivered: i64,
-    pub dead: i64,
-}
-
-/// Count the outbox's messages by state.
-pub fn outbox_counts(conn: &Connection) -> rusqlite::Result<OutboxCounts> {
-    let mut counts = OutboxCounts::default();
-    let mut stmt = conn.prepare(
-        "SELECT status, attempts > 0 OR failing_since IS NOT NULL, count(*) FROM outbox \
-         GROUP BY 1, 2",
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let state: String = row.get(0)?;
-        let tried: bool = row.get(1)?;
-        let n: i64 = row.get(2)?;
-        match (state.as_str(), tried) {
-            ("pending", false) => counts.pending += n,
-            ("pending", true) => counts.retrying += n,
-            ("delivered", _) => counts.delivered += n,
-            ("dead", _) => counts.dead += n,
-            _ => {}
-        }
-    }
-    Ok(counts)
-}
-
-/// How many outbox messages have one value of `status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusCount {
-    pub status: String,
-    pub messages: i64,
-}
-
-/// The outbox's messages per `status` (only the values that occur, in order), as `/metrics`
-/// exports them.
-pub fn messages_by_status(conn: &Connection) -> rusqlite::Result<Vec<StatusCount>> {
-    let mut stmt =
-        conn.prepare("SELECT status, count(*) FROM outbox GROUP BY status ORDER BY status")?;
-    stmt.query_map([], |r| {
-        Ok(StatusCount {
-            status: r.get(0)?,
-            messages: r.get(1)?,
-        })
-    })?
-    .collect()
-}
-
-/// When the oldest pending message was enqueued (unix seconds); `None` when none is pending.
-pub fn oldest_pending_enqueued_at(conn: &Connection) -> rusqlite::Result<Option<i64>> {
-    conn.query_row(
-        "SELECT min(enqueued_at) FROM outbox WHERE status = 'pending'",
-        [],
-        |r| r.get(0),
-    )
-}
+use super::Effect;
+use super::stored::{self, message_id_from};
+use crate::store::state::{self, json_text};
 
 /// One dead letter, as `dead-letters list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,7 +34,7 @@ pub fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter>> {
             seq: r.get(0)?,
             kind: r.get(1)?,
             user: r.get(2)?,
-            message_id: outbox::message_id_from(r.get_ref(3)?).map_err(|e| {
+            message_id: message_id_from(r.get_ref(3)?).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
             })?,
             reason: r.get(4)?,
@@ -221,7 +121,7 @@ pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Re
             |r| r.get(0),
         )?;
         if superseded {
-            let message_id = outbox::message_id_from((&message_id).into())?;
+            let message_id = message_id_from((&message_id).into())?;
             skipped.push((
                 seq,
                 format!("message {message_id} is queued again already (a later run re-planned it)"),
@@ -233,7 +133,7 @@ pub fn retry_dead(conn: &mut Connection, selection: Selection<'_>) -> anyhow::Re
              finished_at = NULL, last_error = NULL WHERE seq = ?1",
             [seq],
         )?;
-        let effects = outbox::effects(&tx, seq)?.unwrap_or_default();
+        let effects = stored::effects(&tx, seq)?.unwrap_or_default();
         for effect in &effects {
             replan(&tx, effect)?;
         }
@@ -261,6 +161,7 @@ fn replan(tx: &Connection, effect: &Effect) -> rusqlite::Result<()> {
             value,
             ..
         } => {
+            let subject = subject.as_str();
             // The message itself goes again: nothing is left to re-plan for it.
             state::forget_replan(tx, computation_id, subject, entity_id)?;
             let value = json_text(value);
@@ -397,7 +298,7 @@ mod tests {
         let acted = discard_dead(&mut conn, Selection::All).unwrap();
         assert_eq!(acted.done, [b]);
         assert!(dead_letters(&conn).unwrap().is_empty());
-        assert_eq!(pending_count(&conn).unwrap(), 1);
+        assert_eq!(outbox::pending_count(&conn).unwrap(), 1);
     }
 
     #[test]

@@ -1,9 +1,8 @@
-//! What Intercom is known to hold: contact and company id caches, the event names sent, and the
-//! last rate-limit budget seen, and whether Intercom is unreachable right now (tables
-//! `intercom_contacts`, `intercom_companies`, `intercom_event_names`, `intercom_rate_limit`,
-//! `intercom_outage`).
+//! What Intercom is known to hold, cached so delivery need not ask again: contact and company
+//! ids, the event names sent, and the custom data attributes (tables `intercom_contacts`,
+//! `intercom_companies`, `intercom_event_names`, `intercom_data_attributes`,
+//! `intercom_attributes_listed`).
 
-use audience_sync_core::intercom::budget::Persisted;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::now_unix;
@@ -82,33 +81,6 @@ pub fn record_event_name(conn: &Connection, name: &str) -> rusqlite::Result<()> 
     Ok(())
 }
 
-/// The last budget a process saw, if any.
-pub fn rate_limit(conn: &Connection) -> rusqlite::Result<Option<Persisted>> {
-    conn.query_row(
-        "SELECT limit_per_window, remaining, reset_at FROM intercom_rate_limit WHERE id = 1",
-        [],
-        |r| {
-            Ok(Persisted {
-                limit: r.get::<_, i64>(0)?.clamp(0, u32::MAX as i64) as u32,
-                remaining: r.get::<_, i64>(1)?.clamp(0, u32::MAX as i64) as u32,
-                reset_at: r.get(2)?,
-            })
-        },
-    )
-    .optional()
-}
-
-pub fn save_rate_limit(conn: &Connection, budget: &Persisted) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO intercom_rate_limit (id, limit_per_window, remaining, reset_at, observed_at) \
-         VALUES (1, ?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET \
-         limit_per_window = excluded.limit_per_window, remaining = excluded.remaining, \
-         reset_at = excluded.reset_at, observed_at = excluded.observed_at",
-        params![budget.limit, budget.remaining, budget.reset_at, now_unix()],
-    )?;
-    Ok(())
-}
-
 /// One kept data attribute: (model, name, data type).
 pub type DataAttribute = (String, String, Option<String>);
 
@@ -169,58 +141,6 @@ pub fn add_data_attribute(
     Ok(())
 }
 
-/// Delivery is paused because Intercom is unreachable (table `intercom_outage`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Outage {
-    /// Unix seconds: when the pause began.
-    pub since: i64,
-    /// Probes that failed since.
-    pub probes: i64,
-    pub last_error: Option<String>,
-    /// Unix seconds: when the delivering process last wrote this (a process that died while
-    /// paused leaves the row behind; the next delivery clears it).
-    pub updated_at: i64,
-}
-
-/// Record (or update) the pause.
-pub fn set_outage(conn: &Connection, outage: &Outage) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO intercom_outage (id, since, probes, last_error, updated_at) \
-         VALUES (1, ?1, ?2, ?3, ?4) ON CONFLICT (id) DO UPDATE SET since = excluded.since, \
-         probes = excluded.probes, last_error = excluded.last_error, updated_at = excluded.updated_at",
-        params![
-            outage.since,
-            outage.probes,
-            outage.last_error,
-            outage.updated_at
-        ],
-    )?;
-    Ok(())
-}
-
-/// The pause ended (or a new process starts delivering).
-pub fn clear_outage(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM intercom_outage", [])?;
-    Ok(())
-}
-
-/// The pause, while there is one.
-pub fn outage(conn: &Connection) -> rusqlite::Result<Option<Outage>> {
-    conn.query_row(
-        "SELECT since, probes, last_error, updated_at FROM intercom_outage WHERE id = 1",
-        [],
-        |r| {
-            Ok(Outage {
-                since: r.get(0)?,
-                probes: r.get(1)?,
-                last_error: r.get(2)?,
-                updated_at: r.get(3)?,
-            })
-        },
-    )
-    .optional()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,14 +163,5 @@ mod tests {
         record_event_name(&conn, "Audience Entered").unwrap();
         record_event_name(&conn, "audience entered").unwrap();
         assert_eq!(event_names(&conn).unwrap(), ["Audience Entered"]);
-
-        assert_eq!(rate_limit(&conn).unwrap(), None);
-        let p = Persisted {
-            limit: 83,
-            remaining: 5,
-            reset_at: 1_700_000_010,
-        };
-        save_rate_limit(&conn, &p).unwrap();
-        assert_eq!(rate_limit(&conn).unwrap(), Some(p));
     }
 }
