@@ -87,7 +87,7 @@ fn newest_membership_id() -> String {
     )
 }
 
-/// The newest complete snapshot of a computation ([`NEWEST_FIRST`]).
+/// The newest complete snapshot of a computation (`NEWEST_FIRST`).
 pub fn newest_snapshot(
     conn: &Connection,
     computation_id: &str,
@@ -103,7 +103,7 @@ pub fn newest_snapshot(
     .optional()
 }
 
-/// The newest complete membership snapshot ([`NEWEST_FIRST`]).
+/// The newest complete membership snapshot (`NEWEST_FIRST`).
 pub fn newest_membership(conn: &Connection) -> rusqlite::Result<Option<SnapshotRef>> {
     conn.query_row(
         &format!(
