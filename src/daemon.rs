@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::compute;
 use crate::http::{self, Endpoints};
-use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
+use crate::intercom::drain::{DeliveryReport, Engine, Quiet};
 use crate::metrics::{
     ComputationLabels, ComputeLabels, ComputeOutcome, MessageLabels, MessageType, Mode, RunLabels,
     RunOutcome, metrics,

@@ -18,7 +18,7 @@ use audience_sync_oracle as oracle;
 
 use crate::compute::{self, Options};
 use crate::domain::{Kind, Scope};
-use crate::intercom::delivery::{DeliveryReport, Engine, Quiet};
+use crate::intercom::drain::{DeliveryReport, Engine, Quiet};
 use crate::load::Input;
 use crate::plan::{self, Output, Report, RunMode, RunOptions};
 use crate::settings::{Settings, SqlComputation};

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::error::CliError;
 use super::output::stdout_lossy;
-use crate::intercom::delivery::{self, DeliveryReport, Progress};
+use crate::intercom::drain::{self, DeliveryReport, Progress};
 use crate::settings::Settings;
 use crate::store::{Lock, RunLock};
 
@@ -84,7 +84,7 @@ pub fn deliver_while(
         } else {
             Box::new(LogLines::new())
         };
-        let engine = delivery::Engine::open(&settings.database.path, &settings.intercom)?;
+        let engine = drain::Engine::open(&settings.database.path, &settings.intercom)?;
         let mut total = DeliveryReport::default();
         let started = Instant::now();
         loop {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::intercom::delivery::MissingToken;
+use crate::intercom::drain::MissingToken;
 use crate::plan::RunError;
 use crate::settings::SettingsError;
 use crate::store::LockError;

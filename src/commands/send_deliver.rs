@@ -32,7 +32,7 @@ use crate::store::outbox::{self, NewMessage};
 
 pub fn send(settings: &Settings, args: SendArgs) -> anyhow::Result<()> {
     // Checked before anything is queued: without a token nothing could be delivered.
-    crate::intercom::delivery::require_token(&settings.intercom)?;
+    crate::intercom::drain::require_token(&settings.intercom)?;
     let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {

@@ -1,4 +1,4 @@
-//! Everything that speaks Intercom: the mapping from Segment messages to request plans, the HTTP client and delivery.
+//! Everything that speaks Intercom: the mapping from Segment messages to request plans, the HTTP client and the drain.
 //!
 //! The pure parts (mapping, request plans, value rules, dispositions, the outage breaker, the
 //! rate budget) live in the core crate, `audience_sync_core::intercom`, and are re-exported here
@@ -8,7 +8,7 @@
 pub use audience_sync_core::intercom::{disposition, mapping, outage, plan, values};
 
 pub mod client;
-pub mod delivery;
+pub mod drain;
 pub mod executor;
 pub mod ratelimit;
 pub mod resolve;

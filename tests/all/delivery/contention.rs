@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use audience_sync::intercom::delivery::{DeliveryReport, Engine, Quiet};
+use audience_sync::intercom::drain::{DeliveryReport, Engine, Quiet};
 use audience_sync::settings::{IntercomSettings, Secret, Settings};
 use intercom_sandbox::SandboxConfig;
 use serde_json::json;

@@ -21,7 +21,7 @@
 //!
 //! Crash safety: nothing is marked delivered before Intercom answered; a message in flight when
 //! the process dies is simply pending, and is sent again by the next drain (safe, see
-//! `executor.rs`).
+//! `executor/`).
 //!
 //! Stopping: when `shutdown` fires, no new message starts, requests already sent finish, and a
 //! message between two of its requests stops there (it stays pending, no attempt counted).
