@@ -129,12 +129,12 @@ impl Lookups {
         conn: &Connection,
         message: &outbox::OutboxMessage,
     ) -> Option<(resolve::Field, String)> {
-        let attach = message.kind == "group" && message.body.get("userId").is_some();
-        if message.kind != "identify" && !attach {
+        let parsed = message.message.as_ref().ok()?;
+        let attach = matches!(parsed, Message::Group(group) if group.common.user_id.is_some());
+        if !matches!(parsed, Message::Identify(_)) && !attach {
             return None;
         }
-        let parsed = Message::from_value(&message.body).ok()?;
-        let key = contact_key(&parsed)?;
+        let key = contact_key(parsed)?;
         if cache::contact_id(conn, &key).ok()?.is_some() {
             return None;
         }
@@ -439,14 +439,17 @@ async fn drain(
                 entry.running = true;
                 busy.insert(entry.message.lane.clone());
                 let executor = executor.clone();
-                let body = entry.message.body.clone();
+                let message = entry.message.message.clone();
                 let lane = entry.message.lane.clone();
                 let attempt = (entry.message.attempts + 1).clamp(1, u32::MAX as i64) as u32;
                 let cancel = stop_requests.clone();
                 let handle = tasks.spawn({
                     let lane = lane.clone();
                     async move {
-                        let outcome = executor.execute(&body, attempt, &cancel).await;
+                        let outcome = match &message {
+                            Ok(message) => executor.execute(message, attempt, &cancel).await,
+                            Err(error) => Outcome::not_a_message(error),
+                        };
                         (seq, lane, outcome)
                     }
                 });

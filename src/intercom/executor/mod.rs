@@ -29,7 +29,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -37,7 +36,7 @@ use super::client::Client;
 use super::disposition::Disposition;
 use super::mapping::{Admission, EventNames, KnownIds, map_message};
 use super::values::{DataType, Model};
-use crate::segment::Message;
+use crate::segment::{Message, ParseError};
 use crate::settings::IntercomSettings;
 use crate::store::cache;
 use attributes::{Attributes, writes_attributes};
@@ -52,6 +51,16 @@ pub enum Outcome {
     /// Stopped before sending a request because delivery is shutting down: the message stays
     /// queued as it was (no attempt is counted).
     Interrupted,
+}
+
+impl Outcome {
+    /// A stored message that is not one Intercom can take (it did not parse when read): a dead
+    /// letter, with no request sent.
+    pub fn not_a_message(error: &ParseError) -> Outcome {
+        Outcome::Finished(Disposition::DeadLetter {
+            reason: format!("not a message Intercom can take: {error}"),
+        })
+    }
 }
 
 /// Shared by every message a process delivers.
@@ -130,21 +139,19 @@ impl Executor {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Deliver one Segment message (its JSON body). `attempt` counts from 1.
-    pub async fn execute(&self, body: &Value, attempt: u32, cancel: &CancellationToken) -> Outcome {
-        let message = match Message::from_value(body) {
-            Ok(message) => message,
-            Err(error) => {
-                return Outcome::Finished(Disposition::DeadLetter {
-                    reason: format!("not a message Intercom can take: {error}"),
-                });
-            }
-        };
-        let key = contact_key(&message);
+    /// Deliver one Segment message (parsed once, when its outbox row was read). `attempt` counts
+    /// from 1.
+    pub async fn execute(
+        &self,
+        message: &Message,
+        attempt: u32,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let key = contact_key(message);
         let mut fresh = false;
         // At most one extra pass: after a stale cached id was dropped.
         for _ in 0..2 {
-            match self.pass(&message, key.as_deref(), attempt, cancel).await {
+            match self.pass(message, key.as_deref(), attempt, cancel).await {
                 Step::Done(disposition) => return Outcome::Finished(disposition),
                 Step::Interrupted => return Outcome::Interrupted,
                 Step::Stale(stale) => {

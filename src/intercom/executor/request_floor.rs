@@ -12,6 +12,7 @@ use super::{Executor, Outcome};
 use crate::intercom::client::Client;
 use crate::intercom::disposition::Disposition;
 use crate::intercom::ratelimit::RateLimiter;
+use crate::segment::Message;
 use crate::settings::{Secret, Settings};
 use crate::store::cache;
 
@@ -50,7 +51,11 @@ impl World {
     async fn deliver(&self, message: Value) {
         let outcome = self
             .executor
-            .execute(&message, 1, &CancellationToken::new())
+            .execute(
+                &Message::from_value(&message).unwrap(),
+                1,
+                &CancellationToken::new(),
+            )
             .await;
         assert_eq!(
             outcome,

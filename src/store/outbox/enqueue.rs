@@ -238,6 +238,7 @@ mod tests {
     use crate::domain::Kind;
     use crate::domain::Scope;
     use crate::plan::message::{self, ComputationRef, User};
+    use crate::segment::Message;
     use crate::store::outbox::{self, Effect, pending};
     use serde_json::json;
 
@@ -400,9 +401,17 @@ mod tests {
             assert_eq!(&message.message_id, id);
             assert_eq!(message.kind, "identify");
             assert_eq!(
-                message.body.to_string(),
+                outbox::body(&conn, message.seq)
+                    .unwrap()
+                    .unwrap()
+                    .to_string(),
                 *body,
                 "the body is the planner's, byte for byte"
+            );
+            assert_eq!(
+                message.message,
+                Message::from_json_str(body),
+                "read as the planner's message"
             );
             let read = outbox::effects(&conn, message.seq).unwrap().unwrap();
             assert_eq!(serde_json::to_string(&read).unwrap(), *effects);
@@ -438,7 +447,14 @@ mod tests {
         assert_eq!(stored, "blob");
         let pending = pending(&conn, 10).unwrap();
         assert_eq!(pending[0].message_id, id);
-        assert_eq!(pending[0].body.to_string(), body);
+        assert_eq!(
+            outbox::body(&conn, pending[0].seq)
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            body
+        );
+        assert_eq!(pending[0].message, Message::from_json_str(&body));
         let read = outbox::effects(&conn, pending[0].seq).unwrap().unwrap();
         assert_eq!(serde_json::to_string(&read).unwrap(), effects);
 

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::Scope;
+use crate::segment::{Message, ParseError};
 
 pub use counts::{
     OutboxCounts, StatusCount, max_pending_seq, messages_by_status, oldest_pending_enqueued_at,
@@ -74,8 +75,9 @@ pub struct OutboxMessage {
     pub message_id: String,
     /// `identify`, `track` or `group`.
     pub kind: String,
-    /// The Segment-spec message.
-    pub body: Value,
+    /// The Segment-spec message, parsed once when the row is read. `Err`: a stored body that is
+    /// not a message Intercom can take (delivery dead-letters it without a request).
+    pub message: Result<Message, ParseError>,
     pub attempts: i64,
     /// Unix seconds before which the message must not be tried again; `None` = now.
     pub next_attempt_at: Option<i64>,

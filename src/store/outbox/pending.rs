@@ -6,6 +6,7 @@ use rusqlite::{Connection, params};
 
 use super::OutboxMessage;
 use super::stored::{STORED, STORED_FROM, Stored, unreadable};
+use crate::segment::Message;
 
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
 /// by never starting a lane's message while an earlier one of the same lane is unfinished.
@@ -38,7 +39,7 @@ pub fn pending_after(
             lane: stored.lane,
             message_id: stored.message_id,
             kind: r.get(1)?,
-            body,
+            message: Message::from_value(&body),
             attempts: r.get(2)?,
             next_attempt_at: r.get(3)?,
             failing_since: r.get(4)?,

@@ -661,3 +661,49 @@ fn sync_delivers_while_it_plans_and_the_outbox_stays_within_its_bound() {
         oracle::check(&world.state(), &oracle::expected(&steps[..=i]));
     }
 }
+
+/// A stored message that is not one Intercom can take (here a `page` call, which an upstream
+/// writer or an older version might leave in the outbox) is parsed once when delivery reads it,
+/// and dead-lettered without a request; the messages behind it in other lanes go on.
+#[test]
+fn a_stored_message_that_does_not_parse_is_dead_lettered_without_a_request() {
+    let world = World::new(clean(400));
+    world.ok(&["status"]); // creates the database
+    let db = world.db();
+    for (lane, body) in [
+        ("u1", r#"{"type":"page","userId":"u1","name":"Home"}"#),
+        (
+            "u2",
+            r#"{"type":"identify","userId":"u2","traits":{"email":"u2@example.com"}}"#,
+        ),
+    ] {
+        db.execute(
+            "INSERT INTO outbox (lane, message_id, type, body, effects, enqueued_at) \
+             VALUES (?1, ?2, 'identify', ?3, '[]', 0)",
+            rusqlite::params![lane, format!("m-{lane}"), body],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let before = world.state().counters.total_requests;
+    world.run(&["sync"]);
+    let dead: String = world
+        .db()
+        .query_row(
+            "SELECT last_error FROM outbox WHERE lane = 'u1' AND status = 'dead'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        dead.contains("not a message Intercom can take") && dead.contains("page"),
+        "{dead}"
+    );
+    let state = world.state();
+    assert!(state.contact_by_external_id("u1").is_none());
+    assert!(
+        state.contact_by_external_id("u2").is_some(),
+        "the other lane was delivered"
+    );
+    assert!(state.counters.total_requests > before);
+}
