@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use serde_json::Value;
 
 use crate::domain::{Kind, Scope};
@@ -156,7 +156,7 @@ impl ComputeError {
                     .map(str::to_string)
                     .unwrap_or(message),
             ),
-            LoadError::Database(e) => ComputeError::Database(e.into()),
+            LoadError::Database(e) => ComputeError::Database(anyhow::Error::from_boxed(e)),
         }
     }
 
@@ -287,7 +287,7 @@ fn compute_one(
 ) -> Result<Computed, ComputeError> {
     let mut query =
         Query::prepare(reader, target.sql(), target.columns()).map_err(ComputeError::Query)?;
-    let database = |e: rusqlite::Error| ComputeError::Database(e.into());
+    let database = |e: crate::store::Error| ComputeError::Database(e.into());
     match target {
         Target::Computation(computation) => {
             let existing = snapshots::find_computation(conn, &computation.key).map_err(database)?;
@@ -500,7 +500,7 @@ fn dry_run(
     previous_rows: Option<u64>,
     show: impl Fn([Option<String>; 3]) -> Value,
 ) -> Result<Computed, ComputeError> {
-    let database = |e: rusqlite::Error| ComputeError::Database(e.into());
+    let database = |e: crate::store::Error| ComputeError::Database(e.into());
     Ok(Computed {
         rows: staged.count(conn).map_err(database)?,
         snapshot_id: None,

@@ -317,7 +317,7 @@ async fn demo(dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
 
 fn load_all(
     out: &mut dyn Write,
-    conn: &mut rusqlite::Connection,
+    conn: &mut crate::store::Connection,
     dir: &Path,
     step: &str,
     taken_at: i64,
@@ -355,7 +355,7 @@ fn load_all(
 /// The upstream pipeline's part, played by the demo: the product's own `orders` table, in the
 /// database audience-sync uses (a computation's query may read any table there, read-only). In
 /// a real deployment the application or an ETL job writes it; audience-sync never does.
-fn write_orders(conn: &rusqlite::Connection, orders: &[Order]) -> anyhow::Result<()> {
+fn write_orders(conn: &crate::store::Connection, orders: &[Order]) -> anyhow::Result<()> {
     let emails: Vec<String> = orders
         .iter()
         .map(|order| format!("{}@example.com", order.user_id))
@@ -406,7 +406,7 @@ fn compute_sql_audience(settings: &Settings, now: i64) -> anyhow::Result<i64> {
 /// one when there is one.
 fn print_sql_audience(
     out: &mut dyn Write,
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     now: i64,
     snapshot_id: i64,
     previous: Option<i64>,
@@ -521,7 +521,7 @@ fn sql_members() -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 async fn sync(
-    conn: &mut rusqlite::Connection,
+    conn: &mut crate::store::Connection,
     settings: &Settings,
     engine: &Engine,
 ) -> anyhow::Result<(Report, DeliveryReport)> {
@@ -580,7 +580,7 @@ fn print_report(
 /// A few of the run's messages, one of each type, as Personas shapes them.
 fn print_examples(
     out: &mut dyn Write,
-    conn: &rusqlite::Connection,
+    conn: &crate::store::Connection,
     run_id: Option<i64>,
     step: usize,
 ) -> anyhow::Result<()> {

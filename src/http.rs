@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Connection;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use rusqlite::Connection;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{
@@ -48,7 +48,7 @@ pub fn read_figures(
     conn: &Connection,
     path: &std::path::Path,
     now: i64,
-) -> rusqlite::Result<DatabaseFigures> {
+) -> crate::store::Result<DatabaseFigures> {
     let mut figures = DatabaseFigures {
         size: store::database_size(conn, path)?,
         last_prune: retention::last_prune(conn)?,

@@ -180,8 +180,10 @@ pub enum LoadError {
     /// The command's arguments do not fit the stored computation.
     #[error("{0}")]
     Usage(String),
+    /// The database failed while the rows were stored (`store` converts its errors into
+    /// this; `load` itself knows no database).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl LoadError {

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use serde::Serialize;
 
 use crate::settings::ComputeSettings;
@@ -126,7 +126,7 @@ pub fn collect(
     database: &Path,
     pending_limit: u64,
     compute: &ComputeSettings,
-) -> rusqlite::Result<Status> {
+) -> crate::store::Result<Status> {
     let mut computations = Vec::new();
     for c in snapshots::computations(conn)? {
         let snapshot =
@@ -175,7 +175,10 @@ pub fn collect(
     })
 }
 
-fn computes(conn: &Connection, settings: &ComputeSettings) -> rusqlite::Result<Vec<ComputeStatus>> {
+fn computes(
+    conn: &Connection,
+    settings: &ComputeSettings,
+) -> crate::store::Result<Vec<ComputeStatus>> {
     let mut defined: Vec<Option<String>> = settings
         .computations
         .iter()
@@ -216,7 +219,7 @@ fn computes(conn: &Connection, settings: &ComputeSettings) -> rusqlite::Result<V
     Ok(out)
 }
 
-fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
+fn outbox(conn: &Connection) -> crate::store::Result<OutboxStatus> {
     let counts = outbox::outbox_counts(conn)?;
     Ok(OutboxStatus {
         pending: counts.pending,
@@ -228,7 +231,7 @@ fn outbox(conn: &Connection) -> rusqlite::Result<OutboxStatus> {
     })
 }
 
-fn runs(conn: &Connection) -> rusqlite::Result<Vec<RunStatus>> {
+fn runs(conn: &Connection) -> crate::store::Result<Vec<RunStatus>> {
     Ok(state::recent_runs(conn, RECENT_RUNS)?
         .into_iter()
         .map(|r| RunStatus {

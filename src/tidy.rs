@@ -415,6 +415,41 @@ fn sql_lives_only_in_src_store() {
     assert!(files.len() > 50, "found only {} files", files.len());
 }
 
+/// Outside `src/store/`, non-test code names the store's types (`store::Connection`,
+/// `store::Error`, `store::Result`), never the database engine's crate: a second backend is then
+/// an addition to the store (ARCHITECTURE.md).
+#[test]
+fn the_database_engine_is_named_only_in_src_store() {
+    let files: Vec<PathBuf> = source_dirs().iter().flat_map(|d| rust_files(d)).collect();
+    let mut tests: Vec<PathBuf> = Vec::new();
+    for file in &files {
+        let source = std::fs::read_to_string(file).unwrap();
+        tests.extend(test_modules(file, &scan(&source).code));
+    }
+    let mut offences = Vec::new();
+    for file in &files {
+        let name = relative(file);
+        if name.starts_with(STORE) || tests.contains(file) || name.ends_with("tidy.rs") {
+            continue;
+        }
+        let code = scan(&std::fs::read_to_string(file).unwrap()).code;
+        let end = test_code_from(&code).unwrap_or(usize::MAX);
+        for (n, line) in code.lines().enumerate().take_while(|(n, _)| n + 1 < end) {
+            let hit = line
+                .match_indices("rusqlite")
+                .any(|(at, _)| !line[..at].ends_with(is_ident));
+            if hit {
+                offences.push(format!("{name}:{}", n + 1));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the database engine named outside {STORE} (use store::Connection / Error / Result):\n{}",
+        offences.join("\n")
+    );
+}
+
 #[test]
 fn every_module_starts_with_a_doc_comment() {
     let missing: Vec<String> = source_dirs()

@@ -15,8 +15,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::store::Connection;
 use anyhow::Context;
-use rusqlite::Connection;
 use tracing::debug;
 
 use super::diff::Change;

@@ -10,8 +10,8 @@
 
 use std::io::Write;
 
+use crate::store::Connection;
 use anyhow::Context;
-use rusqlite::Connection;
 use serde_json::Value;
 
 use super::chunk::ChunkCounts;

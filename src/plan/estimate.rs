@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use serde::Serialize;
 
 use super::Comp;

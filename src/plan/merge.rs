@@ -5,8 +5,8 @@
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use crate::store::Connection;
 use anyhow::Context;
-use rusqlite::Connection;
 
 use super::chunk::Chunking;
 use super::emit::Emitter;

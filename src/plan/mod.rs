@@ -42,7 +42,7 @@ pub use run::RunError;
 
 use std::io::Write;
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use serde::Serialize;
 
 use crate::domain::{Kind, Scope};

@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::store::Connection;
 use anyhow::Context;
-use rusqlite::Connection;
 use tracing::{debug, info};
 
 use super::chunk::{ChunkCounts, Chunker};
@@ -220,7 +220,7 @@ fn run_inner(
                         let mut statements = jobs
                             .iter()
                             .map(|job| job.statements(conn))
-                            .collect::<rusqlite::Result<Vec<_>>>()?;
+                            .collect::<crate::store::Result<Vec<_>>>()?;
                         let mut streams = Vec::with_capacity(jobs.len());
                         for (job, statements) in jobs.iter().zip(statements.iter_mut()) {
                             streams.push(Stream::Local {

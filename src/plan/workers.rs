@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+use crate::store::Connection;
 use anyhow::Context;
-use rusqlite::Connection;
 
 use super::diff::{self, Change};
 use super::emit::json_value;
@@ -84,7 +84,7 @@ impl Job {
     pub(super) fn statements<'c>(
         &self,
         conn: &'c Connection,
-    ) -> rusqlite::Result<MergeStatements<'c>> {
+    ) -> crate::store::Result<MergeStatements<'c>> {
         match self {
             Job::Values {
                 source,
@@ -106,7 +106,7 @@ impl Job {
 
     /// Whether dead-lettered changes of the job's computation wait to be re-planned (asked in
     /// each read transaction the merge runs in).
-    pub(super) fn replans(&self, conn: &Connection) -> rusqlite::Result<bool> {
+    pub(super) fn replans(&self, conn: &Connection) -> crate::store::Result<bool> {
         match self {
             Job::Values { computation_id, .. } => state::has_replans(conn, computation_id),
             Job::Membership { .. } => Ok(false),

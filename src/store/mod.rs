@@ -17,7 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::Connection;
+
+/// The database connection the layers above hold, and the error and result of a store call:
+/// SQLite's today. Outside `store` nothing names the engine, only these
+/// (`tidy::the_database_engine_is_named_only_in_src_store`), so a second backend (PostgreSQL,
+/// SPEC section 10) makes them types over both engines and changes nothing above the store.
+pub use rusqlite::{Connection, Error};
+/// The result of a store call.
+pub type Result<T> = rusqlite::Result<T>;
 
 /// The whole current schema ([`SCHEMA_VERSION`]), applied to a new database.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
@@ -520,7 +527,7 @@ mod tests {
             ))
         })
         .unwrap()
-        .collect::<Result<_, _>>()
+        .collect::<std::result::Result<_, _>>()
         .unwrap()
     }
 

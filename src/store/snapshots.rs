@@ -561,3 +561,10 @@ pub fn rfc3339(unix: i64) -> String {
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_else(|| unix.to_string())
 }
+
+/// A database failure while storing loaded rows, as `load`'s error (which names no database).
+impl From<rusqlite::Error> for LoadError {
+    fn from(error: rusqlite::Error) -> LoadError {
+        LoadError::Database(Box::new(error))
+    }
+}

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::Connection;
+use crate::store::Connection;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -193,7 +193,7 @@ impl Executor {
     ) -> Step {
         let options = super::map_options(&self.settings, unix_seconds());
         let mut known = KnownIds::nothing();
-        let looked_up = (|| -> rusqlite::Result<()> {
+        let looked_up = (|| -> crate::store::Result<()> {
             let db = self.db();
             if let Some(key) = key {
                 known.contact_id = cache::contact_id(&db, key)?;
@@ -219,7 +219,7 @@ impl Executor {
             .map(str::to_string)
             .collect();
         if !companies.is_empty() {
-            let found = (|| -> rusqlite::Result<BTreeMap<String, String>> {
+            let found = (|| -> crate::store::Result<BTreeMap<String, String>> {
                 let db = self.db();
                 let mut found = BTreeMap::new();
                 for company_id in companies {

@@ -256,7 +256,7 @@ pub(super) fn path_shape(path: &str) -> String {
         .join("/")
 }
 
-pub(super) fn retry_db(error: &rusqlite::Error, attempt: u32, jitter: f64) -> Disposition {
+pub(super) fn retry_db(error: &crate::store::Error, attempt: u32, jitter: f64) -> Disposition {
     Disposition::Retry {
         after: disposition::backoff(attempt, jitter),
         reason: format!("the local database: {error}"),
