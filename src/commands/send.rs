@@ -3,7 +3,7 @@
 //! `--dry-run` assumes nothing is known about Intercom: every contact is resolved by a search
 //! first, every company id is a `{company_id}` placeholder, and every custom attribute is
 //! created (`POST /data_attributes`, once per attribute in the file) before its first write.
-//! A message that may create its contact (see `intercom::plan::OnMissing`) is printed as what a
+//! A message that may create its contact (see `intercom::requests::OnMissing`) is printed as what a
 //! contact new to Intercom costs: the search, then the `POST /contacts` carrying every value
 //! (no `PUT` follows it). A message that may not (an exit) is printed with the `PUT` an
 //! existing contact gets (see `Plan::dry_run_requests`).
@@ -21,7 +21,7 @@ use super::error::CliError;
 use super::output::stdout;
 use crate::cli::SendArgs;
 use crate::intercom::mapping::{EventNames, KnownIds, MapOptions, map_message};
-use crate::intercom::plan::AttributeNeed;
+use crate::intercom::requests::AttributeNeed;
 use crate::segment::{Message, NdjsonLines, Track};
 use crate::settings::Settings;
 

@@ -14,8 +14,8 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{Method, Request};
 use super::ratelimit::{Announced, RateLimiter};
+use super::requests::{Method, Request};
 use crate::metrics::{HttpStatus, NoLabels, RequestLabels, metrics};
 use crate::settings::IntercomSettings;
 

@@ -5,7 +5,7 @@
 //! at their old paths; this module keeps what does IO: the client, the executor, bulk lookups,
 //! the drain and the rate limiter's waiting.
 
-pub use audience_sync_core::intercom::{disposition, mapping, outage, plan, values};
+pub use audience_sync_core::intercom::{disposition, mapping, outage, requests, values};
 
 pub mod client;
 pub mod drain;

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Transport};
-use super::plan::{Method, Request};
+use super::requests::{Method, Request};
 
 /// Users asked about in one search (also its page size).
 pub const BATCH: usize = 150;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use audience_sync::intercom::mapping::{KnownIds, MapError, MapOptions, map_message};
-use audience_sync::intercom::plan::{
+use audience_sync::intercom::requests::{
     AttributeNeed, ContactLookup, OnMissing, Op, Plan, Produces, StepId,
 };
 use audience_sync::intercom::values::{DataType, Model, Warning};

@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use audience_sync::intercom::mapping::{KnownIds, MapOptions, map_message};
-use audience_sync::intercom::plan::{Method, Request};
+use audience_sync::intercom::requests::{Method, Request};
 use audience_sync::segment::Message;
 use audience_sync::settings::LongStrings;
 use serde_json::{Map, Value, json};

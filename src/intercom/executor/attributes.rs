@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use super::Executor;
 use super::steps::Step;
 use crate::intercom::disposition::{ApiError, Disposition};
-use crate::intercom::plan::{AttributeNeed, Method, OnMissing, Op, Plan, Request};
+use crate::intercom::requests::{AttributeNeed, Method, OnMissing, Op, Plan, Request};
 use crate::intercom::values::{DataType, Model, convert_for_attribute};
 use crate::store::cache;
 

@@ -9,7 +9,7 @@ use tracing::debug;
 use super::Executor;
 use super::steps::{Step, retry_db};
 use crate::intercom::disposition::{ApiError, Disposition};
-use crate::intercom::plan::{ContactLookup, OnMissing, Op, Request};
+use crate::intercom::requests::{ContactLookup, OnMissing, Op, Request};
 use crate::segment::{Message, non_empty_str};
 use crate::store::cache;
 

@@ -12,7 +12,7 @@ use super::ids::{Stale, company_intercom_id, op_company};
 use crate::intercom::client::{Answer, Transport};
 use crate::intercom::disposition::{self, ApiError, Disposition};
 use crate::intercom::mapping::KnownIds;
-use crate::intercom::plan::{COMPANY_ID, CONTACT_ID, Op, Plan, Request};
+use crate::intercom::requests::{COMPANY_ID, CONTACT_ID, Op, Plan, Request};
 use crate::store::cache;
 
 pub(super) enum Step {
@@ -266,7 +266,7 @@ pub(super) fn retry_db(error: &crate::store::Error, attempt: u32, jitter: f64) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intercom::plan::Method;
+    use crate::intercom::requests::Method;
     use serde_json::json;
 
     #[test]

@@ -1,5 +1,5 @@
 //! The pure part of speaking Intercom: the mapping from Segment messages to request plans
-//! ([`mapping`], [`plan`], [`values`]), what every answer means ([`disposition`]), the outage
+//! ([`mapping`], [`requests`], [`values`]), what every answer means ([`disposition`]), the outage
 //! breaker ([`outage`]) and the rate budget ([`budget`]). The HTTP client, the executor and the
 //! drain are the daemon crate's `intercom` module.
 
@@ -7,5 +7,5 @@ pub mod budget;
 pub mod disposition;
 pub mod mapping;
 pub mod outage;
-pub mod plan;
+pub mod requests;
 pub mod values;

@@ -9,7 +9,7 @@ use super::identify::{
     contact_lookup, create_contact_request, number, resolve_contact, scalar_text,
 };
 use super::{KnownIds, MapError, MapOptions};
-use crate::intercom::plan::{
+use crate::intercom::requests::{
     AttributeNeed, COMPANY_ID, Method, OnMissing, Op, Plan, Produces, Request, StepId,
 };
 use crate::intercom::values::{

@@ -11,7 +11,7 @@ use super::group::{
     personas_audience_keys,
 };
 use super::{KnownIds, MapError, MapOptions};
-use crate::intercom::plan::{
+use crate::intercom::requests::{
     AttributeNeed, CONTACT_ID, ContactLookup, Method, OnMissing, Op, Plan, Produces, Request,
     StepId,
 };

@@ -16,7 +16,7 @@ mod track;
 
 use std::collections::BTreeMap;
 
-use super::plan::Plan;
+use super::requests::Plan;
 use super::values::LongStrings;
 pub use super::values::MapError;
 use crate::segment::Message;

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::group::{company_body, only_company_id};
 use super::identify::create_contact_body;
 use super::*;
-use crate::intercom::plan::{Method, OnMissing, Op, Request};
+use crate::intercom::requests::{Method, OnMissing, Op, Request};
 
 fn options() -> MapOptions {
     MapOptions {

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{KnownIds, MapError, MapOptions};
-use crate::intercom::plan::{Method, Op, Plan, Request};
+use crate::intercom::requests::{Method, Op, Plan, Request};
 use crate::intercom::values::{Warning, metadata_value};
 use crate::segment::{Track, non_empty_str};
 
