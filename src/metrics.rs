@@ -21,6 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry};
 
+use crate::domain::MessageKind;
+
 /// The `Content-Type` of what [`render`] produces.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
@@ -366,13 +368,13 @@ impl Metrics {
 }
 
 /// Count one message of `kind` (an outbox message's type) in `family`.
-pub fn count_message(family: &Family<MessageLabels, Counter>, kind: &str) {
-    match MessageType::of(kind) {
-        Some(r#type) => {
-            family.get_or_create(&MessageLabels { r#type }).inc();
-        }
-        None => debug_assert!(false, "message type {kind:?}"),
-    }
+pub fn count_message(family: &Family<MessageLabels, Counter>, kind: MessageKind) {
+    let r#type = match kind {
+        MessageKind::Identify => MessageType::Identify,
+        MessageKind::Track => MessageType::Track,
+        MessageKind::Group => MessageType::Group,
+    };
+    family.get_or_create(&MessageLabels { r#type }).inc();
 }
 
 /// The process's metrics.
@@ -515,8 +517,8 @@ mod tests {
              audience_sync_test_total{computation=\"x\\\"y\",outcome=\"failed\"} 3\n"
         );
 
-        count_message(&metrics().messages_throttled, "track");
-        count_message(&metrics().messages_throttled, "track");
+        count_message(&metrics().messages_throttled, MessageKind::Track);
+        count_message(&metrics().messages_throttled, MessageKind::Track);
         metrics()
             .intercom_requests
             .get_or_create(&RequestLabels {

@@ -660,7 +660,7 @@ fn dead_letter(
 ) -> anyhow::Result<Recorded> {
     error!(seq = message.seq, user = %message.lane, message_id = %message.message_id, kind = %message.kind, %reason, "Message dead-lettered; its planned state goes back.");
     outbox::mark_dead(&mut lock(db), message.seq, reason)?;
-    metrics::count_message(&metrics().messages_dead, &message.kind);
+    metrics::count_message(&metrics().messages_dead, message.kind);
     report.dead += 1;
     Ok(Recorded {
         done: true,
@@ -684,7 +684,7 @@ fn record(
     match disposition {
         Disposition::Delivered => {
             outbox::mark_delivered(&mut lock(db), seq)?;
-            metrics::count_message(&metrics().messages_delivered, &message.kind);
+            metrics::count_message(&metrics().messages_delivered, message.kind);
             report.delivered += 1;
             Ok(Recorded {
                 done: true,
@@ -701,7 +701,7 @@ fn record(
             warn!(seq, user = %message.lane, attempt = attempts, retry_in_ms = after.as_millis() as u64, %reason, "Delivery failed; will retry.");
             let at = store::now_unix() + after.as_secs_f64().ceil() as i64;
             outbox::schedule_retry(&lock(db), seq, &reason, at)?;
-            metrics::count_message(&metrics().messages_retried, &message.kind);
+            metrics::count_message(&metrics().messages_retried, message.kind);
             report.retries += 1;
             entry.message.attempts = attempts;
             entry.due = Some(Instant::now() + after);
@@ -730,7 +730,7 @@ fn record(
             }
             let at = now + after.as_secs_f64().ceil() as i64;
             outbox::schedule_transient(&lock(db), seq, &reason, at, since)?;
-            metrics::count_message(&metrics().messages_retried, &message.kind);
+            metrics::count_message(&metrics().messages_retried, message.kind);
             report.retries += 1;
             entry.message.failing_since = Some(since);
             entry.due = Some(Instant::now() + after);
@@ -743,7 +743,7 @@ fn record(
             // Not an attempt: nothing is written, the message runs again when the limiter
             // lets its requests through.
             warn!(seq, user = %message.lane, %reason, "Rate limited; will send again after the reset (no attempt counted).");
-            metrics::count_message(&metrics().messages_throttled, &message.kind);
+            metrics::count_message(&metrics().messages_throttled, message.kind);
             entry.due = None;
             Ok(Recorded {
                 done: false,
@@ -764,6 +764,7 @@ fn record(
 mod tests {
     use super::*;
     use crate::intercom::disposition::{self, ApiError};
+    use crate::segment::MessageKind;
     use crate::store::outbox::NewMessage;
     use serde_json::json;
 
@@ -776,7 +777,7 @@ mod tests {
             &NewMessage {
                 lane: "u1",
                 message_id: "m1",
-                kind: "identify",
+                kind: MessageKind::Identify,
                 body: &body.to_string(),
                 effects: "[]",
             },

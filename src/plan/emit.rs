@@ -20,7 +20,7 @@ use super::estimate::Estimator;
 use super::message::{self, User};
 use super::{Comp, MessageCounts, Output};
 use crate::domain::Scope;
-use crate::segment::Message;
+use crate::segment::{Message, MessageKind};
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
 use crate::store::state::{self, ChangeRow, SnapshotRef};
@@ -341,10 +341,10 @@ impl<'a> Emitter<'a, '_> {
         };
         if counted {
             match kind {
-                "identify" => self.counts.identify += 1,
-                "track" => self.counts.track += 1,
-                _ if with_user => self.counts.group_user += 1,
-                _ => self.counts.group_account += 1,
+                MessageKind::Identify => self.counts.identify += 1,
+                MessageKind::Track => self.counts.track += 1,
+                MessageKind::Group if with_user => self.counts.group_user += 1,
+                MessageKind::Group => self.counts.group_account += 1,
             }
         }
         Ok(())

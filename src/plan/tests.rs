@@ -688,7 +688,7 @@ fn a_replanned_message_keeps_its_message_id() {
     let identify = pending(&db.conn, 10)
         .unwrap()
         .into_iter()
-        .find(|m| m.kind == "identify")
+        .find(|m| m.kind == crate::segment::MessageKind::Identify)
         .unwrap();
     assert_eq!(
         db.state("tra_1", "user", "u1"),
@@ -726,7 +726,7 @@ fn delivery_moves_delivered_state_and_dead_letters_restore_planned() {
     let identify = pending(&db.conn, 10)
         .unwrap()
         .into_iter()
-        .find(|m| m.kind == "identify")
+        .find(|m| m.kind == crate::segment::MessageKind::Identify)
         .unwrap();
     mark_dead(&mut db.conn, identify.seq, "gone").unwrap();
     assert_eq!(
@@ -819,7 +819,7 @@ fn a_dead_letter_of_an_incremental_change_keeps_its_event_time() {
     let first = db.run();
     let first_track = tracks(&first)[0].clone();
     for m in pending(&db.conn, 10).unwrap() {
-        if m.kind == "identify" {
+        if m.kind == crate::segment::MessageKind::Identify {
             mark_dead(&mut db.conn, m.seq, "400 bad attribute").unwrap();
         } else {
             // The event went through (its contact existed).
@@ -1053,8 +1053,10 @@ fn deliver_with(db: &mut Db, dead: &[bool]) -> Vec<Value> {
     let mut identifies = 0;
     let mut delivered = Vec::new();
     for m in pending(&db.conn, 1_000_000).unwrap() {
-        let dies = m.kind == "identify" && !dead.is_empty() && dead[identifies % dead.len()];
-        if m.kind == "identify" {
+        let dies = m.kind == crate::segment::MessageKind::Identify
+            && !dead.is_empty()
+            && dead[identifies % dead.len()];
+        if m.kind == crate::segment::MessageKind::Identify {
             identifies += 1;
         }
         if dies {

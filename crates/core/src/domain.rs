@@ -1,5 +1,5 @@
-//! The vocabulary every layer shares: what a computation is (`Kind`) and whose values it holds
-//! (`Scope`). Parsed once at the edge (settings, `load`, the database's text columns); inner
+//! The vocabulary every layer shares: what a computation is (`Kind`), whose values it holds
+//! (`Scope`) and which Segment call a message is (`MessageKind`). Parsed once at the edge (settings, `load`, the database's text columns); inner
 //! layers take these types.
 
 /// Which snapshot rows describe.
@@ -50,12 +50,54 @@ impl Scope {
     }
 }
 
+/// Which Segment call a message is: the three the Intercom destination maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    Identify,
+    Track,
+    Group,
+}
+
+impl MessageKind {
+    /// The Segment `type` (and the outbox's `type` column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Identify => "identify",
+            MessageKind::Track => "track",
+            MessageKind::Group => "group",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MessageKind> {
+        match text {
+            "identify" => Some(MessageKind::Identify),
+            "track" => Some(MessageKind::Track),
+            "group" => Some(MessageKind::Group),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn names_round_trip() {
+        for kind in [
+            MessageKind::Identify,
+            MessageKind::Track,
+            MessageKind::Group,
+        ] {
+            assert_eq!(MessageKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(MessageKind::parse("page"), None);
         for kind in [Kind::Audience, Kind::Trait] {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }

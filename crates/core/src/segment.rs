@@ -10,6 +10,8 @@ use std::io::{self, BufRead};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+pub use crate::domain::MessageKind;
+
 /// A JSON object, in input order.
 pub type Object = Map<String, Value>;
 
@@ -207,11 +209,11 @@ impl Message {
     }
 
     /// `identify`, `track` or `group`.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> MessageKind {
         match self {
-            Message::Identify(_) => "identify",
-            Message::Track(_) => "track",
-            Message::Group(_) => "group",
+            Message::Identify(_) => MessageKind::Identify,
+            Message::Track(_) => MessageKind::Track,
+            Message::Group(_) => MessageKind::Group,
         }
     }
 }
@@ -227,7 +229,7 @@ impl Message {
     pub fn to_value(&self) -> Value {
         let common = self.common();
         let mut m = Object::new();
-        m.insert("type".into(), self.kind().into());
+        m.insert("type".into(), self.kind().as_str().into());
         let text = |field: &Option<String>| field.clone().map(Value::String);
         let time = |t: &Option<DateTime<Utc>>| {
             t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
@@ -384,7 +386,7 @@ mod tests {
             matches!(t, Ok(Message::Track(ref t)) if t.common.user_id.as_deref() == Some("42"))
         );
         let g = Message::from_json_str(r#"{"type":"group","groupId":"acme"}"#).unwrap();
-        assert_eq!(g.kind(), "group");
+        assert_eq!(g.kind(), MessageKind::Group);
     }
 
     #[test]

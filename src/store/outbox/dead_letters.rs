@@ -225,7 +225,7 @@ mod tests {
             &NewMessage {
                 lane: "u1",
                 message_id,
-                kind: "identify",
+                kind: crate::segment::MessageKind::Identify,
                 body: r#"{"type":"identify","userId":"u1"}"#,
                 effects,
             },

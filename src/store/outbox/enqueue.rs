@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::NewMessage;
 use super::stored::stored_message_id;
+use crate::segment::MessageKind;
 
 /// Insert one message; `false` when a pending message with the same id is already queued (the
 /// same change planned twice: nothing new to send). The row keeps its body and effects whole
@@ -25,7 +26,7 @@ pub fn enqueue(
         run_id,
         message.lane,
         stored_message_id(message.message_id),
-        message.kind,
+        message.kind.as_str(),
         message.body,
         message.effects,
         now
@@ -90,7 +91,7 @@ pub fn stage_values(
     conn: &Connection,
     lane: &str,
     message_id: &str,
-    kind: &str,
+    kind: MessageKind,
     body: &Value,
     effects: &Value,
     with_user: bool,
@@ -142,7 +143,7 @@ fn stage_split(
     stmt.execute(params![
         message.lane,
         stored_message_id(message.message_id),
-        message.kind,
+        message.kind.as_str(),
         body,
         effects,
         shape,
@@ -351,7 +352,7 @@ mod tests {
                 let message = NewMessage {
                     lane,
                     message_id: id,
-                    kind: "identify",
+                    kind: MessageKind::Identify,
                     body,
                     effects,
                 };
@@ -361,7 +362,7 @@ mod tests {
                     &conn,
                     lane,
                     id,
-                    "identify",
+                    MessageKind::Identify,
                     body_value,
                     effects_value,
                     false,
@@ -399,7 +400,7 @@ mod tests {
         for (message, (lane, id, body, effects)) in pending.iter().zip(&messages) {
             assert_eq!(&message.lane, lane);
             assert_eq!(&message.message_id, id);
-            assert_eq!(message.kind, "identify");
+            assert_eq!(message.kind, MessageKind::Identify);
             assert_eq!(
                 outbox::body(&conn, message.seq)
                     .unwrap()
@@ -463,7 +464,7 @@ mod tests {
         let message = NewMessage {
             lane: &lane,
             message_id: &id,
-            kind: "identify",
+            kind: MessageKind::Identify,
             body: &body,
             effects: &effects,
         };

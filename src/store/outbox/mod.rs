@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::domain::Scope;
-use crate::segment::{Message, ParseError};
+use crate::segment::{Message, MessageKind, ParseError};
 
 pub use counts::{
     OutboxCounts, StatusCount, max_pending_seq, messages_by_status, oldest_pending_enqueued_at,
@@ -73,8 +73,7 @@ pub struct OutboxMessage {
     /// a time; different lanes are independent.
     pub lane: String,
     pub message_id: String,
-    /// `identify`, `track` or `group`.
-    pub kind: String,
+    pub kind: MessageKind,
     /// The Segment-spec message, parsed once when the row is read. `Err`: a stored body that is
     /// not a message Intercom can take (delivery dead-letters it without a request).
     pub message: Result<Message, ParseError>,
@@ -90,7 +89,7 @@ pub struct OutboxMessage {
 pub struct NewMessage<'a> {
     pub lane: &'a str,
     pub message_id: &'a str,
-    pub kind: &'a str,
+    pub kind: MessageKind,
     pub body: &'a str,
     pub effects: &'a str,
 }

@@ -6,7 +6,7 @@ use rusqlite::{Connection, params};
 
 use super::OutboxMessage;
 use super::stored::{STORED, STORED_FROM, Stored, unreadable};
-use crate::segment::Message;
+use crate::segment::{Message, MessageKind};
 
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
 /// by never starting a lane's message while an earlier one of the same lane is unfinished.
@@ -34,11 +34,14 @@ pub fn pending_after(
         let (body, _) = stored
             .message(&mut shapes)
             .map_err(|e| unreadable(7, seq, "body", e))?;
+        let kind: String = r.get(1)?;
+        let kind = MessageKind::parse(&kind)
+            .ok_or_else(|| unreadable(1, seq, "type", format!("unknown message type {kind:?}")))?;
         messages.push(OutboxMessage {
             seq,
             lane: stored.lane,
             message_id: stored.message_id,
-            kind: r.get(1)?,
+            kind,
             message: Message::from_value(&body),
             attempts: r.get(2)?,
             next_attempt_at: r.get(3)?,
