@@ -19,14 +19,12 @@ use crate::store::Connection;
 use anyhow::Context;
 use tracing::debug;
 
-use super::diff::Change;
-use super::emit::Emitter;
-use super::run::{Fixed, RunState};
-use super::{Comp, MessageCounts};
+use super::emit::{ChunkCounts, Emitter};
+use super::{Fixed, MessageCounts, RunState};
 use crate::domain::Scope;
 use crate::store::connection;
 use crate::store::outbox;
-use crate::store::state::{self, ChangeRow, Counts, Pass, RunComputation};
+use crate::store::state::{self, Counts, Pass, RunComputation};
 
 /// Test hook: `AUDIENCE_SYNC_TEST_ABORT=before_commit|after_commit` aborts the process at that
 /// point of an enqueueing run's last chunk, and `after_chunk:K` once its K-th chunk (not the
@@ -88,42 +86,6 @@ pub struct Pace<'a> {
     /// Whether to stop (the daemon is stopping): the run stops before its next chunk and the
     /// next run resumes it.
     pub stop: &'a (dyn Fn() -> bool + Sync),
-}
-
-/// What one chunk counted, written with it.
-pub(super) struct ChunkCounts {
-    pub comps: Vec<Counts>,
-    pub attached: u64,
-    pub detached: u64,
-}
-
-impl ChunkCounts {
-    pub fn new(comps: usize) -> Self {
-        ChunkCounts {
-            comps: vec![Counts::default(); comps],
-            attached: 0,
-            detached: 0,
-        }
-    }
-
-    /// Count one entity's changes (as they are consumed: a chunk counts what it writes).
-    pub fn count(&mut self, comps: &[Comp], rows: &[ChangeRow]) {
-        for row in rows {
-            match row.computation {
-                Some(index) => {
-                    let index = index as usize;
-                    let counts = &mut self.comps[index];
-                    if comps[index].scope == Scope::Account && row.lane == Scope::User {
-                        counts.users += 1;
-                    } else {
-                        count(counts, row.change);
-                    }
-                }
-                None if row.change == Change::Attach => self.attached += 1,
-                None => self.detached += 1,
-            }
-        }
-    }
 }
 
 /// Drives a run's passes chunk by chunk: waits for room in the outbox, reads a chunk, writes it.
@@ -218,6 +180,7 @@ impl Chunker<'_, '_> {
             emitter.counts = MessageCounts::default();
             emitter.chunk = ChunkCounts::new(setup.comps.len());
             emitter.staged = 0;
+            outbox::create_staging(self.conn)?;
             state::create_staging(self.conn)?;
             keep_wal_small(self.conn);
             if !finish {
@@ -450,15 +413,5 @@ fn abort_hook_chunk(chunks: i64) {
     if std::env::var(ABORT_HOOK).is_ok_and(|v| v == format!("after_chunk:{chunks}")) {
         eprintln!("{ABORT_HOOK}=after_chunk:{chunks}: aborting");
         std::process::abort();
-    }
-}
-
-fn count(counts: &mut Counts, change: Change) {
-    match change {
-        Change::Entered | Change::Appeared => counts.entered += 1,
-        Change::Exited | Change::Gone => counts.exited += 1,
-        Change::Changed => counts.changed += 1,
-        Change::Resent => counts.resent += 1,
-        Change::Attach | Change::Detach => {}
     }
 }

@@ -14,7 +14,6 @@ use crate::store::Connection;
 use anyhow::Context;
 use serde_json::Value;
 
-use super::chunk::ChunkCounts;
 use super::diff::Change;
 use super::estimate::Estimator;
 use super::message::{self, User};
@@ -23,7 +22,7 @@ use crate::domain::Scope;
 use crate::segment::{Message, MessageKind};
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
-use crate::store::state::{self, ChangeRow, SnapshotRef};
+use crate::store::state::{self, ChangeRow, Counts, SnapshotRef};
 
 pub(super) fn json_value(text: Option<&str>) -> anyhow::Result<Value> {
     match text {
@@ -39,7 +38,7 @@ pub(super) struct Emitter<'a, 'o> {
     pub(super) personas: &'a PersonasSettings,
     pub(super) comps: &'a [Comp],
     pub(super) membership: Option<SnapshotRef>,
-    /// Enqueue: stage messages and planned state (`store::state::create_staging`).
+    /// Enqueue: stage messages and planned state (`store::outbox::create_staging`, `store::state::create_staging`).
     pub(super) stage: bool,
     pub(super) counts: MessageCounts,
     pub(super) estimate: Estimator,
@@ -348,5 +347,51 @@ impl<'a> Emitter<'a, '_> {
             }
         }
         Ok(())
+    }
+}
+
+/// What one chunk counted, written with it.
+pub(super) struct ChunkCounts {
+    pub comps: Vec<Counts>,
+    pub attached: u64,
+    pub detached: u64,
+}
+
+impl ChunkCounts {
+    pub fn new(comps: usize) -> Self {
+        ChunkCounts {
+            comps: vec![Counts::default(); comps],
+            attached: 0,
+            detached: 0,
+        }
+    }
+
+    /// Count one entity's changes (as they are consumed: a chunk counts what it writes).
+    pub fn count(&mut self, comps: &[Comp], rows: &[ChangeRow]) {
+        for row in rows {
+            match row.computation {
+                Some(index) => {
+                    let index = index as usize;
+                    let counts = &mut self.comps[index];
+                    if comps[index].scope == Scope::Account && row.lane == Scope::User {
+                        counts.users += 1;
+                    } else {
+                        count(counts, row.change);
+                    }
+                }
+                None if row.change == Change::Attach => self.attached += 1,
+                None => self.detached += 1,
+            }
+        }
+    }
+}
+
+fn count(counts: &mut Counts, change: Change) {
+    match change {
+        Change::Entered | Change::Appeared => counts.entered += 1,
+        Change::Exited | Change::Gone => counts.exited += 1,
+        Change::Changed => counts.changed += 1,
+        Change::Resent => counts.resent += 1,
+        Change::Attach | Change::Detach => {}
     }
 }

@@ -2,65 +2,12 @@
 //! connection) merged by entity, each entity's changes handed together to the emitter
 //! (`emit.rs`) until the chunk is full (`fill`); the chunker (`chunk.rs`) then commits it.
 
-use std::sync::mpsc::Receiver;
 use std::time::Instant;
-
-use crate::store::Connection;
-use anyhow::Context;
 
 use super::chunk::Chunking;
 use super::emit::Emitter;
-use super::workers::{Batch, Job};
-use crate::store::state::{ChangeRow, Merge};
-
-/// One sorted stream of changes: from a worker, or a merge on the run's connection.
-pub(super) enum Stream<'s> {
-    Worker {
-        receive: Receiver<Batch>,
-        batch: std::vec::IntoIter<ChangeRow>,
-    },
-    Local {
-        job: &'s Job,
-        conn: &'s Connection,
-        replans: bool,
-        merge: Box<Merge<'s>>,
-    },
-}
-
-impl Stream<'_> {
-    /// The next change, in entity order.
-    fn next_change(&mut self) -> anyhow::Result<Option<ChangeRow>> {
-        loop {
-            match self {
-                Stream::Worker { receive, batch } => {
-                    if let Some(row) = batch.next() {
-                        return Ok(Some(row));
-                    }
-                    // A closed channel is a worker that finished (errors come as a batch).
-                    match receive.recv() {
-                        Ok(next) => *batch = next?.into_iter(),
-                        Err(_) => return Ok(None),
-                    }
-                }
-                Stream::Local {
-                    job,
-                    conn,
-                    replans,
-                    merge,
-                } => {
-                    match job
-                        .step(conn, *replans, merge)
-                        .with_context(|| job.what())?
-                    {
-                        None => return Ok(None),
-                        Some(Some(row)) => return Ok(Some(row)),
-                        Some(None) => {}
-                    }
-                }
-            }
-        }
-    }
-}
+use super::workers::Stream;
+use crate::store::state::ChangeRow;
 
 /// Sorted change streams merged k-way by entity: each entity's changes together, in stream
 /// order (computations in run order, the membership last). No sort and no temp table: each

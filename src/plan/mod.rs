@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::domain::{Kind, Scope};
 use crate::settings::PersonasSettings;
-use crate::store::state::{Counts, SnapshotRef};
+use crate::store::state::{Counts, RunProgress, SnapshotRef};
 use message::ComputationRef;
 use workers::DiffSpec;
 
@@ -237,6 +237,31 @@ pub fn run_paced(
         Some(pace),
         Chunking::default(),
     )
+}
+
+/// What changes as a run goes.
+struct RunState {
+    reports: Vec<ComputationReport>,
+    /// `Some` when the run diffs the membership (`skipped` says if not).
+    membership_report: Option<MembershipReport>,
+    /// `run_id` 0 until the first chunk records the run.
+    progress: RunProgress,
+}
+
+/// What stays as a run goes.
+#[derive(Clone, Copy)]
+struct Fixed<'a> {
+    comps: &'a [Comp],
+    membership: Option<SnapshotRef>,
+    mode: RunMode,
+}
+
+impl RunState {
+    fn diffs_membership(&self) -> bool {
+        self.membership_report
+            .as_ref()
+            .is_some_and(|m| m.skipped.is_none())
+    }
 }
 
 #[cfg(test)]

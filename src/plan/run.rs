@@ -22,17 +22,20 @@ use crate::store::Connection;
 use anyhow::Context;
 use tracing::{debug, info};
 
-use super::chunk::{ChunkCounts, Chunker};
+use super::chunk::Chunker;
+use super::emit::ChunkCounts;
 use super::emit::Emitter;
 use super::estimate::Estimator;
-use super::merge::{Merger, Stream, fill};
-use super::workers::{Job, MAX_WORKERS, spawn_worker};
+use super::merge::{Merger, fill};
+use super::workers::{Job, MAX_WORKERS, Stream, spawn_worker};
 use super::{
-    Comp, ComputationReport, MembershipReport, MessageCounts, Output, Report, RunMode, RunOptions,
+    Comp, ComputationReport, Fixed, MembershipReport, MessageCounts, Output, Report, RunMode,
+    RunOptions, RunState,
 };
 use crate::domain::{Kind, Scope};
 use crate::settings::PersonasSettings;
 use crate::store::connection;
+use crate::store::outbox;
 use crate::store::snapshots;
 use crate::store::state::{self, Counts, Pass, Position, RunProgress, SnapshotRef, Source};
 
@@ -47,31 +50,6 @@ struct Setup {
     mode: RunMode,
     resumed: bool,
     state: RunState,
-}
-
-/// What changes as a run goes.
-pub(super) struct RunState {
-    pub(super) reports: Vec<ComputationReport>,
-    /// `Some` when the run diffs the membership (`skipped` says if not).
-    pub(super) membership_report: Option<MembershipReport>,
-    /// `run_id` 0 until the first chunk records the run.
-    pub(super) progress: RunProgress,
-}
-
-/// What stays as a run goes.
-#[derive(Clone, Copy)]
-pub(super) struct Fixed<'a> {
-    pub(super) comps: &'a [Comp],
-    pub(super) membership: Option<SnapshotRef>,
-    pub(super) mode: RunMode,
-}
-
-impl RunState {
-    pub(super) fn diffs_membership(&self) -> bool {
-        self.membership_report
-            .as_ref()
-            .is_some_and(|m| m.skipped.is_none())
-    }
 }
 
 /// Make one run: diff every enabled computation (or the one asked for) and the membership
@@ -96,6 +74,7 @@ pub fn run(
     let result = run_inner(conn, personas, options, output, pace, chunking);
     let _ = connection::rollback_open_transaction(conn);
     if enqueue {
+        let _ = outbox::drop_staging(conn);
         let _ = state::drop_staging(conn);
         connection::set_cache_size(conn, DEFAULT_CACHE_KIB)?;
     }
@@ -143,6 +122,7 @@ fn run_inner(
     let jobs_accounts = jobs(conn, fixed, &run, Pass::Accounts)?;
     let jobs_users = jobs(conn, fixed, &run, Pass::Users)?;
     if enqueue {
+        outbox::create_staging(conn)?;
         state::create_staging(conn)?;
         connection::commit(conn)?;
     }

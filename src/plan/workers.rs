@@ -13,7 +13,7 @@
 //! state came from (`replan`).
 
 use std::path::Path;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use crate::store::Connection;
@@ -21,7 +21,6 @@ use anyhow::Context;
 
 use super::diff::{self, Change};
 use super::emit::json_value;
-use super::merge::Stream;
 use crate::domain::{Kind, Scope};
 use crate::store::connection;
 use crate::store::state::{self, ChangeRow, Merge, MergeStatements, Position, Source};
@@ -313,6 +312,55 @@ fn read_some(
         steps = steps.wrapping_add(1);
         if steps.is_multiple_of(1024) && began.elapsed() >= READ_FOR {
             return Ok(restart(&merge));
+        }
+    }
+}
+
+/// One sorted stream of changes: from a worker, or a merge on the run's connection.
+pub(super) enum Stream<'s> {
+    Worker {
+        receive: Receiver<Batch>,
+        batch: std::vec::IntoIter<ChangeRow>,
+    },
+    Local {
+        job: &'s Job,
+        conn: &'s Connection,
+        replans: bool,
+        merge: Box<Merge<'s>>,
+    },
+}
+
+impl Stream<'_> {
+    /// The next change, in entity order.
+    pub(super) fn next_change(&mut self) -> anyhow::Result<Option<ChangeRow>> {
+        loop {
+            match self {
+                Stream::Worker { receive, batch } => {
+                    if let Some(row) = batch.next() {
+                        return Ok(Some(row));
+                    }
+                    // A closed channel is a worker that finished (errors come as a batch).
+                    match receive.recv() {
+                        Ok(next) => *batch = next?.into_iter(),
+                        Err(_) => return Ok(None),
+                    }
+                }
+                Stream::Local {
+                    job,
+                    conn,
+                    replans,
+                    merge,
+                } => {
+                    match job
+                        .step(conn, *replans, merge)
+                        .with_context(|| job.what())?
+                    {
+                        None => return Ok(None),
+                        Some(Some(row)) => return Ok(Some(row)),
+                        Some(None) => {}
+                    }
+                }
+            }
         }
     }
 }

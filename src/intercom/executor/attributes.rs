@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::Executor;
-use super::steps::Step;
+use super::Step;
 use crate::intercom::disposition::{ApiError, Disposition};
 use crate::intercom::requests::{AttributeNeed, Method, OnMissing, Op, Plan, Request};
 use crate::intercom::values::{DataType, Model, convert_for_attribute};

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Executor;
-use super::steps::{Step, retry_db};
+use super::{Step, retry_db};
 use crate::intercom::disposition::{ApiError, Disposition};
 use crate::intercom::requests::{ContactLookup, OnMissing, Op, Request};
 use crate::segment::{Message, non_empty_str};
@@ -19,12 +19,6 @@ pub(super) struct Resolved {
     /// Created by this step's `POST /contacts`, which carried every value of the updates marked
     /// `done_by_create` (not found by the search, nor named by a 409).
     pub(super) created: bool,
-}
-
-/// Why a pass over the plan has to be run again with fresher ids.
-pub(super) enum Stale {
-    Contact,
-    Company(String),
 }
 
 impl Executor {

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::client::Client;
-use super::disposition::Disposition;
+use super::disposition::{self, Disposition};
 use super::mapping::{Admission, EventNames, KnownIds, map_message};
 use super::values::{DataType, Model};
 use crate::segment::{Message, ParseError};
@@ -41,8 +41,7 @@ use crate::settings::IntercomSettings;
 use crate::store::cache;
 use attributes::{Attributes, writes_attributes};
 pub use ids::contact_key;
-use ids::{Stale, op_company};
-use steps::{Step, retry_db};
+use ids::op_company;
 
 /// How one run of a message ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,6 +286,27 @@ impl Executor {
 
 fn unix_seconds() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// How one pass over a message's plan ended.
+enum Step {
+    Done(Disposition),
+    Interrupted,
+    Stale(Stale),
+}
+
+/// Why a pass over the plan has to be run again with fresher ids.
+enum Stale {
+    Contact,
+    Company(String),
+}
+
+/// A failure of the local database while running a message: retried, counted.
+fn retry_db(error: &crate::store::Error, attempt: u32, jitter: f64) -> Disposition {
+    Disposition::Retry {
+        after: disposition::backoff(attempt, jitter),
+        reason: format!("the local database: {error}"),
+    }
 }
 
 #[cfg(test)]

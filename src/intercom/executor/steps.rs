@@ -8,18 +8,13 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::Executor;
-use super::ids::{Stale, company_intercom_id, op_company};
+use super::ids::{company_intercom_id, op_company};
+use super::{Stale, Step, retry_db};
 use crate::intercom::client::{Answer, Transport};
 use crate::intercom::disposition::{self, ApiError, Disposition};
 use crate::intercom::mapping::KnownIds;
 use crate::intercom::requests::{COMPANY_ID, CONTACT_ID, Op, Plan, Request};
 use crate::store::cache;
-
-pub(super) enum Step {
-    Done(Disposition),
-    Interrupted,
-    Stale(Stale),
-}
 
 impl Executor {
     pub(super) async fn run_steps(
@@ -254,13 +249,6 @@ pub(super) fn path_shape(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
-}
-
-pub(super) fn retry_db(error: &crate::store::Error, attempt: u32, jitter: f64) -> Disposition {
-    Disposition::Retry {
-        after: disposition::backoff(attempt, jitter),
-        reason: format!("the local database: {error}"),
-    }
 }
 
 #[cfg(test)]

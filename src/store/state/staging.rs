@@ -10,9 +10,9 @@ use rusqlite::{Connection, params};
 // run takes. What the run will write goes to these temp tables meanwhile: temp tables live in
 // the connection's own temp database, and writing them does not lock the main database.
 
-/// Create (or empty) the connection's staging tables. Call inside the run's read transaction.
+/// Create (or empty) the connection's staging tables of planned state (a run stages its
+/// messages beside them, `outbox::create_staging`). Call inside the run's read transaction.
 pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
-    crate::store::outbox::create_staging(conn)?;
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.run_state;
          DROP TABLE IF EXISTS temp.run_membership;
@@ -43,8 +43,8 @@ pub fn create_staging(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Drop the staging tables of planned state.
 pub fn drop_staging(conn: &Connection) -> rusqlite::Result<()> {
-    crate::store::outbox::drop_staging(conn)?;
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.run_state;
          DROP TABLE IF EXISTS temp.run_membership;

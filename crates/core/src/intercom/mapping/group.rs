@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::identify::{
+use super::contact::{
     contact_lookup, create_contact_request, number, resolve_contact, scalar_text,
 };
 use super::{KnownIds, MapError, MapOptions};

@@ -7,8 +7,10 @@
 //! One file per message type: `identify.rs` (the contact, its lookup or create, the companies
 //! an identify names), `group.rs` (the company body, attaching and detaching members),
 //! `track.rs` (the event and its metadata), and `event_names.rs` (the workspace's 120-name
-//! guard).
+//! guard); `contact.rs` holds what identify and group share about the contact (its lookup, the
+//! identity-only create, the resolve step), so the two import it, not each other.
 
+mod contact;
 mod event_names;
 mod group;
 mod identify;
