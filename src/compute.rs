@@ -20,7 +20,7 @@ use crate::domain::{Kind, Scope};
 use crate::load::{self, LoadError, Record};
 use crate::settings::{ComputeSettings, SqlComputation};
 use crate::store::compute::{
-    self as queries, ComputeRecord, Origin, Query, QueryError, StageError, Staging, Unique,
+    ComputeRecord, Origin, Query, QueryError, StageError, Staging, Unique,
 };
 use crate::store::{self, snapshots};
 
@@ -239,7 +239,7 @@ pub fn compute<'a>(
     options: &Options,
 ) -> anyhow::Result<Vec<Outcome<'a>>> {
     let mut conn = store::open(database)?;
-    let reader = queries::open_query_connection(database).map_err(|e| {
+    let reader = store::compute::open_query_connection(database).map_err(|e| {
         anyhow::anyhow!(
             "cannot open {} read-only for the computations' queries: {e}",
             database.display()
@@ -265,7 +265,7 @@ pub fn compute<'a>(
             };
             // The record is the history, not the result: a database that cannot take it (full,
             // locked) has already failed the compute itself, and says so there.
-            if let Err(e) = queries::record(&mut conn, &record) {
+            if let Err(e) = store::compute::record(&mut conn, &record) {
                 tracing::warn!(error = %e, target = %target.describe(), "Compute not recorded.");
             }
         }
@@ -524,7 +524,7 @@ mod tests {
     use super::*;
     use crate::load::Input;
     use proptest::prelude::*;
-    use rusqlite::types::Value as Sql;
+    use rusqlite::types;
 
     /// One cell, as SQLite holds it and as the equivalent NDJSON field.
     #[derive(Debug, Clone)]
@@ -538,13 +538,13 @@ mod tests {
     }
 
     impl Cell {
-        fn sql(&self) -> Sql {
+        fn sql(&self) -> types::Value {
             match self {
-                Cell::Absent => Sql::Null,
-                Cell::Text(t) => Sql::Text(t.clone()),
-                Cell::Integer(i) => Sql::Integer(*i),
-                Cell::Real(f) => Sql::Real(*f),
-                Cell::Json(j) => Sql::Text(j.to_string()),
+                Cell::Absent => types::Value::Null,
+                Cell::Text(t) => types::Value::Text(t.clone()),
+                Cell::Integer(i) => types::Value::Integer(*i),
+                Cell::Real(f) => types::Value::Real(*f),
+                Cell::Json(j) => types::Value::Text(j.to_string()),
             }
         }
 

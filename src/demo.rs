@@ -14,7 +14,7 @@ use intercom_sandbox::{Sandbox, SandboxConfig, Snapshot};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use audience_sync_oracle as oracle;
+use audience_sync_oracle::{Computation, Load, Step, differences, event_key, expected};
 
 use crate::compute::{self, Options};
 use crate::domain::{Kind, Scope};
@@ -685,34 +685,34 @@ fn check(state: &Snapshot) -> Vec<String> {
             .filter_map(|v| Some((id(&v, "group_id")?, id(&v, "user_id")?)))
             .collect()
     };
-    let mut comps: Vec<oracle::Computation> = EXAMPLES
+    let mut comps: Vec<Computation> = EXAMPLES
         .iter()
-        .map(|e| oracle::Computation {
+        .map(|e| Computation {
             key: e.key.to_string(),
             kind: e.kind,
             scope: e.scope,
         })
         .collect();
-    comps.push(oracle::Computation {
+    comps.push(Computation {
         key: SQL_KEY.to_string(),
         kind: Kind::Audience,
         scope: Scope::User,
     });
     let (sql_before, sql_after) = sql_members();
     let step = |pick: fn(&Example) -> &'static str, sql: &BTreeSet<String>, members_text| {
-        let mut loads: Vec<oracle::Load> = EXAMPLES
+        let mut loads: Vec<Load> = EXAMPLES
             .iter()
             .enumerate()
-            .map(|(comp, e)| oracle::Load {
+            .map(|(comp, e)| Load {
                 comp,
                 rows: rows(e, pick(e)),
             })
             .collect();
-        loads.push(oracle::Load {
+        loads.push(Load {
             comp: EXAMPLES.len(),
             rows: sql.iter().map(|u| (u.clone(), Value::Bool(true))).collect(),
         });
-        oracle::Step {
+        Step {
             loads,
             members: Some(members(members_text)),
             full: false,
@@ -736,13 +736,13 @@ fn check(state: &Snapshot) -> Vec<String> {
                 .map(|o| (o.user_id.to_string(), format!("{}@example.com", o.user_id))),
         )
         .collect();
-    let expected = oracle::expected(&comps, &steps, |user| emails.get(user).cloned());
-    let mut mismatches = oracle::differences(state, &expected);
+    let expected = expected(&comps, &steps, |user| emails.get(user).cloned());
+    let mut mismatches = differences(state, &expected);
     // The SQL audience's events carry the time of the compute that changed it: its `:now`.
     for contact in &state.contacts {
         let user = contact.external_id.clone().unwrap_or_default();
         for e in &contact.events {
-            if oracle::event_key(&e.metadata) == SQL_KEY && e.created_at != SQL_CHANGED_AT {
+            if event_key(&e.metadata) == SQL_KEY && e.created_at != SQL_CHANGED_AT {
                 mismatches.push(format!(
                     "{user}: {} of {SQL_KEY} at {}, the compute's :now was {}",
                     e.event_name,

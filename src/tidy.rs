@@ -450,6 +450,41 @@ fn the_database_engine_is_named_only_in_src_store() {
     );
 }
 
+/// Nothing is renamed on import (`use a::b as c`): a module, type or function is called by its
+/// own name everywhere, so a name says what the thing is. `as _` (a trait brought into scope
+/// for its methods) is not a rename.
+#[test]
+fn nothing_is_renamed_on_import() {
+    let mut found = Vec::new();
+    for file in source_dirs().iter().flat_map(|d| rust_files(d)) {
+        let code = scan(&std::fs::read_to_string(&file).unwrap()).code;
+        let mut in_use = false;
+        for (n, line) in code.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("use ") || trimmed.starts_with("pub use ") {
+                in_use = true;
+            }
+            if in_use {
+                let renamed = line.match_indices(" as ").any(|(at, _)| {
+                    let after = &line[at + 4..];
+                    !after.starts_with('_') && after.starts_with(is_ident)
+                });
+                if renamed {
+                    found.push(format!("{}:{}", relative(&file), n + 1));
+                }
+            }
+            if in_use && line.contains(';') {
+                in_use = false;
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "renamed on import (call it by its own name):\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn every_module_starts_with_a_doc_comment() {
     let missing: Vec<String> = source_dirs()

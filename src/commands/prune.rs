@@ -7,7 +7,7 @@ use std::io::Write as _;
 use super::output::{stdout, stdout_lossy};
 use crate::cli::PruneArgs;
 use crate::settings::Settings;
-use crate::status::{bytes, thousands as n};
+use crate::status::{bytes, thousands};
 use crate::store::retention::{self, Options, Origin, Policy, RemovedSnapshot, Report};
 use crate::store::{self, Lock, RunLock};
 
@@ -68,30 +68,30 @@ fn render(settings: &Settings, report: &Report) -> String {
     let _ = writeln!(
         out,
         "  delivered messages    {:>9}  (delivered {days} day{} ago or more)",
-        n(report.delivered_messages),
+        thousands(report.delivered_messages),
         plural(days)
     );
     let _ = writeln!(
         out,
         "  runs                  {:>9}  ({} computation record{}; beyond the newest {})",
-        n(report.runs),
-        n(report.run_computations),
+        thousands(report.runs),
+        thousands(report.run_computations),
         plural(report.run_computations),
-        n(retention.runs)
+        thousands(retention.runs)
     );
     let _ = writeln!(
         out,
         "  snapshots             {:>9}  ({} rows; beyond the newest {} per computation)",
-        n(report.snapshots.len() as u64),
-        n(report.snapshot_rows()),
+        thousands(report.snapshots.len() as u64),
+        thousands(report.snapshot_rows()),
         retention.snapshots_per_computation
     );
     list(&mut out, &report.snapshots);
     let _ = writeln!(
         out,
         "  membership snapshots  {:>9}  ({} rows; beyond the newest {})",
-        n(report.membership_snapshots.len() as u64),
-        n(report.membership_rows()),
+        thousands(report.membership_snapshots.len() as u64),
+        thousands(report.membership_rows()),
         retention.snapshots_per_computation
     );
     list(&mut out, &report.membership_snapshots);
@@ -102,23 +102,23 @@ fn render(settings: &Settings, report: &Report) -> String {
         out,
         "Kept: {} pending and {} dead-lettered message{} (never pruned; dead letters stay until \
          retried or discarded), {} delivered message{}, {} run{}.",
-        n(kept.pending_messages),
-        n(kept.dead_letters),
+        thousands(kept.pending_messages),
+        thousands(kept.dead_letters),
         plural(kept.pending_messages + kept.dead_letters),
-        n(kept.delivered_messages),
+        thousands(kept.delivered_messages),
         plural(kept.delivered_messages),
-        n(kept.runs),
+        thousands(kept.runs),
         plural(kept.runs),
     );
     let _ = writeln!(
         out,
         "Kept for planned state: {} older snapshot{} and {} membership snapshot{}; kept as \
          possibly still being written: {} incomplete snapshot{}.",
-        n(kept.planned_snapshots),
+        thousands(kept.planned_snapshots),
         plural(kept.planned_snapshots),
-        n(kept.planned_membership_snapshots),
+        thousands(kept.planned_membership_snapshots),
         plural(kept.planned_membership_snapshots),
-        n(incomplete),
+        thousands(incomplete),
         plural(incomplete),
     );
 
@@ -129,7 +129,7 @@ fn render(settings: &Settings, report: &Report) -> String {
             out,
             "Space: {} ({} free pages now, auto_vacuum = {}). ",
             size(space.pages_before),
-            n(space.free_pages_before),
+            thousands(space.free_pages_before),
             space.auto_vacuum
         );
         if space.vacuumed {
@@ -148,7 +148,7 @@ fn render(settings: &Settings, report: &Report) -> String {
     let _ = writeln!(
         out,
         "Space: {} page{} freed; {} returned to the file system ({} -> {}){}.",
-        n(space.pages_freed),
+        thousands(space.pages_freed),
         plural(space.pages_freed),
         bytes(space.bytes_returned),
         size(space.pages_before),
@@ -167,7 +167,7 @@ fn render(settings: &Settings, report: &Report) -> String {
              does not shrink. To return them, run once `audience-sync prune --vacuum` (it \
              rewrites the whole file; writers wait meanwhile, and it needs about {} of free \
              disk space); later prunes return freed pages by themselves.",
-            n(space.free_pages_after),
+            thousands(space.free_pages_after),
             plural(space.free_pages_after),
             size(space.free_pages_after),
             size(space.pages_after)
@@ -187,7 +187,7 @@ fn list(out: &mut String, snapshots: &[RemovedSnapshot]) {
                 .unwrap_or_default(),
             s.id,
             store::snapshots::rfc3339(s.taken_at),
-            n(s.rows),
+            thousands(s.rows),
             if s.complete {
                 ""
             } else {
@@ -199,7 +199,7 @@ fn list(out: &mut String, snapshots: &[RemovedSnapshot]) {
         let _ = writeln!(
             out,
             "    … and {} more",
-            n((snapshots.len() - LISTED) as u64)
+            thousands((snapshots.len() - LISTED) as u64)
         );
     }
 }

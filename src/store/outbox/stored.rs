@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use audience_sync_core::shape::Shape;
-use rusqlite::types::{FromSqlResult, Type, Value as SqlValue, ValueRef};
+use rusqlite::types::{self, FromSqlResult, Type, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::Value;
 
@@ -12,7 +12,7 @@ use super::Effect;
 
 /// A message id as the outbox stores it: a planner's `personas_` + 32 lower-case hex digits as
 /// their 16 bytes (a BLOB), any other id as its text.
-pub fn stored_message_id(id: &str) -> SqlValue {
+pub fn stored_message_id(id: &str) -> types::Value {
     let hex = id.strip_prefix("personas_").map(str::as_bytes);
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -25,10 +25,10 @@ pub fn stored_message_id(id: &str) -> SqlValue {
             .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
             .collect();
         if let Some(bytes) = bytes {
-            return SqlValue::Blob(bytes);
+            return types::Value::Blob(bytes);
         }
     }
-    SqlValue::Text(id.to_string())
+    types::Value::Text(id.to_string())
 }
 
 /// The message id of an outbox row's `message_id` (see [`stored_message_id`]).
