@@ -271,8 +271,15 @@ fn an_outage_during_the_initial_and_an_incremental_sync_is_waited_out() {
                 std::thread::sleep(Duration::from_millis(2));
             }
             sandbox.begin_outage(Outage::lasting(OutageKind::Mixed, outage));
-            std::thread::sleep(Duration::from_millis(1500));
-            let status = world.ok(&["status"]);
+            // `status` says so once the breaker has opened (well within the outage).
+            let deadline = Instant::now() + outage;
+            let status = loop {
+                let status = world.ok(&["status"]);
+                if status.contains("Intercom: unreachable since") || Instant::now() > deadline {
+                    break status;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
             (sync.join().unwrap(), status)
         });
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -555,17 +562,23 @@ fn send_delivers_a_file_and_dead_letters_can_be_listed_retried_and_discarded() {
 #[test]
 fn ctrl_c_stops_after_the_requests_in_flight_and_leaves_the_rest_queued() {
     // About 450 requests at 60 a second (a user now costs about one request): the sync is
-    // still delivering when Ctrl-C comes at 1.5 s.
+    // still delivering when Ctrl-C comes, once Intercom has seen its first 60 requests.
     let world = World::new(clean(60));
     let steps = steps(400);
     oracle::load_step(&world, 0, &steps[0]);
-    let child = world
+    let before = world.state().counters.total_requests;
+    let mut child = world
         .command(&["sync"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while world.state().counters.total_requests < before + 60 {
+        assert!(child.try_wait().unwrap().is_none(), "the sync ended first");
+        assert!(Instant::now() < deadline, "the sync never delivered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let interrupted = Instant::now();
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
