@@ -91,6 +91,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
         window_secs = settings.intercom.rate_limit_window.as_secs(),
         "Daemon started."
     );
+    publish_next_run(&mut scheduler, true).await;
     let _ = notify("READY=1\nSTATUS=Waiting for the next scheduled run");
     if settings.schedule.run_on_start {
         let _ = tick_tx.try_send(());
@@ -104,6 +105,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
     loop {
         tokio::select! {
             Some(()) = ticks.recv() => {
+                publish_next_run(&mut scheduler, false).await;
                 if planning.is_some() {
                     warn!("Scheduled run skipped: the previous run is still planning.");
                     continue;
@@ -167,6 +169,7 @@ async fn daemon(config: Option<PathBuf>, mut settings: Settings) -> anyhow::Resu
                         if new.schedule.cron != settings.schedule.cron {
                             let _ = scheduler.shutdown().await;
                             scheduler = schedule(&new.schedule.cron, tick_tx.clone()).await?;
+                            publish_next_run(&mut scheduler, true).await;
                         }
                         match Engine::open(&database, &new.intercom) {
                             Ok(engine) => {
@@ -231,6 +234,24 @@ fn health_check(database: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Publish when `scheduler` fires next (`audience_sync_next_run_timestamp_seconds`), and with
+/// `log` say so (at start and when a reload changed the schedule).
+async fn publish_next_run(scheduler: &mut JobScheduler, log: bool) {
+    match scheduler.time_till_next_job().await {
+        Ok(Some(wait)) => {
+            let at = store::now_unix() + i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2) + 1;
+            metrics().next_run_timestamp_seconds.set(at);
+            if log {
+                info!(at = %store::snapshots::rfc3339(at), "Next scheduled run.");
+            }
+        }
+        Ok(None) => {
+            metrics().next_run_timestamp_seconds.set(0);
+        }
+        Err(e) => warn!(error = %e, "The scheduler cannot say when it runs next."),
+    }
 }
 
 /// A cron job that sends a tick; the main loop decides whether to run.

@@ -211,6 +211,7 @@ pub struct Metrics {
     pub delivery_stopped: Gauge,
     pub intercom_unreachable: Gauge,
     pub planning_failed: Gauge,
+    pub next_run_timestamp_seconds: Gauge,
     pub up: Gauge,
     registry: Registry,
     names: Vec<String>,
@@ -256,6 +257,7 @@ impl Metrics {
             delivery_stopped: Gauge::default(),
             intercom_unreachable: Gauge::default(),
             planning_failed: Gauge::default(),
+            next_run_timestamp_seconds: Gauge::default(),
             up: Gauge::default(),
             registry: Registry::default(),
             names: Vec::new(),
@@ -353,6 +355,12 @@ impl Metrics {
             "1 while the daemon's last run failed to plan (a full disk, say), else 0; delivery \
              goes on",
             metrics.planning_failed.clone(),
+        );
+        r.register(
+            "audience_sync_next_run_timestamp_seconds",
+            "When the daemon's next scheduled run starts, by schedule.cron (unix seconds); 0 \
+             before the scheduler has said",
+            metrics.next_run_timestamp_seconds.clone(),
         );
         r.register(
             "audience_sync_up",

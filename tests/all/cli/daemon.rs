@@ -416,7 +416,13 @@ async fn sighup_reloads_the_schedule() {
     env.write("daemon.toml", text.replace("*/2 * * * * *", "0 0 0 1 1 *"));
     load(&env, "vip.ndjson", "{\"user_id\": \"u1\"}\n");
     let mut daemon = start(&env);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The daemon says when it runs next: on New Year's day, not within the next minute, so
+    // nothing need be waited out to see that nothing runs.
+    let client = reqwest::Client::new();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let next = next_run(&client, &metrics_url).await;
+    let now = chrono::Utc::now().timestamp();
+    assert!(next > now + 60, "next run at {next}, now {now}");
     assert!(
         sandbox.snapshot().contacts.is_empty(),
         "nothing runs before the reload"
@@ -428,6 +434,12 @@ async fn sighup_reloads_the_schedule() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The reloaded schedule (every 2 s) is what the daemon says it runs on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while next_run(&client, &metrics_url).await > chrono::Utc::now().timestamp() + 3 {
+        assert!(Instant::now() < deadline, "the schedule was not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wait_for(
         "a run on the reloaded schedule",
         Duration::from_secs(20),
@@ -664,6 +676,26 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
 
 async fn get_text(client: &reqwest::Client, url: &str) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// `audience_sync_next_run_timestamp_seconds` from /metrics, once the daemon serves it and its
+/// scheduler has said (non-zero).
+async fn next_run(client: &reqwest::Client, url: &str) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(answer) = client.get(url).send().await {
+            let text = answer.text().await.unwrap_or_default();
+            let value = text
+                .lines()
+                .find_map(|l| l.strip_prefix("audience_sync_next_run_timestamp_seconds "))
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            if let Some(at) = value.filter(|at| *at > 0) {
+                return at;
+            }
+        }
+        assert!(Instant::now() < deadline, "no next run in {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
