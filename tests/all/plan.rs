@@ -271,12 +271,12 @@ fn a_crash_before_commit_leaves_nothing_and_after_commit_everything() {
 
 #[test]
 fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats() {
-    // A bigger run in small chunks, SIGKILLed after a delay that grows until a kill lands
-    // between two chunks (a fresh database each time): the database is intact, what is queued
-    // came from whole chunks, and the next run resumes the killed one and ends with every
-    // message once.
+    // A bigger run in small chunks, SIGKILLed as soon as its first chunk has committed (the
+    // test watches `run_progress`, it does not guess a delay; a fresh database each try): the
+    // database is intact, what is queued came from whole chunks, and the next run resumes the
+    // killed one and ends with every message once.
     let mut landed = None;
-    for delay_ms in [30u64, 60, 100, 150, 200, 300, 450, 700, 1000, 1500] {
+    for attempt in 1..=5 {
         let env = env();
         seed(&open(&env), 20_000);
         let mut child = env
@@ -286,7 +286,20 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let watcher =
+            Connection::open_with_flags(env.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        watcher
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none()
+            && count(&watcher, "SELECT count(*) FROM run_progress") == 0
+        {
+            assert!(std::time::Instant::now() < deadline, "no chunk committed");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        drop(watcher);
         let _ = child.kill();
         let _ = child.wait();
         assert_integrity(&env.db_path());
@@ -299,17 +312,14 @@ fn a_sigkill_mid_run_loses_nothing_and_the_next_run_finishes_it_without_repeats(
         );
         if count(&conn, "SELECT count(*) FROM run_progress") == 1 {
             assert!(queued < 20_000, "{queued} queued by an unfinished run");
-            landed = Some((env, delay_ms, queued));
+            landed = Some((env, attempt, queued));
             break;
         }
-        // Killed before the first chunk (nothing) or after the last (everything).
-        assert!(
-            queued == 0 || queued == 20_000,
-            "{queued} without a run to resume"
-        );
+        // The run finished before the kill (everything queued, nothing to resume).
+        assert_eq!(queued, 20_000, "{queued} without a run to resume");
     }
-    let (env, delay_ms, queued) = landed.expect("no kill landed between two chunks");
-    eprintln!("killed after {delay_ms} ms with {queued} messages queued");
+    let (env, attempt, queued) = landed.expect("no kill landed between two chunks");
+    eprintln!("killed in attempt {attempt} with {queued} messages queued");
     let out = ok(&env, &["sync", "--no-deliver"]);
     assert!(
         out.contains("resumed from its last committed chunk"),

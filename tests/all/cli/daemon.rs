@@ -621,10 +621,14 @@ async fn an_outage_pauses_delivery_healthz_says_so_and_delivery_resumes_by_itsel
 
     // Down until it has refused four probes after its first second: one probe at a time, at
     // least 0.3 s apart once paused (waited for, not slept).
-    wait_for("four probes during the outage", Duration::from_secs(30), || {
-        let refused = sandbox.snapshot().counters.outage.refused_at_ms;
-        refused.iter().filter(|ms| **ms >= 1000).count() >= 4
-    })
+    wait_for(
+        "four probes during the outage",
+        Duration::from_secs(30),
+        || {
+            let refused = sandbox.snapshot().counters.outage.refused_at_ms;
+            refused.iter().filter(|ms| **ms >= 1000).count() >= 4
+        },
+    )
     .await;
     sandbox.end_outage();
     let counters = sandbox.snapshot().counters.outage;
