@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use super::error::CliError;
 use super::output::stdout_lossy;
 use crate::cli::SendArgs;
+use crate::domain::Lane;
 use crate::intercom::executor::contact_key;
 use crate::intercom::mapping::{KnownIds, MapOptions, map_message};
 use crate::segment::{Message, NdjsonLines, parse_json_line};
@@ -124,11 +125,11 @@ fn queueable(line: &str, options: &MapOptions, now: i64) -> Result<(Message, Str
 }
 
 /// The outbox lane: the user's entity id, else the account (`account:<groupId>`).
-fn lane(message: &Message) -> String {
+fn lane(message: &Message) -> Lane {
     match (contact_key(message), message) {
-        (Some(key), _) => key,
-        (None, Message::Group(group)) => format!("account:{}", group.group_id),
-        (None, _) => String::new(),
+        (Some(key), _) => Lane::user(&key),
+        (None, Message::Group(group)) => Lane::account(&group.group_id),
+        (None, _) => Lane::user(""),
     }
 }
 

@@ -42,6 +42,7 @@ use super::executor::{Executor, Outcome, contact_key};
 use super::outage::{Breaker, Transition};
 use super::ratelimit::RateLimiter;
 use super::resolve;
+use crate::domain::Lane;
 use crate::http;
 use crate::metrics::{self, ProbeLabels, ProbeResult, metrics};
 use crate::segment::Message;
@@ -341,9 +342,9 @@ async fn drain(
     let stop_requests = CancellationToken::new();
     let mut held: BTreeMap<i64, Held> = BTreeMap::new();
     let mut last_seq = 0i64;
-    let mut busy: HashSet<String> = HashSet::new();
-    let mut tasks: JoinSet<(i64, String, Outcome)> = JoinSet::new();
-    let mut running: HashMap<tokio::task::Id, (i64, String)> = HashMap::new();
+    let mut busy: HashSet<Lane> = HashSet::new();
+    let mut tasks: JoinSet<(i64, Lane, Outcome)> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (i64, Lane)> = HashMap::new();
     let mut stopping = false;
     let mut last_persist = Instant::now();
     let mut lookups = Lookups::default();
@@ -775,7 +776,7 @@ mod tests {
             &conn,
             None,
             &NewMessage {
-                lane: "u1",
+                lane: &Lane::user("u1"),
                 message_id: "m1",
                 kind: MessageKind::Identify,
                 body: &body.to_string(),

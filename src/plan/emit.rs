@@ -18,7 +18,7 @@ use super::diff::Change;
 use super::estimate::Estimator;
 use super::message::{self, User};
 use super::{Comp, MessageCounts, Output};
-use crate::domain::Scope;
+use crate::domain::{Lane, Scope};
 use crate::segment::{Message, MessageKind};
 use crate::settings::PersonasSettings;
 use crate::store::outbox::{self, Effect, MembershipEffect};
@@ -144,8 +144,7 @@ impl<'a> Emitter<'a, '_> {
         let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         let body =
             message::group_account(&self.personas.space_id, group_id, &traits, timestamp, &id);
-        let lane = format!("account:{group_id}");
-        self.emit(&lane, &id, &body, &effects, false)
+        self.emit(&Lane::account(group_id), &id, &body, &effects, false)
     }
 
     /// A user's changes: one identify (every changed value, every account left), then one group
@@ -235,7 +234,7 @@ impl<'a> Emitter<'a, '_> {
         if !traits.is_empty() || !detached.is_empty() {
             let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let body = message::identify(space, user, &traits, &detached, timestamp, &id);
-            self.emit(entity_id, &id, &body, &effects, false)?;
+            self.emit(&Lane::user(entity_id), &id, &body, &effects, false)?;
         }
 
         for row in rows.iter().filter(|r| r.change == Change::Attach) {
@@ -250,7 +249,7 @@ impl<'a> Emitter<'a, '_> {
                     attached: true,
                 },
             }];
-            self.emit(entity_id, &id, &body, &effects, true)?;
+            self.emit(&Lane::user(entity_id), &id, &body, &effects, true)?;
         }
 
         for (row, event_time) in rows.iter().zip(&event_times) {
@@ -267,7 +266,7 @@ impl<'a> Emitter<'a, '_> {
             let id = message::message_id(&id_parts.iter().map(String::as_str).collect::<Vec<_>>());
             let value = json_value(row.value.as_deref())?;
             let body = message::track(space, user, comp.reference(), event, value, at, &id);
-            self.emit(entity_id, &id, &body, &[], false)?;
+            self.emit(&Lane::user(entity_id), &id, &body, &[], false)?;
         }
         if self.stage {
             // One row per event name: the last time used for this user.
@@ -307,7 +306,7 @@ impl<'a> Emitter<'a, '_> {
     /// staged for the outbox.
     fn emit(
         &mut self,
-        lane: &str,
+        lane: &Lane,
         message_id: &str,
         message: &Message,
         effects: &[Effect],

@@ -758,7 +758,7 @@ fn a_dead_letter_of_an_initial_sync_is_replanned_without_events() {
     let first = db.run();
     assert!(tracks(&first).is_empty(), "an initial sync sends no events");
     for m in pending(&db.conn, 10).unwrap() {
-        if m.lane == "u1" {
+        if m.lane.as_str() == "u1" {
             mark_dead(&mut db.conn, m.seq, "400 bad attribute").unwrap();
         } else {
             mark_delivered(&mut db.conn, m.seq).unwrap();

@@ -1,5 +1,6 @@
 //! The vocabulary every layer shares: what a computation is (`Kind`), whose values it holds
-//! (`Scope`) and which Segment call a message is (`MessageKind`). Parsed once at the edge (settings, `load`, the database's text columns); inner
+//! (`Scope`), which Segment call a message is (`MessageKind`) and which delivery lane it goes
+//! down (`Lane`). Parsed once at the edge (settings, `load`, the database's text columns); inner
 //! layers take these types.
 
 /// Which snapshot rows describe.
@@ -84,6 +85,45 @@ impl std::fmt::Display for MessageKind {
     }
 }
 
+/// A delivery lane: the messages of one user, or of one account's own values, delivered
+/// strictly in outbox order, one at a time; different lanes are independent. Stored as its text:
+/// the user's entity id, or `account:<group id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lane(String);
+
+impl Lane {
+    /// The lane of a user's messages (identify, track, attach): its entity id.
+    pub fn user(entity_id: &str) -> Lane {
+        Lane(entity_id.to_string())
+    }
+
+    /// The lane of an account's own values (a group call without a user).
+    pub fn account(group_id: &str) -> Lane {
+        Lane(format!("account:{group_id}"))
+    }
+
+    /// A lane as the outbox stores it.
+    pub fn from_stored(text: String) -> Lane {
+        Lane(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Lane {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +138,9 @@ mod tests {
             assert_eq!(MessageKind::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(MessageKind::parse("page"), None);
+        assert_eq!(Lane::user("u1").as_str(), "u1");
+        assert_eq!(Lane::account("acme").as_str(), "account:acme");
+        assert_ne!(Lane::account("u1"), Lane::user("u1"));
         for kind in [Kind::Audience, Kind::Trait] {
             assert_eq!(Kind::parse(kind.as_str()), Some(kind));
         }

@@ -223,7 +223,7 @@ mod tests {
             conn,
             None,
             &NewMessage {
-                lane: "u1",
+                lane: &crate::domain::Lane::user("u1"),
                 message_id,
                 kind: crate::segment::MessageKind::Identify,
                 body: r#"{"type":"identify","userId":"u1"}"#,

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::NewMessage;
 use super::stored::stored_message_id;
+use crate::domain::Lane;
 use crate::segment::MessageKind;
 
 /// Insert one message; `false` when a pending message with the same id is already queued (the
@@ -24,7 +25,7 @@ pub fn enqueue(
     )?;
     let n = stmt.execute(params![
         run_id,
-        message.lane,
+        message.lane.as_str(),
         stored_message_id(message.message_id),
         message.kind.as_str(),
         message.body,
@@ -81,7 +82,7 @@ pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> ru
         message.body,
         message.effects,
         message.message_id,
-        message.lane,
+        message.lane.as_str(),
     );
     stage_split(conn, message, split.as_ref(), with_user)
 }
@@ -89,14 +90,14 @@ pub fn stage(conn: &Connection, message: &NewMessage<'_>, with_user: bool) -> ru
 /// [`stage`] of a message the planner holds as values (no text to parse back).
 pub fn stage_values(
     conn: &Connection,
-    lane: &str,
+    lane: &Lane,
     message_id: &str,
     kind: MessageKind,
     body: &Value,
     effects: &Value,
     with_user: bool,
 ) -> rusqlite::Result<()> {
-    let split = shape::split_values(body, effects, message_id, lane);
+    let split = shape::split_values(body, effects, message_id, lane.as_str());
     let message = NewMessage {
         lane,
         message_id,
@@ -141,7 +142,7 @@ fn stage_split(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     stmt.execute(params![
-        message.lane,
+        message.lane.as_str(),
         stored_message_id(message.message_id),
         message.kind.as_str(),
         body,
@@ -348,6 +349,7 @@ mod tests {
         for (i, ((lane, id, body, effects), (body_value, effects_value))) in
             messages.iter().zip(&values).enumerate()
         {
+            let lane = &Lane::user(lane);
             if i % 10 == 0 {
                 let message = NewMessage {
                     lane,
@@ -398,7 +400,7 @@ mod tests {
         let pending = pending(&conn, N + 1).unwrap();
         assert_eq!(pending.len(), N);
         for (message, (lane, id, body, effects)) in pending.iter().zip(&messages) {
-            assert_eq!(&message.lane, lane);
+            assert_eq!(message.lane.as_str(), lane);
             assert_eq!(&message.message_id, id);
             assert_eq!(message.kind, MessageKind::Identify);
             assert_eq!(
@@ -462,7 +464,7 @@ mod tests {
         // The same message planned again while the old one is pending is not queued twice.
         create_staging(&conn).unwrap();
         let message = NewMessage {
-            lane: &lane,
+            lane: &Lane::user(&lane),
             message_id: &id,
             kind: MessageKind::Identify,
             body: &body,

@@ -16,7 +16,7 @@ mod stored;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::domain::Scope;
+use crate::domain::{Lane, Scope};
 use crate::segment::{Message, MessageKind, ParseError};
 
 pub use counts::{
@@ -71,7 +71,7 @@ pub struct OutboxMessage {
     pub seq: i64,
     /// Messages of one lane (a user, or `account:<group id>`) must be delivered in order, one at
     /// a time; different lanes are independent.
-    pub lane: String,
+    pub lane: Lane,
     pub message_id: String,
     pub kind: MessageKind,
     /// The Segment-spec message, parsed once when the row is read. `Err`: a stored body that is
@@ -87,7 +87,7 @@ pub struct OutboxMessage {
 /// A message to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
-    pub lane: &'a str,
+    pub lane: &'a Lane,
     pub message_id: &'a str,
     pub kind: MessageKind,
     pub body: &'a str,

@@ -6,6 +6,7 @@ use rusqlite::{Connection, params};
 
 use super::OutboxMessage;
 use super::stored::{STORED, STORED_FROM, Stored, unreadable};
+use crate::domain::Lane;
 use crate::segment::{Message, MessageKind};
 
 /// Up to `limit` pending messages in outbox order (`seq`), due or not: delivery keeps lane order
@@ -39,7 +40,7 @@ pub fn pending_after(
             .ok_or_else(|| unreadable(1, seq, "type", format!("unknown message type {kind:?}")))?;
         messages.push(OutboxMessage {
             seq,
-            lane: stored.lane,
+            lane: Lane::from_stored(stored.lane),
             message_id: stored.message_id,
             kind,
             message: Message::from_value(&body),

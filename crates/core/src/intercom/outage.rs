@@ -14,6 +14,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::domain::Lane;
+
 /// Transient failures in a row (no answer from Intercom between them), from at least
 /// [`TRIP_LANES`] lanes, that open the breaker. Random faults (a few percent of requests) make
 /// this many in a row across lanes rare; an outage makes it within a round of requests.
@@ -56,7 +58,7 @@ struct Open {
 pub struct Breaker {
     cap: Duration,
     streak: usize,
-    lanes: BTreeSet<String>,
+    lanes: BTreeSet<Lane>,
     open: Option<Open>,
 }
 
@@ -100,7 +102,7 @@ impl Breaker {
     }
 
     /// Message `seq` of `lane` failed with a transient error at `now`.
-    pub fn transient(&mut self, seq: i64, lane: &str, now: Instant) -> Transition {
+    pub fn transient(&mut self, seq: i64, lane: &Lane, now: Instant) -> Transition {
         if let Some(open) = self.open.as_mut() {
             if open.probing != Some(seq) {
                 // A message that was in flight when the breaker opened.
@@ -114,7 +116,7 @@ impl Breaker {
         }
         self.streak += 1;
         if self.lanes.len() < TRIP_LANES {
-            self.lanes.insert(lane.to_string());
+            self.lanes.insert(lane.clone());
         }
         if self.streak >= TRIP_FAILURES && self.lanes.len() >= TRIP_LANES {
             let wait = FIRST_PROBE.min(self.cap);
@@ -161,8 +163,8 @@ mod tests {
 
     fn trip(breaker: &mut Breaker, now: Instant) {
         for i in 0..TRIP_FAILURES as i64 {
-            let lane = if i % 2 == 0 { "u1" } else { "u2" };
-            let t = breaker.transient(i, lane, now);
+            let lane = Lane::user(if i % 2 == 0 { "u1" } else { "u2" });
+            let t = breaker.transient(i, &lane, now);
             let last = i == TRIP_FAILURES as i64 - 1;
             assert_eq!(t == Transition::Opened, last, "failure {i}");
         }
@@ -173,7 +175,7 @@ mod tests {
         let mut b = Breaker::new(Duration::from_secs(30));
         let now = Instant::now();
         for i in 0..100 {
-            assert_eq!(b.transient(i, "u1", now), Transition::None);
+            assert_eq!(b.transient(i, &Lane::user("u1"), now), Transition::None);
         }
         assert!(!b.is_open());
     }
@@ -184,7 +186,11 @@ mod tests {
         let now = Instant::now();
         for round in 0..10 {
             for i in 0..(TRIP_FAILURES as i64 - 1) {
-                b.transient(round * 10 + i, if i % 2 == 0 { "a" } else { "b" }, now);
+                b.transient(
+                    round * 10 + i,
+                    &Lane::user(if i % 2 == 0 { "a" } else { "b" }),
+                    now,
+                );
             }
             assert_eq!(b.answered(now), Transition::None);
         }
@@ -200,7 +206,7 @@ mod tests {
         assert_eq!(b.next_probe(), Some(start + Duration::from_secs(1)));
         assert!(!b.probe_due(start));
         // A message in flight when it opened fails too: nothing changes.
-        assert_eq!(b.transient(99, "u3", start), Transition::None);
+        assert_eq!(b.transient(99, &Lane::user("u3"), start), Transition::None);
 
         let mut now = start + Duration::from_secs(1);
         let mut waits = Vec::new();
@@ -208,7 +214,9 @@ mod tests {
             assert!(b.probe_due(now));
             b.start_probe(1000 + probe);
             assert_eq!(b.next_probe(), None, "one probe at a time");
-            let Transition::ProbeFailed { next_in } = b.transient(1000 + probe, "u1", now) else {
+            let Transition::ProbeFailed { next_in } =
+                b.transient(1000 + probe, &Lane::user("u1"), now)
+            else {
                 panic!("a failed probe");
             };
             waits.push(next_in.as_secs());
