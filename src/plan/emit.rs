@@ -144,7 +144,7 @@ impl<'a> Emitter<'a, '_> {
         let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
         let body =
             message::group_account(&self.personas.space_id, group_id, &traits, timestamp, &id);
-        self.emit(&Lane::account(group_id), &id, &body, &effects, false)
+        self.emit(&Lane::account(group_id), &id, body, &effects, false)
     }
 
     /// A user's changes: one identify (every changed value, every account left), then one group
@@ -234,7 +234,7 @@ impl<'a> Emitter<'a, '_> {
         if !traits.is_empty() || !detached.is_empty() {
             let id = message::message_id(&parts.iter().map(String::as_str).collect::<Vec<_>>());
             let body = message::identify(space, user, &traits, &detached, timestamp, &id);
-            self.emit(&Lane::user(entity_id), &id, &body, &effects, false)?;
+            self.emit(&Lane::user(entity_id), &id, body, &effects, false)?;
         }
 
         for row in rows.iter().filter(|r| r.change == Change::Attach) {
@@ -249,7 +249,7 @@ impl<'a> Emitter<'a, '_> {
                     attached: true,
                 },
             }];
-            self.emit(&Lane::user(entity_id), &id, &body, &effects, true)?;
+            self.emit(&Lane::user(entity_id), &id, body, &effects, true)?;
         }
 
         for (row, event_time) in rows.iter().zip(&event_times) {
@@ -266,7 +266,7 @@ impl<'a> Emitter<'a, '_> {
             let id = message::message_id(&id_parts.iter().map(String::as_str).collect::<Vec<_>>());
             let value = json_value(row.value.as_deref())?;
             let body = message::track(space, user, comp.reference(), event, value, at, &id);
-            self.emit(&Lane::user(entity_id), &id, &body, &[], false)?;
+            self.emit(&Lane::user(entity_id), &id, body, &[], false)?;
         }
         if self.stage {
             // One row per event name: the last time used for this user.
@@ -302,18 +302,18 @@ impl<'a> Emitter<'a, '_> {
         Ok(())
     }
 
-    /// Emit one planned message: serialised here, once (`Message::to_value`), to be printed or
+    /// Emit one planned message: serialised here, once (`Message::into_value`), to be printed or
     /// staged for the outbox.
     fn emit(
         &mut self,
         lane: &Lane,
         message_id: &str,
-        message: &Message,
+        message: Message,
         effects: &[Effect],
         with_user: bool,
     ) -> anyhow::Result<()> {
         let kind = message.kind();
-        let body = &message.to_value();
+        let body = &message.into_value();
         let counted = match self.output {
             Output::Plan => true,
             Output::DryRun(out) => {

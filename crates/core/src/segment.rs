@@ -227,44 +227,64 @@ impl Message {
     /// an empty `integrations` or `context`, are left out. Times are RFC 3339 in UTC, with
     /// fractional seconds only when there are some.
     pub fn to_value(&self) -> Value {
-        let common = self.common();
+        self.clone().into_value()
+    }
+
+    /// [`Message::to_value`], moving the message's maps instead of copying them (what the
+    /// emitter does with each message it builds).
+    pub fn into_value(self) -> Value {
+        let kind = self.kind();
+        let (common, body): (Common, [(&str, Value); 2]) = match self {
+            Message::Identify(identify) => (
+                identify.common,
+                [
+                    ("traits", Value::Object(identify.traits)),
+                    ("", Value::Null),
+                ],
+            ),
+            Message::Track(track) => (
+                track.common,
+                [
+                    ("event", Value::String(track.event)),
+                    ("properties", Value::Object(track.properties)),
+                ],
+            ),
+            Message::Group(group) => (
+                group.common,
+                [
+                    ("groupId", Value::String(group.group_id)),
+                    ("traits", Value::Object(group.traits)),
+                ],
+            ),
+        };
         let mut m = Object::new();
-        m.insert("type".into(), self.kind().as_str().into());
-        let text = |field: &Option<String>| field.clone().map(Value::String);
-        let time = |t: &Option<DateTime<Utc>>| {
+        m.insert("type".into(), kind.as_str().into());
+        let time = |t: Option<DateTime<Utc>>| {
             t.map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
         };
         let fields = [
-            ("messageId", text(&common.message_id)),
-            ("timestamp", time(&common.timestamp)),
-            ("originalTimestamp", time(&common.original_timestamp)),
-            ("anonymousId", text(&common.anonymous_id)),
-            ("userId", text(&common.user_id)),
+            ("messageId", common.message_id.map(Value::String)),
+            ("timestamp", time(common.timestamp)),
+            ("originalTimestamp", time(common.original_timestamp)),
+            ("anonymousId", common.anonymous_id.map(Value::String)),
+            ("userId", common.user_id.map(Value::String)),
         ];
         for (key, value) in fields {
             if let Some(value) = value {
                 m.insert(key.into(), value);
             }
         }
-        match self {
-            Message::Identify(identify) => {
-                m.insert("traits".into(), Value::Object(identify.traits.clone()));
-            }
-            Message::Track(track) => {
-                m.insert("event".into(), track.event.clone().into());
-                m.insert("properties".into(), Value::Object(track.properties.clone()));
-            }
-            Message::Group(group) => {
-                m.insert("groupId".into(), group.group_id.clone().into());
-                m.insert("traits".into(), Value::Object(group.traits.clone()));
+        for (key, value) in body {
+            if !key.is_empty() {
+                m.insert(key.into(), value);
             }
         }
         for (key, object) in [
-            ("integrations", &common.integrations),
-            ("context", &common.context),
+            ("integrations", common.integrations),
+            ("context", common.context),
         ] {
             if !object.is_empty() {
-                m.insert(key.into(), Value::Object(object.clone()));
+                m.insert(key.into(), Value::Object(object));
             }
         }
         Value::Object(m)
