@@ -523,49 +523,15 @@ fn no_test_is_ignored() {
     );
 }
 
-/// The main crate's top-level modules (`src/store/…` is `store`, `src/load.rs` is `load`) and,
-/// for each, the others its non-test code names as `crate::other`.
-fn module_imports() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+/// Which top-level module of the main crate names which (`crate::x` in non-test code).
+fn module_imports() -> Graph {
     let src = workspace_root().join("src");
-    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
-    let files = rust_files(&src);
     let mut tests: Vec<PathBuf> = Vec::new();
-    for file in &files {
+    for file in &rust_files(&src) {
         let source = std::fs::read_to_string(file).unwrap();
         tests.extend(test_modules(file, &scan(&source).code));
     }
-    for file in files.iter().filter(|f| !tests.contains(f)) {
-        let inside = file.strip_prefix(&src).unwrap();
-        let top = inside
-            .components()
-            .next()
-            .and_then(|c| c.as_os_str().to_str())
-            .unwrap_or("")
-            .trim_end_matches(".rs")
-            .to_string();
-        if matches!(top.as_str(), "lib" | "main" | "tidy") {
-            continue;
-        }
-        let code = scan(&std::fs::read_to_string(file).unwrap()).code;
-        let end = test_code_from(&code).unwrap_or(usize::MAX);
-        let names = graph.entry(top.clone()).or_default();
-        for line in code.lines().take(end.saturating_sub(1)) {
-            for (at, _) in line.match_indices("crate::") {
-                if line[..at].ends_with(is_ident) {
-                    continue; // `audience_sync_core::…`, `other_crate::…`
-                }
-                let name: String = line[at + "crate::".len()..]
-                    .chars()
-                    .take_while(|c| is_ident(*c))
-                    .collect();
-                if !name.is_empty() && name != top {
-                    names.insert(name);
-                }
-            }
-        }
-    }
-    graph
+    sibling_imports(&src, &src, &tests)
 }
 
 /// A circle in `graph`, as the modules around it (first repeated last), if there is one.

@@ -1063,7 +1063,7 @@ fn deliver_with(db: &mut Db, dead: &[bool]) -> Vec<Value> {
             mark_dead(&mut db.conn, m.seq, "400 refused").unwrap();
         } else {
             mark_delivered(&mut db.conn, m.seq).unwrap();
-            delivered.push(m.message.expect("a planned message parses").to_value());
+            delivered.push(m.message.expect("a planned message parses").into_value());
         }
     }
     delivered

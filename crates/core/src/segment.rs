@@ -226,35 +226,21 @@ impl Message {
     /// `groupId`, `traits` / `properties`, `integrations`, `context`; absent ids and times, and
     /// an empty `integrations` or `context`, are left out. Times are RFC 3339 in UTC, with
     /// fractional seconds only when there are some.
-    pub fn to_value(&self) -> Value {
-        self.clone().into_value()
-    }
-
-    /// [`Message::to_value`], moving the message's maps instead of copying them (what the
-    /// emitter does with each message it builds).
     pub fn into_value(self) -> Value {
         let kind = self.kind();
-        let (common, body): (Common, [(&str, Value); 2]) = match self {
-            Message::Identify(identify) => (
-                identify.common,
-                [
-                    ("traits", Value::Object(identify.traits)),
-                    ("", Value::Null),
-                ],
-            ),
+        // The type's own fields, after the ids and times: `event` / `groupId` (if any), then
+        // `traits` / `properties`.
+        let (common, named, object) = match self {
+            Message::Identify(identify) => (identify.common, None, ("traits", identify.traits)),
             Message::Track(track) => (
                 track.common,
-                [
-                    ("event", Value::String(track.event)),
-                    ("properties", Value::Object(track.properties)),
-                ],
+                Some(("event", track.event)),
+                ("properties", track.properties),
             ),
             Message::Group(group) => (
                 group.common,
-                [
-                    ("groupId", Value::String(group.group_id)),
-                    ("traits", Value::Object(group.traits)),
-                ],
+                Some(("groupId", group.group_id)),
+                ("traits", group.traits),
             ),
         };
         let mut m = Object::new();
@@ -274,11 +260,10 @@ impl Message {
                 m.insert(key.into(), value);
             }
         }
-        for (key, value) in body {
-            if !key.is_empty() {
-                m.insert(key.into(), value);
-            }
+        if let Some((key, text)) = named {
+            m.insert(key.into(), Value::String(text));
         }
+        m.insert(object.0.into(), Value::Object(object.1));
         for (key, object) in [
             ("integrations", common.integrations),
             ("context", common.context),
@@ -505,7 +490,7 @@ mod tests {
             json!({"type": "group", "userId": "u1", "groupId": "acme", "sentAt": "ignored"}),
         ] {
             let message = Message::from_value(&input).unwrap();
-            let value = message.to_value();
+            let value = message.clone().into_value();
             assert_eq!(Message::from_value(&value).unwrap(), message, "{value}");
             assert_eq!(
                 value.get("sentAt"),
@@ -517,7 +502,7 @@ mod tests {
             "timestamp": "2026-01-01T00:00:00Z"}))
         .unwrap();
         assert_eq!(
-            serde_json::to_string(&m.to_value()).unwrap(),
+            serde_json::to_string(&m.into_value()).unwrap(),
             r#"{"type":"track","timestamp":"2026-01-01T00:00:00Z","userId":"u","event":"E","properties":{}}"#
         );
     }

@@ -294,7 +294,8 @@ mod tests {
             .zip(values.iter().cloned())
             .collect();
         let id = message::message_id(&["identify", &entity_id, &i.to_string()]);
-        let body = message::identify("spa_prod", user, &traits, &[], 1_700_000_000, &id).to_value();
+        let body =
+            message::identify("spa_prod", user, &traits, &[], 1_700_000_000, &id).into_value();
         let effects: Vec<Effect> = traits
             .iter()
             .map(|(c, v)| Effect::Value {

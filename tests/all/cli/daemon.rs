@@ -707,13 +707,10 @@ async fn next_run(client: &reqwest::Client, url: &str) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(answer) = client.get(url).send().await {
-            let text = answer.text().await.unwrap_or_default();
-            let value = text
-                .lines()
-                .find_map(|l| l.strip_prefix("audience_sync_next_run_timestamp_seconds "))
-                .and_then(|v| v.trim().parse::<i64>().ok());
-            if let Some(at) = value.filter(|at| *at > 0) {
-                return at;
+            let metrics = parse_prometheus(&answer.text().await.unwrap_or_default());
+            let at = sample(&metrics, "audience_sync_next_run_timestamp_seconds", &[]);
+            if let Some(at) = at.filter(|at| *at > 0.0) {
+                return at as i64;
             }
         }
         assert!(Instant::now() < deadline, "no next run in {url}");

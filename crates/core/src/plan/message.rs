@@ -1,6 +1,6 @@
 //! Building the Segment-spec messages Personas sends: identify, track and group, with their
 //! deterministic `messageId`s and event times. Pure: values in, typed [`Message`]s out (which
-//! `Message::to_value` serialises once, into the outbox); no clock.
+//! `Message::into_value` serialises once, into the outbox); no clock.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -272,7 +272,7 @@ mod tests {
             0,
             "personas_x",
         )
-        .to_value();
+        .into_value();
         // The bytes the outbox stores: the keys in this order.
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
@@ -319,7 +319,7 @@ mod tests {
             86400,
             "personas_t",
         )
-        .to_value();
+        .into_value();
         assert!(m.get("userId").is_none(), "email-only users have no userId");
         assert_eq!(m["properties"], json!({"trait_key": "ltv", "ltv": "x"}));
         assert_eq!(m["context"]["traits"]["email"], "b@example.com");
@@ -337,7 +337,7 @@ mod tests {
             0,
             "personas_t",
         )
-        .to_value();
+        .into_value();
         assert_eq!(
             m["properties"],
             json!({"audience_key": "order_completed_last_30days", "order_completed_last_30days": false})
@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn group_shapes() {
         let m =
-            group_account("s", "acme", &[(TRA, json!("Enterprise"))], 0, "personas_g").to_value();
+            group_account("s", "acme", &[(TRA, json!("Enterprise"))], 0, "personas_g").into_value();
         assert!(m.get("userId").is_none());
         assert_eq!(m["groupId"], "acme");
         assert_eq!(m["traits"], json!({"ltv": "Enterprise"}));
@@ -356,7 +356,7 @@ mod tests {
             entity_id: "u1",
             email: None,
         };
-        let m = group_attach("s", user, "acme", 0, "personas_a").to_value();
+        let m = group_attach("s", user, "acme", 0, "personas_a").into_value();
         assert_eq!(m["userId"], "u1");
         assert_eq!(m["groupId"], "acme");
         assert_eq!(m["traits"], json!({}));
