@@ -485,6 +485,37 @@ fn nothing_is_renamed_on_import() {
     );
 }
 
+/// The core crate stays pure: its `Cargo.toml` depends on no database, HTTP or async crate, so
+/// the compiler refuses IO there (ARCHITECTURE.md). The same as `cargo tree -p
+/// audience-sync-core -e normal` showing none of them, read from the manifest.
+#[test]
+fn the_core_crate_depends_on_no_database_network_or_runtime() {
+    let manifest =
+        std::fs::read_to_string(workspace_root().join("crates/core/Cargo.toml")).unwrap();
+    let mut section = String::new();
+    let mut found = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        if section != "[dependencies]" {
+            continue;
+        }
+        let name = line.split(['=', ' ', '.']).next().unwrap_or("");
+        for banned in ["rusqlite", "reqwest", "tokio", "hyper", "axum", "postgres"] {
+            if name.starts_with(banned) {
+                found.push(name.to_string());
+            }
+        }
+    }
+    assert!(
+        manifest.contains("[dependencies]") && manifest.contains("serde_json"),
+        "crates/core/Cargo.toml not read as expected"
+    );
+    assert!(found.is_empty(), "the core crate depends on {found:?}");
+}
+
 #[test]
 fn every_module_starts_with_a_doc_comment() {
     let missing: Vec<String> = source_dirs()
